@@ -1,0 +1,305 @@
+"""The `pipeline` command. Heavy libraries (Prefect, MLflow, torch) are imported inside commands,
+so `pipeline --help` and light commands stay fast."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from .config import ConfigError, PipelineConfig, load_config, valid_keys
+
+app = typer.Typer(
+    help="Vehicle-damage model factory: audit, split, crop, embed, index, train, export (Prefect 3 + MLflow).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+run_app = typer.Typer(help="Run a flow in this process (add `pipeline up` for a server and workers).", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+app.add_typer(config_app, name="config")
+
+
+class Format(str, Enum):
+    labelme = "labelme"
+    coco = "coco"
+    jsonl = "jsonl"
+    folders = "folders"
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).", exists=True, dir_okay=False)
+SetOpt = typer.Option(None, "--set", help="Override a config key: section.key=value (repeatable).")
+WorkdirOpt = typer.Option(Path("work"), "--workdir", "-w", help="Work dir: artifacts, MLflow, Prefect state.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
+
+
+def _config(config: Optional[Path], overrides: Optional[List[str]]) -> PipelineConfig:
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+
+
+def _use_server(workdir: Path) -> str | None:
+    """Send runs to the Prefect server `pipeline up` started for this work dir, if it runs."""
+    import os
+
+    from .services import api_url
+
+    url = api_url(Path(workdir))
+    if url and "PREFECT_API_URL" not in os.environ:
+        os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def _run_flow(flow_name: str, as_json: bool, **kwargs: Any) -> dict[str, Any]:
+    from .workspace import setup_environment
+
+    setup_environment(kwargs["workdir"])
+    _use_server(Path(kwargs["workdir"]))
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        if flow_name == "data-prep":
+            from flows.data_prep import data_prep as flow_fn
+        elif flow_name == "factory":
+            from flows.factory import factory as flow_fn
+        elif flow_name == "run-phase":
+            from flows.run_phase import run_phase as flow_fn
+        else:  # pragma: no cover - guarded by the command definitions
+            raise typer.BadParameter(f"unknown flow {flow_name}")
+        return flow_fn(**kwargs)
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    typer.echo(f"flow run {summary['flow_run_id']}  (MLflow parent run {summary['mlflow_run_id']})")
+    for name, p in summary["phases"].items():
+        status = "cache hit" if p["cache_hit"] else "computed"
+        typer.echo(f"  {name:<10} {p['artifact_id'][:16]}  {status:<9}  {p['path']}")
+
+
+@run_app.command("data-prep")
+def run_data_prep(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False),
+    format: Format = typer.Option(Format.labelme, "--format", "-f", help="Dataset format."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+    progress: bool = typer.Option(True, help="Progress bars on stderr."),
+) -> None:
+    """Audit and split a dataset (cached: unchanged inputs recompute nothing)."""
+    cfg = _config(config, set_)
+    summary = _run_flow("data-prep", as_json, dataset=str(dataset.resolve()), format=format.value,
+                        workdir=str(workdir.resolve()), config=cfg, progress=progress and not as_json)
+    _print_summary(summary, as_json)
+
+
+@run_app.command("factory")
+def run_factory(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False),
+    format: Format = typer.Option(Format.labelme, "--format", "-f", help="Dataset format."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+    progress: bool = typer.Option(True, help="Progress bars on stderr."),
+) -> None:
+    """Run the whole DAG as it exists (what the nightly deployment runs)."""
+    cfg = _config(config, set_)
+    summary = _run_flow("factory", as_json, dataset=str(dataset.resolve()), format=format.value,
+                        workdir=str(workdir.resolve()), config=cfg, progress=progress and not as_json)
+    _print_summary(summary, as_json)
+
+
+@app.command("run-phase")
+def run_phase_cmd(
+    phase: str = typer.Argument(..., help="Phase to re-run: dataset, audit, split."),
+    from_run: str = typer.Option(..., "--from-run", help="Flow run id whose recorded inputs and config to use."),
+    workdir: Path = WorkdirOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute even when a cached artifact exists."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Re-run one phase of a finished (or failed) flow run with the input artifacts it recorded."""
+    from .phases import PHASES
+
+    if phase not in ("dataset", *PHASES):
+        typer.secho(f"error: unknown phase {phase!r}; phases: dataset, {', '.join(PHASES)}", err=True, fg="red")
+        raise typer.Exit(2)
+    summary = _run_flow("run-phase", as_json, phase=phase, from_run=from_run, workdir=str(workdir.resolve()),
+                        force=force)
+    _print_summary(summary, as_json)
+
+
+@app.command("up")
+def up_cmd(
+    workdir: Path = WorkdirOpt,
+    prefect_port: int = typer.Option(4200, "--prefect-port", help="Prefect server port."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="MLflow server port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
+) -> None:
+    """Start a Prefect server, an MLflow server and one worker per pool (cpu, gpu) in the background."""
+    from .services import up
+    from .workspace import setup_environment
+
+    ws = setup_environment(workdir, prefect_home=False)
+    try:
+        state = up(ws.root, prefect_port=prefect_port, mlflow_port=mlflow_port, host=host, log=typer.echo)
+    except RuntimeError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    typer.echo(f"Prefect UI:  {state['prefect']['url']}")
+    typer.echo(f"MLflow UI:   {state['mlflow']['url']}")
+    typer.echo(f"workers:     {', '.join(state['workers'])}")
+    typer.echo(f"stop with:   pipeline down --workdir {workdir}")
+
+
+@app.command("down")
+def down_cmd(workdir: Path = WorkdirOpt) -> None:
+    """Stop exactly what `pipeline up` started for this work dir."""
+    from .services import down
+
+    stopped = down(workdir.resolve())
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@app.command("status")
+def status_cmd(workdir: Path = WorkdirOpt, as_json: bool = JsonOpt) -> None:
+    """Say which services of this work dir run."""
+    from .services import status
+
+    st = status(workdir.resolve())
+    if as_json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return
+    if not st:
+        typer.echo("nothing started (pipeline up)")
+    for name, info in st.items():
+        typer.echo(f"{name:<12} pid {info.get('pid')}  {'running' if info.get('alive') else 'stopped'}  {info.get('url') or ''}")
+
+
+@app.command("deploy")
+def deploy_cmd(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset the deployments run on.", file_okay=False),
+    format: Format = typer.Option(Format.labelme, "--format", "-f"),
+    workdir: Path = WorkdirOpt,
+    timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the nightly cron (02:00)."),
+    name: Optional[List[str]] = typer.Option(None, "--name", help="Deploy only these (default: all of prefect.yaml)."),
+) -> None:
+    """Register prefect.yaml's deployments (nightly, adhoc, data-prep, run-phase) non-interactively."""
+    from .deploy import deploy
+
+    try:
+        out = deploy(workdir.resolve(), dataset.resolve(), format.value, timezone, names=name)
+    except RuntimeError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    typer.echo(out)
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Option(Path("demo-data"), "--out", "-o", help="Output folder."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of images (default: demo.n_images)."),
+    seed: Optional[int] = typer.Option(None, help="Seed (default: demo.seed)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Generate synthetic LabelMe vehicle-damage data (deterministic by seed, marked synthetic)."""
+    overrides = list(set_ or [])
+    if n is not None:
+        overrides.append(f"demo.n_images={n}")
+    if seed is not None:
+        overrides.append(f"demo.seed={seed}")
+    cfg = _config(config, overrides)
+    from .demo_data import generate_demo_data
+
+    summary = generate_demo_data(out, cfg.demo)
+    typer.echo(f"wrote {summary.get('n_images', '?')} synthetic images to {out}")
+
+
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(Path("demo-work"), "--workdir", "-w", help="Work dir for the demo."),
+    config: Optional[Path] = typer.Option(Path("configs/demo.yaml") if Path("configs/demo.yaml").is_file() else None,
+                                          "--config", "-c", help="YAML config."),
+    set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Generate the demo data, then run the pipeline on it and say where everything is."""
+    cfg = _config(config, set_)
+    workdir = workdir.resolve()
+    data_dir = workdir / "demo-data"
+    from .demo_data import generate_demo_data
+
+    if not (data_dir / "dataset.json").is_file():
+        generate_demo_data(data_dir, cfg.demo)
+    summary = _run_flow("data-prep", False, dataset=str(data_dir), format="labelme", workdir=str(workdir),
+                        config=cfg, progress=True)
+    _print_summary(summary, False)
+    split = summary["phases"]["split"]
+    typer.echo("")
+    typer.echo(f"demo data:   {data_dir}")
+    typer.echo(f"outputs:     {workdir / 'artifacts'}")
+    typer.echo(f"manifest:    {summary['phases']['audit']['path']}/manifest.parquet")
+    typer.echo(f"quarantine:  {summary['phases']['audit']['path']}/quarantine.parquet")
+    typer.echo(f"split:       {split['path']}/split.parquet")
+    if summary.get("tracking_uri"):
+        typer.echo(f"MLflow UI:   mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1 --port 5000")
+    typer.echo(f"lineage:     pipeline lineage {split['artifact_id'][:12]} --workdir {workdir}")
+
+
+@app.command("lineage")
+def lineage(
+    id_or_path: str = typer.Argument(..., help="Artifact id (or a prefix of 6+ chars) or artifact directory."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+    all_files: bool = typer.Option(False, "--all-files", help="List every raw file, not the first 20."),
+) -> None:
+    """Print an artifact's upstream graph down to the raw files and their hashes."""
+    cfg = _config(config, set_)
+    from .lineage import render, walk
+    from .store import ArtifactNotFound, ArtifactStore
+    from .workspace import Workspace
+
+    ws = Workspace(workdir.resolve())
+    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    try:
+        tree = walk(store, id_or_path, max_files=None if (all_files or as_json) else 20)
+    except ArtifactNotFound as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(tree, indent=2, sort_keys=True) if as_json else render(tree).rstrip())
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt) -> None:
+    """Print the resolved configuration as YAML."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(_config(config, set_).model_dump(mode="json"), sort_keys=False).rstrip())
+
+
+@config_app.command("keys")
+def config_keys() -> None:
+    """List every valid `--set` key with its description."""
+    for key in valid_keys():
+        section, name = key.split(".", 1)
+        field = PipelineConfig.model_fields[section].annotation.model_fields[name]
+        typer.echo(f"{key:<36} {field.description or ''}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

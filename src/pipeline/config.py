@@ -1,0 +1,198 @@
+"""Pipeline configuration: one pydantic section per phase, loaded from YAML, overridable.
+
+`load_config(path, overrides)` reads a YAML file (or the defaults) and applies `section.key=value`
+overrides. Unknown or ill-typed keys raise `ConfigError` naming the valid keys, before any work.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; raised before any work starts. Never retried."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """How the raw dataset is read (adapters)."""
+
+    labelme_group_by: Literal["vehicle", "image"] = Field(
+        "vehicle",
+        description="LabelMe group id: 'vehicle' groups photos named zona1_<ko|ok>_<a>_<b>_... by "
+        "<a>_<b>; 'image' makes every photo its own group.",
+    )
+    image_extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"],
+        description="File extensions treated as images.",
+    )
+
+
+class AuditConfig(Section):
+    """Decode, size, duplicate, licence and annotation checks."""
+
+    min_side: int = Field(100, ge=1, description="Minimum short side in pixels.")
+    max_pixels: int = Field(
+        89_478_485, ge=1, description="Decompression-bomb guard (PIL Image.MAX_IMAGE_PIXELS)."
+    )
+    near_duplicate_threshold: int = Field(
+        4, ge=0, le=64, description="Max Hamming distance between 64-bit perceptual hashes."
+    )
+    near_duplicate_policy: Literal["group", "drop"] = Field(
+        "group", description="'group' keeps near duplicates in their original's group; 'drop' quarantines them."
+    )
+    allowed_licenses: list[str] | None = Field(
+        None, description="When set and the data carries licences, other licences are quarantined."
+    )
+    clip_polygons: bool = Field(True, description="Clip polygons to the image; reject if nothing is left.")
+    min_polygon_area: float = Field(1.0, ge=0, description="Polygons below this area (px^2) are degenerate.")
+    workers: int = Field(0, ge=0, description="Decode worker threads (0 = min(8, cpu count)).")
+
+
+class SplitConfig(Section):
+    """Group-aware stratified split."""
+
+    ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test ratios.")
+    seed: int = Field(42, description="Seed of the deterministic group ordering.")
+    stratify_by: Literal["label", "zone", "has_damage"] = Field("label", description="Class column.")
+    subset_zones: list[int] | None = Field(None, description="Keep only these zones (regional models).")
+    subset_regions: list[str] | None = Field(None, description="Keep only these regions.")
+
+    @model_validator(mode="after")
+    def _ratios_sum(self) -> "SplitConfig":
+        if any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1.0) > 1e-6:
+            raise ValueError(f"split.ratios must be non-negative and sum to 1, got {self.ratios}")
+        return self
+
+
+class DemoConfig(Section):
+    """Synthetic demo data."""
+
+    n_images: int = Field(240, ge=20, description="Number of synthetic images (ko and ok balanced).")
+    seed: int = Field(0, description="Generator seed.")
+    width: int = Field(512, ge=128)
+    height: int = Field(384, ge=96)
+    bad_examples: bool = Field(True, description="Add a few bad inputs so the quarantine shows its reasons.")
+
+
+class StoreConfig(Section):
+    """Where artifacts and Prefect results live."""
+
+    artifacts: str | None = Field(None, description="Artifact store root (path or fsspec URI); default <workdir>/artifacts.")
+    results: str | None = Field(None, description="Prefect result storage (path or fsspec URI); default <workdir>/prefect-results.")
+
+
+class TrackingConfig(Section):
+    """MLflow tracking."""
+
+    enabled: bool = True
+    uri: str | None = Field(None, description="Tracking URI; default MLFLOW_TRACKING_URI or sqlite:///<workdir>/mlflow.db.")
+    experiment: str = "vehicle-damage"
+
+
+class RuntimeConfig(Section):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    task_retries: int = Field(2, ge=0, description="Retries of a phase task on transient errors.")
+    retry_delay_seconds: float = Field(2.0, ge=0)
+
+
+class PipelineConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+
+def valid_keys(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[str]:
+    """All dotted keys of the config, e.g. ['audit.min_side', ...]."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(valid_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _format_validation(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = ".".join(str(p) for p in e["loc"][:-1])
+            choices = [k for k in valid_keys() if k.startswith(section + ".")] if section else sorted(
+                PipelineConfig.model_fields
+            )
+            lines.append(f"unknown key '{loc}'; valid keys here: {', '.join(choices)}")
+        else:
+            lines.append(f"'{loc}': {e['msg']} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) < 2:
+        raise ConfigError(
+            f"override key '{key}' must be section.key; valid keys: {', '.join(valid_keys())}"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    data = dict(data)
+    keys = set(valid_keys())
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        dotted = ".".join(parts)
+        if dotted not in keys:
+            section = parts[0]
+            near = [k for k in keys if k.startswith(section + ".")]
+            raise ConfigError(
+                f"unknown config key '{dotted}'; valid keys: {', '.join(sorted(near or keys))}"
+            )
+        node = data
+        for p in parts[:-1]:
+            node[p] = dict(node.get(p) or {})
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def build_config(data: dict | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    merged = apply_overrides(data or {}, overrides)
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+    return build_config(data, overrides)

@@ -1,0 +1,91 @@
+"""Raw dataset snapshots: a dataset's id is the hash of its file list (paths, sizes, sha256).
+
+Hashing every file on every run is what makes "one changed image changes every downstream id"
+true. A stat cache (path, size, mtime_ns -> sha256, JSON in the work dir) keeps nightly re-runs
+over unchanged files from re-reading them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .hashing import canonical_json, sha256_bytes, sha256_file
+
+FILES_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
+
+
+class HashCache:
+    """(absolute path, size, mtime_ns) -> sha256, persisted as JSON (never pickle)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list[Any]] = {}
+        if path and path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+        self.hits = 0
+
+    def sha256(self, file: Path) -> str:
+        st = file.stat()
+        key = str(file.resolve())
+        entry = self.entries.get(key)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+            self.hits += 1
+            return entry[2]
+        digest = sha256_file(file)
+        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
+        return digest
+
+    def save(self) -> None:
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)
+
+
+def list_files(root: Path) -> list[Path]:
+    """Regular files under root, sorted, hidden files and folders skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                out.append(Path(dirpath) / name)
+    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+
+
+def snapshot(root: Path, cache: HashCache | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """[{path, size, sha256}] for every file under root (symlinks are hashed by their target)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    cache = cache or HashCache(None)
+    files = list_files(root)
+    if progress:
+        from tqdm import tqdm
+
+        files = tqdm(files, desc="hash dataset", unit="file", leave=False)
+    rows = []
+    for f in files:
+        try:
+            rows.append({"path": f.relative_to(root).as_posix(), "size": f.stat().st_size, "sha256": cache.sha256(f)})
+        except OSError:  # dangling symlink or unreadable: still listed, the audit quarantines it
+            rows.append({"path": f.relative_to(root).as_posix(), "size": -1, "sha256": "unreadable"})
+    cache.save()
+    return rows
+
+
+def snapshot_id(rows: list[dict[str, Any]]) -> str:
+    return sha256_bytes(canonical_json(rows).encode())
+
+
+def write_snapshot(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    pq.write_table(pa.Table.from_pylist(rows, schema=FILES_SCHEMA), out_dir / "files.parquet")

@@ -1,0 +1,215 @@
+"""The content-addressed artifact store.
+
+Layout: `<root>/<phase>/<artifact_id>/` holds the artifact's files and `lineage.json`, written
+last. A directory without `lineage.json` is incomplete and never reused. Artifacts are built in a
+local staging directory and committed atomically (a rename on a local store; on a remote fsspec
+store the files are uploaded first and `lineage.json` last).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+from pydantic import BaseModel
+
+from .hashing import canonical_json, sha256_bytes, sha256_file
+
+LINEAGE = "lineage.json"
+
+
+class ArtifactRef(BaseModel):
+    """What tasks pass between each other: a small reference, never the data."""
+
+    phase: str
+    artifact_id: str
+    uri: str  # the artifact directory (local path or fsspec URI)
+    content_hash: str  # sha256 of the output file listing in lineage.json
+    cache_hit: bool = False
+
+    @property
+    def short(self) -> str:
+        return self.artifact_id[:12]
+
+
+class ArtifactNotFound(LookupError):
+    pass
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict[str, str | None]:
+    try:
+        version = metadata.version("vdamage-pipeline")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    commit = None
+    try:
+        repo = Path(__file__).resolve().parents[2]
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"package": version, "git_commit": commit}
+
+
+def environment() -> dict[str, Any]:
+    """Versions that matter for reproducibility; reads torch only if it is already imported."""
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("numpy", "pyarrow", "pillow", "prefect", "mlflow"):
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    return env
+
+
+def file_listing(directory: Path) -> list[dict[str, Any]]:
+    """Every file under `directory` (except lineage.json) with its sha256 and size, sorted."""
+    out = []
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name != LINEAGE:
+            out.append(
+                {"path": p.relative_to(directory).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size}
+            )
+    return out
+
+
+class ArtifactStore:
+    """Artifacts under a root that is a local path or any fsspec URI."""
+
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None):
+        self.uri = str(root)
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        self.is_local = self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol or ())
+        if self.is_local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "pipeline-artifacts"
+
+    # -- addressing -----------------------------------------------------------------------
+    def dir_path(self, phase: str, artifact_id: str) -> str:
+        return f"{self.root.rstrip('/')}/{phase}/{artifact_id}"
+
+    def dir_uri(self, phase: str, artifact_id: str) -> str:
+        path = self.dir_path(phase, artifact_id)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def is_complete(self, phase: str, artifact_id: str) -> bool:
+        return self.fs.exists(f"{self.dir_path(phase, artifact_id)}/{LINEAGE}")
+
+    def read_lineage(self, phase: str, artifact_id: str) -> dict[str, Any]:
+        path = f"{self.dir_path(phase, artifact_id)}/{LINEAGE}"
+        try:
+            with self.fs.open(path, "r") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"no complete artifact {phase}/{artifact_id}") from None
+
+    def ref(self, phase: str, artifact_id: str, cache_hit: bool = False) -> ArtifactRef:
+        lineage = self.read_lineage(phase, artifact_id)
+        return ArtifactRef(
+            phase=phase,
+            artifact_id=artifact_id,
+            uri=self.dir_uri(phase, artifact_id),
+            content_hash=lineage["content_hash"],
+            cache_hit=cache_hit,
+        )
+
+    def find(self, id_or_prefix: str) -> tuple[str, str]:
+        """(phase, artifact_id) of a complete artifact whose id starts with `id_or_prefix`."""
+        if len(id_or_prefix) < 6:
+            raise ArtifactNotFound("give at least 6 characters of an artifact id")
+        matches = sorted(
+            {
+                tuple(p.rstrip("/").split("/")[-3:-1])
+                for p in self.fs.glob(f"{self.root.rstrip('/')}/*/{id_or_prefix}*/{LINEAGE}")
+            }
+        )
+        if not matches:
+            raise ArtifactNotFound(f"no artifact with id {id_or_prefix!r} under {self.uri}")
+        if len(matches) > 1:
+            raise ArtifactNotFound(f"id prefix {id_or_prefix!r} is ambiguous: {matches}")
+        phase, aid = matches[0]
+        return phase, aid
+
+    def local_path(self, ref: ArtifactRef) -> Path:
+        """A local directory with the artifact's files (downloaded once for remote stores)."""
+        if self.is_local:
+            path = Path(self.dir_path(ref.phase, ref.artifact_id))
+            if not (path / LINEAGE).is_file():
+                raise ArtifactNotFound(f"artifact {ref.phase}/{ref.artifact_id} is missing from {self.uri}")
+            return path
+        local = self.cache_dir / ref.phase / ref.artifact_id
+        if not (local / LINEAGE).is_file():
+            tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}")
+            self.fs.get(self.dir_path(ref.phase, ref.artifact_id) + "/", str(tmp), recursive=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, local) if not local.exists() else shutil.rmtree(tmp)
+        return local
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextmanager
+    def staging(self, phase: str) -> Iterator[Path]:
+        """A fresh local directory to build an artifact in; removed if the build fails."""
+        base = Path(self.root) / ".staging" if self.is_local else self.cache_dir / ".staging"
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{phase}-", dir=base))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(self, staged: Path, record: dict[str, Any], replace: bool = False) -> ArtifactRef:
+        """Write lineage.json last and move the staged directory into place atomically."""
+        phase, aid = record["phase"], record["artifact_id"]
+        outputs = file_listing(staged)
+        record = {
+            **record,
+            "outputs": outputs,
+            "content_hash": sha256_bytes(canonical_json(outputs).encode()),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "code_version": code_version(),
+            "environment": environment(),
+        }
+        (staged / LINEAGE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        final = self.dir_path(phase, aid)
+        if self.is_local:
+            final_p = Path(final)
+            final_p.parent.mkdir(parents=True, exist_ok=True)
+            if final_p.exists():
+                if not replace and (final_p / LINEAGE).is_file():
+                    return self.ref(phase, aid)  # a concurrent run committed it first
+                trash = final_p.with_name(f".trash-{aid}-{uuid.uuid4().hex[:8]}")
+                os.replace(final_p, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(staged, final_p)
+            staged.mkdir()  # so that staging()'s cleanup finds a directory
+        else:
+            if replace and self.fs.exists(final):
+                self.fs.rm(final, recursive=True)
+            for f in outputs:
+                self.fs.put_file(str(staged / f["path"]), f"{final}/{f['path']}")
+            self.fs.put_file(str(staged / LINEAGE), f"{final}/{LINEAGE}")
+        return ArtifactRef(
+            phase=phase,
+            artifact_id=aid,
+            uri=self.dir_uri(phase, aid),
+            content_hash=record["content_hash"],
+        )

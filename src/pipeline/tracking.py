@@ -1,0 +1,180 @@
+"""The narrow tracking interface: the only place the library touches MLflow.
+
+`Tracker` has three implementations: `MlflowTracker` (MLflow through an explicit `MlflowClient`,
+so it is thread-safe and never depends on MLflow's per-thread active run), `RecordingTracker`
+(keeps calls in memory, for tests) and `NullTracker`. Parent and child run ids are always passed
+explicitly.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+MAX_PARAM_LEN = 500
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker(Protocol):
+    def start_flow_run(self, flow_run_id: str, name: str, params: dict[str, Any]) -> str | None: ...
+
+    def end_flow_run(self, run_id: str | None, status: str = "FINISHED") -> None: ...
+
+    def log_phase(
+        self,
+        parent_run_id: str | None,
+        phase: str,
+        artifact_id: str,
+        cache_hit: bool,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        artifact_dir: Path | None = None,
+        artifact_files: list[str] | None = None,
+        dataset: dict[str, Any] | None = None,
+    ) -> str | None: ...
+
+    def run_url(self, run_id: str | None) -> str | None: ...
+
+
+class NullTracker:
+    def start_flow_run(self, flow_run_id, name, params):
+        return None
+
+    def end_flow_run(self, run_id, status="FINISHED"):
+        return None
+
+    def log_phase(self, parent_run_id, phase, artifact_id, cache_hit, params, metrics, **kw):
+        return None
+
+    def run_url(self, run_id):
+        return None
+
+
+@dataclass
+class RecordingTracker:
+    """Remembers every call; tests assert on `phases`."""
+
+    flows: list[dict[str, Any]] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+    def start_flow_run(self, flow_run_id, name, params):
+        self.flows.append({"flow_run_id": flow_run_id, "name": name, "params": params})
+        return f"parent-{len(self.flows)}"
+
+    def end_flow_run(self, run_id, status="FINISHED"):
+        self.flows.append({"end": run_id, "status": status})
+
+    def log_phase(self, parent_run_id, phase, artifact_id, cache_hit, params, metrics, **kw):
+        self.phases.append(
+            {"parent": parent_run_id, "phase": phase, "artifact_id": artifact_id, "cache_hit": cache_hit,
+             "params": params, "metrics": metrics, **kw}
+        )
+        return f"child-{len(self.phases)}"
+
+    def run_url(self, run_id):
+        return None
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+class MlflowTracker:
+    """MLflow tracking on an explicit client (SQLite file in the work dir by default)."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None, ui_url: str | None = None):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = artifact_root.resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.ui_url = ui_url or os.environ.get("MLFLOW_UI_URL")
+
+    def _log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+             tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        p = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in flatten(params or {}).items()]
+        m = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if _is_number(v)]
+        t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(run_id, metrics=m[i:i + 100], params=p[i:i + 100], tags=t[i:i + 100])
+
+    def start_flow_run(self, flow_run_id: str, name: str, params: dict[str, Any]) -> str:
+        """The parent run of a flow run; re-attached by tag when the flow run is retried."""
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'", max_results=1
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={"prefect.flow_run_id": flow_run_id, "pipeline.flow": name}
+        )
+        self._log(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def end_flow_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if run_id:
+            self.client.set_terminated(run_id, status=status)
+
+    def log_phase(self, parent_run_id, phase, artifact_id, cache_hit, params, metrics, artifact_dir=None,
+                  artifact_files=None, dataset=None) -> str:
+        tags = {"pipeline.phase": phase, "pipeline.artifact_id": artifact_id, "pipeline.cache_hit": str(cache_hit).lower()}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=phase, tags=tags)
+        run_id = run.info.run_id
+        self._log(run_id, params=params, metrics={**metrics, "cache_hit": float(cache_hit)})
+        if artifact_dir is not None and not cache_hit:
+            for name in artifact_files or []:
+                path = Path(artifact_dir) / name
+                if path.is_file():
+                    self.client.log_artifact(run_id, str(path))
+        if dataset is not None:
+            self._log_dataset(run_id, **dataset)
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    def _log_dataset(self, run_id: str, table_path: str, name: str, digest: str, source: str, context: str) -> None:
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+
+        df = pd.read_parquet(table_path)
+        ds = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
+        self.client.log_inputs(
+            run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
+        )
+
+    def run_url(self, run_id: str | None) -> str | None:
+        if not run_id:
+            return None
+        base = self.ui_url or (self.uri if self.uri.startswith("http") else None)
+        if base:
+            return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"mlflow run {run_id} (experiment {self.experiment_id}, {self.uri})"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) or isinstance(v, bool)

@@ -1,0 +1,90 @@
+"""The work dir: where artifacts, Prefect state, MLflow runs and caches live.
+
+`setup_environment` must run before Prefect, MLflow, torch or Ultralytics are imported: it keeps
+every tool's state inside the work dir, quiet and offline.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PipelineConfig
+
+OFFLINE_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_API_SERVICES_TRIGGERS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "YOLO_OFFLINE": "1",
+    "YOLO_AUTOINSTALL": "false",
+    "YOLO_VERBOSE": "false",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "prefect-results"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / ".prefect"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / ".cache"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    def artifact_uri(self, cfg: PipelineConfig) -> str:
+        return cfg.store.artifacts or str(self.artifacts)
+
+    def results_uri(self, cfg: PipelineConfig) -> str:
+        return cfg.store.results or str(self.results)
+
+    def tracking_uri(self, cfg: PipelineConfig) -> str:
+        return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db.resolve()}"
+
+
+def setup_environment(workdir: str | Path, prefect_home: bool = True) -> Workspace:
+    """Create the work dir and point every tool's state into it (existing variables win)."""
+    ws = Workspace(Path(workdir).resolve())
+    ws.root.mkdir(parents=True, exist_ok=True)
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    dirs = {
+        "YOLO_CONFIG_DIR": ws.cache / "ultralytics",
+        "MPLCONFIGDIR": ws.cache / "matplotlib",
+        "NUMBA_CACHE_DIR": ws.cache / "numba",
+        "TORCH_HOME": ws.cache / "torch",
+    }
+    if prefect_home:
+        dirs["PREFECT_HOME"] = ws.prefect_home
+    for key, path in dirs.items():
+        if key not in os.environ:
+            path.mkdir(parents=True, exist_ok=True)
+            os.environ[key] = str(path)
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(ws.results))
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    return ws

@@ -1,0 +1,114 @@
+"""Artifact ids, atomic commits, completeness and the lineage walk."""
+import json
+import os
+
+import pytest
+
+from pipeline.hashing import artifact_id, canonical_json
+from pipeline.lineage import render, walk
+from pipeline.phases import PhaseContext, snapshot_dataset
+from pipeline.store import LINEAGE, ArtifactNotFound, ArtifactStore
+from pipeline.tracking import RecordingTracker
+
+
+def test_artifact_id_is_canonical():
+    a = artifact_id("audit", "1", {"b": 1, "a": [1, 2]}, ["y", "x"])
+    b = artifact_id("audit", "1", {"a": [1, 2], "b": 1}, ["x", "y"])
+    assert a == b and len(a) == 64
+    assert artifact_id("audit", "2", {"b": 1, "a": [1, 2]}, ["x", "y"]) != a
+    assert artifact_id("audit", "1", {"b": 2, "a": [1, 2]}, ["x", "y"]) != a
+    assert artifact_id("audit", "1", {"b": 1, "a": [1, 2]}, ["x", "z"]) != a
+    assert canonical_json({"b": 1, "a": 2}) == '{"a":2,"b":1}'
+
+
+def _commit(store, phase="p", aid="a" * 64, content="x"):
+    with store.staging(phase) as tmp:
+        (tmp / "out.txt").write_text(content)
+        return store.commit(tmp, {"phase": phase, "artifact_id": aid, "inputs": [], "params": {}})
+
+
+def test_commit_writes_lineage_last_and_is_complete(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    ref = _commit(store)
+    d = tmp_path / "store" / "p" / ("a" * 64)
+    rec = json.loads((d / LINEAGE).read_text())
+    assert store.is_complete("p", "a" * 64)
+    assert rec["outputs"] == [{"path": "out.txt", "sha256": rec["outputs"][0]["sha256"], "size": 1}]
+    assert ref.content_hash == rec["content_hash"]
+    assert not list((tmp_path / "store" / ".staging").iterdir())  # staging cleaned
+
+
+def test_incomplete_directory_is_never_reused(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    d = tmp_path / "store" / "p" / ("b" * 64)
+    d.mkdir(parents=True)
+    (d / "out.txt").write_text("half written")
+    assert not store.is_complete("p", "b" * 64)
+    with pytest.raises(ArtifactNotFound):
+        store.read_lineage("p", "b" * 64)
+    ref = _commit(store, aid="b" * 64, content="full")  # replaces the incomplete directory
+    assert (d / "out.txt").read_text() == "full" and store.is_complete("p", ref.artifact_id)
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(RuntimeError):
+        with store.staging("p") as tmp:
+            (tmp / "x").write_text("x")
+            raise RuntimeError("boom")
+    assert not (tmp_path / "store" / "p").exists()
+    assert not list((tmp_path / "store" / ".staging").iterdir())
+
+
+def test_remote_fsspec_store_roundtrip(tmp_path):
+    store = ArtifactStore("memory://pipeline-test-store", cache_dir=tmp_path / "cache")
+    assert not store.is_local
+    ref = _commit(store, aid="c" * 64, content="remote")
+    assert store.is_complete("p", "c" * 64)
+    local = store.local_path(ref)
+    assert (local / "out.txt").read_text() == "remote" and (local / LINEAGE).is_file()
+
+
+def test_dataset_snapshot_id_follows_content(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jpg").write_bytes(b"aaa")
+    (data / "b.jpg").write_bytes(b"bbb")
+    store = ArtifactStore(tmp_path / "store")
+    rec = RecordingTracker()
+    ctx = PhaseContext(store=store, tracker=rec, progress=False)
+    first = snapshot_dataset(data, ctx, hash_cache=tmp_path / "hashes.json")
+    again = snapshot_dataset(data, ctx, hash_cache=tmp_path / "hashes.json")
+    assert again.artifact_id == first.artifact_id and again.cache_hit and not first.cache_hit
+    (data / "b.jpg").write_bytes(b"bbX")
+    os.utime(data / "b.jpg", ns=(1, 1))  # a new mtime: the stat cache must not hide the change
+    changed = snapshot_dataset(data, ctx, hash_cache=tmp_path / "hashes.json")
+    assert changed.artifact_id != first.artifact_id
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (copy / name).write_bytes((data / name).read_bytes())
+    assert snapshot_dataset(copy, ctx).artifact_id == changed.artifact_id  # content, not location
+    assert [p["cache_hit"] for p in rec.phases] == [False, True, False, True]
+
+
+def test_lineage_walk_reaches_raw_files(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jpg").write_bytes(b"aaa")
+    store = ArtifactStore(tmp_path / "store")
+    ds = snapshot_dataset(data, PhaseContext(store=store, progress=False))
+    child_id = artifact_id("child", "1", {}, [ds.artifact_id])
+    with store.staging("child") as tmp:
+        (tmp / "x").write_text("x")
+        store.commit(tmp, {"phase": "child", "artifact_id": child_id, "params": {"k": 1},
+                           "inputs": [{"name": "dataset", "phase": "dataset", "artifact_id": ds.artifact_id}]})
+    tree = walk(store, child_id[:10])
+    assert tree["phase"] == "child" and tree["inputs"][0]["phase"] == "dataset"
+    files = tree["inputs"][0]["files"]
+    assert files == [{"path": "a.jpg", "size": 3, "sha256": "9834876dcfb05cb167a5c24953eba58c4ac89b1adf57f28f2f9d09af107ee8f0"}]
+    text = render(tree)
+    assert "a.jpg" in text and "9834876dcfb05cb1" in text
+    assert walk(store, str(store.dir_path("child", child_id)))["artifact_id"] == child_id
+    with pytest.raises(ArtifactNotFound):
+        walk(store, "ffffffffff")
