@@ -7,7 +7,9 @@ cache record whose artifact was deleted is never trusted.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,27 @@ class ArtifactIdPolicy(CachePolicy):
         return f"{self.phase}-{aid}"
 
 
+def gpu_slot():
+    """The per-host GPU concurrency limit `gpu-host-<hostname>` (created by `pipeline up`, 1 slot)."""
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(f"gpu-host-{socket.gethostname()}", occupy=1, strict=False)
+
+
+class InjectedFault(RuntimeError):
+    """Raised once by a phase when `<workdir>/.faults/<phase>` exists (retry and recovery drills)."""
+
+
+def inject_fault(workdir: str, phase: str) -> None:
+    """Fail this phase once if a fault file was dropped for it; the file is consumed."""
+    marker = Path(workdir) / ".faults" / phase
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return
+    raise InjectedFault(f"injected fault in phase {phase} (from {marker})")
+
+
 def is_transient(task, task_run, state) -> bool:
     """Retry I/O and resource errors; never configuration or input-shape errors."""
     exc = state.result(raise_on_failure=False)
@@ -99,10 +122,14 @@ def phase_task(phase: str, pool: str | None = None):
     spec = PHASES[phase]
 
     def run_phase(cfg: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo) -> PhaseResult:
-        return execute_phase(
-            phase, cfg, inputs, phase_context(cfg, run), options=run.options(),
-            runtime={"dataset_root": run.dataset_root}, force=run.force,
-        )
+        # GPU phases hold the host's GPU slot, so two runs on one GPU machine queue instead of OOM.
+        guard = gpu_slot() if (pool or spec.pool) == "gpu" else contextlib.nullcontext()
+        with guard:
+            inject_fault(run.workdir, phase)
+            return execute_phase(
+                phase, cfg, inputs, phase_context(cfg, run), options=run.options(),
+                runtime={"dataset_root": run.dataset_root}, force=run.force,
+            )
 
     run_phase.__name__ = f"{phase}_task"
     return task(

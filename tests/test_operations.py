@@ -1,0 +1,149 @@
+"""Operations end to end: a real Prefect server, MLflow server and process workers (`pipeline up`),
+prefect.yaml deployed (`pipeline deploy`), runs executed by workers, a flow-run retry after an
+injected fault, and the scheduler creating runs for the nightly cron deployment."""
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, demo_dataset):
+    from pipeline.deploy import deploy
+    from pipeline.services import down, up
+
+    workdir = tmp_path_factory.mktemp("ops")
+    saved = dict(os.environ)
+    # the server's scheduler and the workers poll faster than their defaults, so the test is short
+    os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "5"
+    os.environ["PREFECT_WORKER_QUERY_SECONDS"] = "2"
+    try:
+        state = up(workdir, prefect_port=free_port(), mlflow_port=free_port(), timeout=240, log=lambda *a: None)
+        out = deploy(workdir, demo_dataset, "labelme", timezone="Europe/Madrid")
+        yield {"workdir": workdir, "state": state, "deploy_output": out, "dataset": demo_dataset}
+    finally:
+        stopped = down(workdir)
+        os.environ.clear()
+        os.environ.update(saved)
+        assert stopped is not None
+
+
+def client_for(stack):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(api=stack["state"]["prefect"]["api_url"])
+
+
+def wait_final(client, flow_run_id, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        fr = client.read_flow_run(flow_run_id)
+        if fr.state and fr.state.is_final():
+            return fr
+        time.sleep(2)
+    raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout}s: {fr.state}")
+
+
+def trigger(client, name, parameters):
+    dep = client.read_deployment_by_name(name)
+    return client.create_flow_run_from_deployment(dep.id, parameters=parameters)
+
+
+def test_deploy_registers_all_and_reads_back_schedule_and_form(stack):
+    with client_for(stack) as client:
+        names = {d.name for d in client.read_deployments()}
+        assert {"nightly", "adhoc", "data-prep", "run-phase"} <= names
+        nightly = client.read_deployment_by_name("factory/nightly")
+        assert nightly.work_pool_name == "gpu"
+        sched = nightly.schedules[0].schedule
+        assert sched.cron == "0 2 * * *" and sched.timezone == "Europe/Madrid"
+        adhoc = client.read_deployment_by_name("factory/adhoc")
+        assert not adhoc.schedules
+        schema = adhoc.parameter_openapi_schema
+        assert {"dataset", "format", "workdir", "config"} <= set(schema["properties"])
+        # the config form: every section is a validated model in the schema's definitions
+        defs = schema.get("definitions") or schema.get("$defs")
+        assert {"AuditConfig", "SplitConfig", "PipelineConfig"} <= set(defs)
+        assert defs["AuditConfig"]["properties"]["min_side"]["type"] == "integer"
+        assert client.read_deployment_by_name("data-prep/data-prep").work_pool_name == "cpu"
+
+
+def test_scheduler_creates_runs_for_the_cron_deployment(stack):
+    with client_for(stack) as client:
+        dep = client.read_deployment_by_name("factory/nightly")
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        deadline = time.time() + 90
+        runs = []
+        while time.time() < deadline and not runs:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+            runs = [r for r in runs if r.state and r.state.is_scheduled() and r.auto_scheduled]
+            time.sleep(3)
+        assert runs, "the scheduler created no run for the nightly cron deployment"
+        times = sorted(r.expected_start_time for r in runs)
+        assert all(t.astimezone().utcoffset() is not None for t in times)
+        for r in runs:  # 02:00 in Madrid
+            from zoneinfo import ZoneInfo
+
+            local = r.expected_start_time.astimezone(ZoneInfo("Europe/Madrid"))
+            assert (local.hour, local.minute) == (2, 0)
+
+
+def test_worker_runs_data_prep_and_tracks_it(stack):
+    workdir = stack["workdir"]
+    with client_for(stack) as client:
+        fr = trigger(client, "data-prep/data-prep", {})
+        fr = wait_final(client, fr.id)
+        assert fr.state.is_completed(), fr.state
+    record = json.loads((Path(workdir) / "runs" / f"{fr.id}.json").read_text())
+    assert set(record["phases"]) == {"dataset", "audit", "split"}
+    split_dir = Path(workdir) / "artifacts" / "split" / record["phases"]["split"]["artifact_id"]
+    assert (split_dir / "split.parquet").is_file()
+    assert json.loads((split_dir / "lineage.json").read_text())["prefect"]["flow_run_id"] == str(fr.id)
+
+    from mlflow.tracking import MlflowClient
+
+    ml = MlflowClient(stack["state"]["mlflow"]["url"])
+    exp = ml.get_experiment_by_name("vehicle-damage")
+    parents = ml.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{fr.id}'")
+    assert len(parents) == 1
+    children = ml.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert {c.data.tags["pipeline.phase"] for c in children} == {"dataset", "audit", "split"}
+
+
+def test_retry_after_injected_fault_reuses_finished_phases(stack):
+    workdir = Path(stack["workdir"])
+    (workdir / ".faults").mkdir(exist_ok=True)
+    (workdir / ".faults" / "split").write_text("fail once")
+    # a config no earlier run used: the first attempt computes the audit, the retry must reuse it
+    params = {"config": {"runtime": {"task_retries": 0}, "audit": {"min_side": 99}}}
+    with client_for(stack) as client:
+        fr = wait_final(client, trigger(client, "data-prep/data-prep", params).id)
+        assert fr.state.is_failed(), fr.state
+        from prefect.states import Scheduled
+
+        client.set_flow_run_state(fr.id, Scheduled(message="retried by test"), force=True)
+        fr = wait_final(client, fr.id)
+        assert fr.state.is_completed(), fr.state
+        assert fr.run_count >= 2
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+        by_name = {}
+        for t in sorted(tasks, key=lambda t: t.start_time or t.expected_start_time):
+            by_name.setdefault(t.name.split("-")[0], []).append(t.state.name)
+    assert by_name["audit"] == ["Completed", "Cached"], by_name  # the retry did not redo the audit
+    assert by_name["split"] == ["Failed", "Completed"], by_name
+    record = json.loads((workdir / "runs" / f"{fr.id}.json").read_text())
+    assert set(record["phases"]) == {"dataset", "audit", "split"}
