@@ -1,0 +1,452 @@
+"""Audit phase: validate a dataset and write the manifest and the quarantine.
+
+`run_audit` scans the dataset with its adapter, decodes every candidate image (thread pool), and
+checks, in this order: decodable, not a decompression bomb, short side >= min_side, licence
+allowed, not an exact duplicate (sha256 of the bytes; the first path is kept), annotations valid
+against the decoded size (degenerate polygons dropped, polygons clipped to the image, those
+entirely outside dropped), a damaged image of a polygon format keeps a damage polygon; then near
+duplicates (64-bit pHash within a Hamming threshold, components by union-find) are grouped or
+dropped. Annotation files of a quarantined image that no accepted image uses are quarantined
+with the image's reason, so every input file lands in exactly one place.
+
+Outputs (byte-identical for identical inputs): manifest.parquet, quarantine.parquet, report.md,
+class_hist.png, zone_hist.png, audit_summary.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .adapters import POLYGON_FORMATS, damage_types, dominant_label, polygon_area, scan
+from .config import AuditConfig, DataConfig
+from .images import DecodeError, DecompressionBomb, load_rgb, phash
+from .manifest import (
+    MANIFEST_SCHEMA,
+    NO_DAMAGE_LABEL,
+    REASONS,
+    Annotation,
+    Candidate,
+    QuarantineEntry,
+    annotations_to_json,
+    quarantine_table,
+)
+
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
+
+
+@dataclass
+class Decoded:
+    """What decoding one file gave: its id and image facts, or the reason it failed."""
+
+    item_id: str | None = None
+    width: int = 0
+    height: int = 0
+    orig_mode: str = ""
+    exif_rotated: bool = False
+    phash: int = 0
+    error: tuple[str, str] | None = None  # (reason, detail)
+
+
+@dataclass
+class Item:
+    """An accepted image: its candidate (fields updated by the checks) and its decode facts."""
+
+    cand: Candidate
+    dec: Decoded
+    near_duplicate_of: str | None = None
+
+
+def decode(path: Path, max_pixels: int) -> Decoded:
+    """Read a file once: sha256 of its bytes, decode, pHash."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Decoded(error=("decode_error", f"unreadable: {exc.strerror or type(exc).__name__}"))
+    item_id = hashlib.sha256(data).hexdigest()
+    try:
+        img, info = load_rgb(data, max_pixels)
+    except DecompressionBomb as exc:
+        return Decoded(item_id, error=("decompression_bomb", str(exc)))
+    except DecodeError as exc:
+        return Decoded(item_id, error=("decode_error", str(exc)))
+    return Decoded(item_id, info["width"], info["height"], info["orig_mode"], info["exif_rotated"], phash(img))
+
+
+# -- geometry ------------------------------------------------------------------------------------
+
+
+def _crossing(a: list[float], b: list[float], axis: int, bound: float) -> list[float]:
+    t = (bound - a[axis]) / (b[axis] - a[axis])
+    p = [0.0, 0.0]
+    p[axis] = bound
+    p[1 - axis] = a[1 - axis] + t * (b[1 - axis] - a[1 - axis])
+    return p
+
+
+def clip_polygon(points: list[list[float]], width: float, height: float) -> list[list[float]]:
+    """Sutherland-Hodgman clip of a polygon to the rectangle [0, width] x [0, height]."""
+    out = [list(map(float, p)) for p in points]
+    for axis, bound, keep_above in ((0, 0.0, True), (0, float(width), False), (1, 0.0, True), (1, float(height), False)):
+        if not out:
+            break
+        pts, out = out, []
+        prev = pts[-1]
+        for cur in pts:
+            cur_in = cur[axis] >= bound if keep_above else cur[axis] <= bound
+            prev_in = prev[axis] >= bound if keep_above else prev[axis] <= bound
+            if cur_in != prev_in:
+                out.append(_crossing(prev, cur, axis, bound))
+            if cur_in:
+                out.append(cur)
+            prev = cur
+    return [p for i, p in enumerate(out) if p != out[i - 1]] if len(out) > 1 else out
+
+
+def check_annotations(
+    anns: list[Annotation], width: int, height: int, cfg: AuditConfig
+) -> tuple[list[Annotation], list[tuple[str, str]], int]:
+    """Valid annotations (clipped when cfg.clip_polygons), dropped ones as (reason, detail), and the clip count."""
+    kept: list[Annotation] = []
+    dropped: list[tuple[str, str]] = []
+    n_clipped = 0
+    for i, ann in enumerate(anns):
+        tag = f"{ann.kind} {ann.label!r} #{i}"
+        area = polygon_area(ann.points)
+        if len(ann.points) < 3:
+            dropped.append(("degenerate_polygon", f"{tag}: {len(ann.points)} points"))
+            continue
+        if area <= 0 or area < cfg.min_polygon_area:
+            dropped.append(("degenerate_polygon", f"{tag}: area {area:g} < min_polygon_area {cfg.min_polygon_area:g}"))
+            continue
+        if all(0 <= x <= width and 0 <= y <= height for x, y in ann.points):
+            kept.append(ann)
+            continue
+        clipped = clip_polygon(ann.points, width, height)
+        inside = polygon_area(clipped)
+        if len(clipped) < 3 or inside <= 0:
+            dropped.append(("polygon_outside_image", f"{tag}: entirely outside the {width}x{height} image"))
+        elif inside < cfg.min_polygon_area:
+            dropped.append(("degenerate_polygon", f"{tag}: area {inside:g} inside the image < min_polygon_area"))
+        elif cfg.clip_polygons:
+            kept.append(replace(ann, points=clipped))
+            n_clipped += 1
+        else:
+            kept.append(ann)
+    return kept, dropped, n_clipped
+
+
+# -- near duplicates ---------------------------------------------------------------------------------
+
+_POPCOUNT8 = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1)
+
+
+def near_duplicate_pairs(hashes: np.ndarray, threshold: int, block: int = 256) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of uint64 hashes within `threshold` bits, in row-block chunks."""
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(hashes), block):
+        dist = _popcount(hashes[start : start + block, None] ^ hashes[None, start:])
+        i, j = np.nonzero(dist <= threshold)
+        keep = j > i  # j is offset by `start` like i, so this is the upper triangle
+        pairs.extend(zip((i[keep] + start).tolist(), (j[keep] + start).tolist()))
+    return pairs
+
+
+class UnionFind:
+    """Disjoint sets over 0..n-1 whose root is always the smallest member."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+# -- the phase ---------------------------------------------------------------------------------------
+
+
+def _decode_all(root: Path, cands: list[Candidate], cfg: AuditConfig, progress: bool) -> list[Decoded]:
+    from tqdm import tqdm
+
+    workers = cfg.workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda c: decode(root / c.path, cfg.max_pixels), cands)
+        return list(tqdm(results, total=len(cands), desc="audit: decode", unit="img", disable=not progress, leave=False))
+
+
+def _apply_near_duplicates(items: list[Item], cfg: AuditConfig) -> tuple[list[Item], list[Item], int]:
+    """Group or drop near duplicates: (items kept, items dropped, number of near-duplicate groups).
+
+    Items must be sorted by path: a component's original is its first path. Policy "group": each
+    near duplicate records its original, and every group a component touches merges into the
+    group of the component's first path. Policy "drop": everything but the originals is dropped.
+    """
+    hashes = np.array([it.dec.phash for it in items], dtype=np.uint64)
+    pairs = near_duplicate_pairs(hashes, cfg.near_duplicate_threshold)
+    dup = UnionFind(len(items))
+    for i, j in pairs:
+        dup.union(i, j)
+    n_groups = len({dup.find(i) for i, _ in pairs})
+    for k, it in enumerate(items):
+        if dup.find(k) != k:
+            it.near_duplicate_of = items[dup.find(k)].cand.path
+    if cfg.near_duplicate_policy == "drop":
+        return [it for it in items if it.near_duplicate_of is None], [it for it in items if it.near_duplicate_of], n_groups
+    merged = UnionFind(len(items))
+    for i, j in pairs:
+        merged.union(i, j)
+    first_of_group: dict[str | None, int] = {}
+    for k, it in enumerate(items):
+        merged.union(first_of_group.setdefault(it.cand.group_id, k), k)
+    bridged = {merged.find(i) for i, _ in pairs}
+    group_of_root = {r: items[r].cand.group_id for r in bridged}
+    for k, it in enumerate(items):
+        root = merged.find(k)
+        if root in bridged:
+            it.cand.group_id = group_of_root[root]
+    return items, [], n_groups
+
+
+def _manifest_table(items: list[Item]) -> pa.Table:
+    """The accepted items as a MANIFEST_SCHEMA table, sorted by path."""
+    rows = [
+        {
+            "item_id": it.dec.item_id, "path": c.path, "width": it.dec.width, "height": it.dec.height,
+            "label": c.label, "group_id": c.group_id, "has_damage": c.has_damage, "zone": c.zone,
+            "zone_name": c.zone_name, "zone_area": c.zone_area, "damage_types": c.damage_types,
+            "annotations": annotations_to_json(c.annotations), "n_annotations": len(c.annotations),
+            "region": c.region, "license": c.license, "source_format": c.source_format,
+            "annotation_path": c.annotation_path, "extra_paths": c.extra_paths, "orig_mode": it.dec.orig_mode,
+            "exif_rotated": it.dec.exif_rotated, "phash": f"{it.dec.phash:016x}",
+            "near_duplicate_of": it.near_duplicate_of, "synthetic": c.synthetic,
+        }
+        for it in sorted(items, key=lambda it: it.cand.path)
+        for c in [it.cand]
+    ]
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def _file_problem(cand: Candidate, dec: Decoded, cfg: AuditConfig, first_path: dict[str, str]) -> tuple[str, str] | None:
+    """The file-level reason to reject a decoded candidate before its annotations are checked."""
+    if dec.error is not None:
+        return dec.error
+    if min(dec.width, dec.height) < cfg.min_side:
+        return "too_small", f"{dec.width}x{dec.height}: short side < min_side {cfg.min_side}"
+    if cfg.allowed_licenses is not None and cand.license is not None and cand.license not in cfg.allowed_licenses:
+        return "license_rejected", f"{cand.license!r} not in allowed_licenses"
+    if dec.item_id in first_path:
+        return "exact_duplicate", first_path[dec.item_id]
+    return None
+
+
+def _relabel(cand: Candidate, anns: list[Annotation]) -> tuple[str, str] | None:
+    """Keep the valid annotations and recompute label, damage_types and zone_name from them.
+
+    In a polygon format a damaged image needs a damage polygon: returns no_valid_annotation otherwise.
+    """
+    n_damage = sum(a.kind == "damage" for a in cand.annotations)
+    had_parts = any(a.kind == "part" for a in cand.annotations)
+    cand.annotations = anns
+    if cand.source_format not in POLYGON_FORMATS:
+        return None
+    if cand.has_damage:
+        label = dominant_label(anns)
+        if label is None:
+            why = f"all {n_damage} damage polygons rejected" if n_damage else f"no damage polygon in {cand.annotation_path}"
+            return "no_valid_annotation", why
+        cand.label, cand.damage_types = label, damage_types(anns)
+    if had_parts:
+        cand.zone_name = dominant_label(anns, "part")
+    return None
+
+
+def _quarantine_orphaned_sidecars(
+    items: list[Item], rejected: list[tuple[Candidate, str]], quarantine: list[QuarantineEntry]
+) -> None:
+    """Quarantine, with the image's reason, annotation files of rejected images that no accepted image uses."""
+    used = {p for it in items for p in (it.cand.path, it.cand.annotation_path, *it.cand.extra_paths) if p}
+    placed = {q.path for q in quarantine if q.level == "file"}
+    for cand, reason in sorted(rejected, key=lambda r: r[0].path):
+        for side in (cand.annotation_path, *cand.extra_paths):
+            if side and side not in used and side not in placed:
+                placed.add(side)
+                quarantine.append(QuarantineEntry(side, reason, f"annotation of quarantined image {cand.path}"))
+
+
+def run_audit(
+    dataset_root: Path, fmt: str, data_cfg: DataConfig, cfg: AuditConfig, out_dir: Path, progress: bool = True
+) -> dict[str, int]:
+    """Audit the dataset at `dataset_root` (format `fmt`) into `out_dir`; returns flat numeric metrics."""
+    root = Path(dataset_root)
+    scanned = scan(root, fmt, data_cfg)
+    decoded = _decode_all(root, scanned.candidates, cfg, progress)
+    quarantine = list(scanned.quarantine)
+    items: list[Item] = []
+    rejected: list[tuple[Candidate, str]] = []
+    first_path: dict[str, str] = {}
+    n_clipped = 0
+    for cand, dec in zip(scanned.candidates, decoded):
+        quarantine.extend(replace(issue, item_id=dec.item_id) for issue in cand.issues)
+        problem = _file_problem(cand, dec, cfg, first_path)
+        if problem is None and dec.item_id is not None:
+            first_path[dec.item_id] = cand.path
+            anns, dropped, clipped = check_annotations(cand.annotations, dec.width, dec.height, cfg)
+            n_clipped += clipped
+            quarantine.extend(QuarantineEntry(cand.path, r, d, "shape", dec.item_id) for r, d in dropped)
+            problem = _relabel(cand, anns)
+        if problem is None:
+            items.append(Item(cand, dec))
+        else:
+            quarantine.append(QuarantineEntry(cand.path, problem[0], problem[1], "file", dec.item_id))
+            rejected.append((cand, problem[0]))
+
+    items, dropped_dups, n_dup_groups = _apply_near_duplicates(items, cfg)
+    for it in dropped_dups:
+        quarantine.append(QuarantineEntry(it.cand.path, "near_duplicate", it.near_duplicate_of or "", "file", it.dec.item_id))
+        rejected.append((it.cand, "near_duplicate"))
+    _quarantine_orphaned_sidecars(items, rejected, quarantine)
+
+    metrics = _metrics(scanned.files, items, quarantine)
+    metrics.update(
+        n_candidates=len(scanned.candidates),
+        n_near_duplicate_groups=n_dup_groups,
+        n_near_duplicates=sum(it.near_duplicate_of is not None for it in items),
+        n_polygons_clipped=n_clipped,
+        n_shapes_ignored=scanned.stats.get("n_shapes_ignored", 0),
+    )
+    _write_outputs(Path(out_dir), fmt, cfg, items, quarantine, metrics)
+    return metrics
+
+
+def _metrics(files: list[str], items: list[Item], quarantine: list[QuarantineEntry]) -> dict[str, int]:
+    reasons = Counter(q.reason for q in quarantine)
+    labels = Counter(it.cand.label for it in items)
+    return {
+        "n_files": len(files),
+        "n_images_ok": len(items),
+        "n_quarantined": sum(q.level == "file" for q in quarantine),
+        "n_shapes_quarantined": sum(q.level == "shape" for q in quarantine),
+        **{f"quarantine_{r}": reasons.get(r, 0) for r in REASONS},
+        "n_classes": len(labels),
+        "n_has_damage": sum(bool(it.cand.has_damage) for it in items),
+        "n_no_damage": labels.get(NO_DAMAGE_LABEL, 0),
+        "n_groups": len({it.cand.group_id for it in items}),
+        "n_annotations": sum(len(it.cand.annotations) for it in items),
+    }
+
+
+# -- outputs -----------------------------------------------------------------------------------------
+
+
+def _zone_key(c: Candidate) -> str:
+    if c.zone is not None:
+        return f"{c.zone} {c.zone_name}"
+    return c.zone_name or "(none)"
+
+
+def _histograms(items: list[Item]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(label, count) sorted by label, and (zone, count) sorted by zone number then name."""
+    classes = sorted(Counter(str(it.cand.label) for it in items).items())
+    zones = Counter((it.cand.zone if it.cand.zone is not None else 99, _zone_key(it.cand)) for it in items)
+    return classes, [(name, n) for (_, name), n in sorted(zones.items())]
+
+
+def _bar_png(counts: list[tuple[str, int]], title: str, path: Path) -> None:
+    """A horizontal bar chart, rendered with Agg and no global pyplot state; PNG without version metadata."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 1.2 + 0.3 * max(1, len(counts))), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if counts:
+        names = [n for n, _ in counts][::-1]
+        values = [v for _, v in counts][::-1]
+        bars = ax.barh(names, values, color="#4C72B0")
+        ax.bar_label(bars, padding=2, fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no images", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_xlabel("images")
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def _report(fmt: str, cfg: AuditConfig, quarantine: list[QuarantineEntry], metrics: dict[str, int],
+            classes: list[tuple[str, int]], zones: list[tuple[str, int]]) -> str:
+    per_level = Counter((q.reason, q.level) for q in quarantine)
+    lines = [
+        "# Audit report",
+        "",
+        (
+            f"Format `{fmt}`: {metrics['n_files']} files, {metrics['n_candidates']} candidate images, "
+            f"**{metrics['n_images_ok']} accepted**, {metrics['n_quarantined']} files quarantined, "
+            f"{metrics['n_shapes_quarantined']} annotations dropped."
+        ),
+        "",
+        "## Quarantine",
+        "",
+    ]
+    reasons = [r for r in REASONS if per_level[(r, "file")] or per_level[(r, "shape")]]
+    if reasons:
+        lines += ["| reason | files | shapes | meaning |", "|---|---:|---:|---|"]
+        lines += [f"| {r} | {per_level[(r, 'file')]} | {per_level[(r, 'shape')]} | {REASONS[r]} |" for r in reasons]
+    else:
+        lines.append("Nothing quarantined.")
+    lines += ["", "## Classes", "", "![class histogram](class_hist.png)", "", "| label | images |", "|---|---:|"]
+    lines += [f"| {name} | {n} |" for name, n in classes]
+    lines += ["", "## Zones", "", "![zone histogram](zone_hist.png)", "", "| zone | images |", "|---|---:|"]
+    lines += [f"| {name} | {n} |" for name, n in zones]
+    lines += [
+        "",
+        "## Duplicates and annotations",
+        "",
+        f"- exact duplicates quarantined: {metrics['quarantine_exact_duplicate']}",
+        (
+            f"- near-duplicate groups (pHash distance <= {cfg.near_duplicate_threshold}, policy "
+            f"`{cfg.near_duplicate_policy}`): {metrics['n_near_duplicate_groups']}; near duplicates kept: "
+            f"{metrics['n_near_duplicates']}, dropped: {metrics['quarantine_near_duplicate']}"
+        ),
+        (
+            f"- annotations kept: {metrics['n_annotations']}; polygons clipped to the image: "
+            f"{metrics['n_polygons_clipped']}; label-9 shapes ignored: {metrics['n_shapes_ignored']}"
+        ),
+        f"- groups: {metrics['n_groups']}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_outputs(out_dir: Path, fmt: str, cfg: AuditConfig, items: list[Item],
+                   quarantine: list[QuarantineEntry], metrics: dict[str, int]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_manifest_table(items), out_dir / "manifest.parquet", **PARQUET_OPTIONS)
+    pq.write_table(quarantine_table(quarantine), out_dir / "quarantine.parquet", **PARQUET_OPTIONS)
+    classes, zones = _histograms(items)
+    _bar_png(classes, "Images per class", out_dir / "class_hist.png")
+    _bar_png(zones, "Images per zone", out_dir / "zone_hist.png")
+    (out_dir / "report.md").write_text(_report(fmt, cfg, quarantine, metrics, classes, zones), encoding="utf-8")
+    (out_dir / "audit_summary.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
