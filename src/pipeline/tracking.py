@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,7 +163,9 @@ class MlflowTracker:
         from mlflow.entities import DatasetInput, InputTag
 
         df = pd.read_parquet(table_path)
-        ds = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
+        with warnings.catch_warnings():  # a local path matches two equivalent source types
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
         self.client.log_inputs(
             run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
         )
