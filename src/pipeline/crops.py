@@ -1,0 +1,523 @@
+"""Crops phase: damage crops from annotated polygons and grid crops of clean vehicle surface.
+
+Per photo (a split.parquet row), inside the vehicle box of `detect.make_detector`:
+
+- Damage crops (has_damage): damage polygon boxes whose centres lie within cfg.cluster_distance x
+  the image diagonal of each other are clustered (single linkage); a cluster gives one crop, the
+  union of its boxes plus cfg.crop_margin of the union's size on each side, clipped to the image
+  (never padded). A crop longer than cfg.target_size is resized down (LANCZOS, aspect kept); a
+  smaller one keeps its size. Its defects are the damage polygons with at least
+  DEFECT_MIN_INSIDE of their box inside the crop, clipped to it, in crop pixels after the
+  resize. A damaged photo without polygons (image-level labels) gives one crop of the vehicle box.
+- Clean crops: grid windows of cfg.grid_size with cfg.grid_overlap tile the vehicle box from its
+  top-left corner (the last window may overhang; windows are shifted into the image). A window is
+  kept when at least cfg.min_vehicle_fraction of the vehicle area it could hold (the window, or the
+  box's extent where the box is narrower than a window) lies inside the vehicle box, so a vehicle
+  smaller than a window gives one window centred on it. Windows that touch a damage polygon box
+  are never clean. Clean photos give clean crops; damaged photos too when cfg.clean_from_damaged.
+- `part`: for COCO rows the part polygon whose box overlaps the crop most; null for LabelMe (the
+  contexts phase infers it from the zone and the crop's position).
+
+`run_crops` keeps a per-item cache (key: CROP_VERSION, item id, the row's annotation fields and
+both configs), so a re-run decodes and detects only new or changed photos. A crop inherits its
+photo's split. Outputs: crops.parquet (CROPS_SCHEMA, sorted by crop_id), crops/<id[:2]>/<id>.jpg,
+skipped.parquet (SKIPPED_SCHEMA), report.md and contact_sheet.png.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from .adapters.common import polygon_area
+from .audit import PARQUET_OPTIONS, clip_polygon
+from .config import CropsConfig, DetectConfig
+from .detect import Detection, Detector, make_detector
+from .hashing import canonical_json, sha256_bytes
+from .images import ImageLoadError, load_rgb
+from .manifest import annotations_from_json
+
+CROP_VERSION = "1"
+DEFECT_MIN_INSIDE = 0.5  # a defect belongs to a crop when this much of its box lies inside
+CACHE_DONE = "done"
+
+CROPS_SCHEMA = pa.schema(
+    [
+        ("crop_id", pa.string()),  # sha256 of item id, version, crop params, type and box
+        ("item_id", pa.string()),
+        ("source_path", pa.string()),  # the photo, relative to the dataset root
+        ("split", pa.string()),  # the photo's split
+        ("crop_path", pa.string()),  # posix, relative to the crops artifact dir
+        ("crop_type", pa.string()),  # damage | clean
+        ("x0", pa.int32()),  # crop box in source image px
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),
+        ("width", pa.int32()),  # of the saved crop
+        ("height", pa.int32()),
+        ("source_width", pa.int32()),  # of the decoded (EXIF-oriented) photo
+        ("source_height", pa.int32()),
+        ("grid_row", pa.int32()),  # grid window index; null for damage crops
+        ("grid_col", pa.int32()),
+        ("zone", pa.int32()),
+        ("zone_name", pa.string()),
+        ("zone_area", pa.string()),
+        ("part", pa.string()),  # COCO: the overlapping part polygon; LabelMe: null
+        ("has_damage", pa.bool_()),
+        ("damage_types", pa.list_(pa.string())),
+        ("defects", pa.string()),  # JSON list of {type, box: [x0, y0, x1, y1] in crop px, area_px}
+        ("n_defects", pa.int32()),
+        ("vehicle_box", pa.list_(pa.int32())),  # x0, y0, x1, y1 after the margin
+        ("det_conf", pa.float32()),
+        ("det_found", pa.bool_()),
+        ("source_format", pa.string()),
+    ]
+)
+
+SKIPPED_SCHEMA = pa.schema(
+    [("item_id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+
+SKIP_REASONS: dict[str, str] = {
+    "decode_error": "the photo could not be loaded (not cached: retried on the next run)",
+    "no_vehicle": "the detector found no vehicle and detect.on_miss is 'skip'",
+    "no_crops": "no damage polygon and no grid window passed the filters",
+    "unknown_damage_state": "has_damage is null: the photo cannot be labelled damaged or clean",
+    "duplicate_item": "same item_id (same bytes) as an earlier row; its crops are that row's",
+}
+
+# Row fields that decide the crops besides the pixels (part of the per-item cache key).
+_ROW_KEY_FIELDS = ("has_damage", "annotations", "damage_types", "zone", "zone_name", "zone_area", "source_format")
+
+BoxF = tuple[float, float, float, float]
+BoxI = tuple[int, int, int, int]
+
+
+# -- geometry --------------------------------------------------------------------------------------
+
+
+def polygon_box(points: list[list[float]]) -> BoxF:
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def box_area(b: BoxF) -> float:
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def intersection(a: BoxF, b: BoxF) -> float:
+    """Area of the overlap of two boxes (0 when they only touch)."""
+    return box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+
+
+def _axis_starts(b0: int, b1: int, limit: int, size: int, stride: int) -> list[int]:
+    """Window starts along one axis: tiling [b0, b1] from b0 (or one window centred), inside [0, limit]."""
+    if b1 - b0 <= size:
+        starts = [round((b0 + b1 - size) / 2)]
+    else:
+        starts = [b0 + i * stride for i in range(math.ceil((b1 - b0 - size) / stride) + 1)]
+    return sorted({min(max(0, s), limit - size) for s in starts})
+
+
+def grid_windows(vbox: BoxI, image_size: tuple[int, int], cfg: CropsConfig) -> list[tuple[int, int, BoxI]]:
+    """(row, col, box) of the grid windows over the vehicle box that pass the vehicle-fraction filter."""
+    w, h = image_size
+    gw, gh = min(cfg.grid_size, w), min(cfg.grid_size, h)
+    stride = max(1, round(cfg.grid_size * (1 - cfg.grid_overlap)))
+    bx0, by0, bx1, by1 = vbox
+    achievable = min(bx1 - bx0, gw) * min(by1 - by0, gh)
+    out = []
+    for r, y in enumerate(_axis_starts(by0, by1, h, gh, stride)):
+        for c, x in enumerate(_axis_starts(bx0, bx1, w, gw, stride)):
+            box = (x, y, x + gw, y + gh)
+            if intersection(box, vbox) >= cfg.min_vehicle_fraction * achievable:
+                out.append((r, c, box))
+    return out
+
+
+def cluster_boxes(boxes: list[BoxF], max_distance: float) -> list[list[int]]:
+    """Single-linkage clusters of boxes whose centres are within max_distance; lists of indices."""
+    parent = list(range(len(boxes)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            if math.dist(centres[i], centres[j]) <= max_distance:
+                parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values())
+
+
+def cluster_crop_box(boxes: list[BoxF], margin: float, image_size: tuple[int, int]) -> BoxI:
+    """The union of `boxes` plus `margin` of its size on each side, rounded outwards, clipped to the image."""
+    w, h = image_size
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    cx0, cy0 = max(0, math.floor(x0 - mx)), max(0, math.floor(y0 - my))
+    cx1, cy1 = min(w, math.ceil(x1 + mx)), min(h, math.ceil(y1 + my))
+    return cx0, cy0, max(cx1, min(w, cx0 + 1)), max(cy1, min(h, cy0 + 1))
+
+
+def fit_size(img: Image.Image, target: int) -> Image.Image:
+    """Resize down (LANCZOS, aspect kept) when the long side exceeds `target`; never up."""
+    w, h = img.size
+    if max(w, h) <= target:
+        return img
+    s = target / max(w, h)
+    return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
+
+
+def crop_defects(damage: list[tuple[str, list[list[float]]]], box: BoxI, out_size: tuple[int, int]) -> list[dict]:
+    """Defects of a crop: (type, polygon) with >= DEFECT_MIN_INSIDE of their box inside, in crop px."""
+    x0, y0, x1, y1 = box
+    cw, ch = out_size
+    sx, sy = cw / (x1 - x0), ch / (y1 - y0)
+    defects = []
+    for label, points in damage:
+        pbox = polygon_box(points)
+        inside = intersection(pbox, box)
+        if inside <= 0 or inside < DEFECT_MIN_INSIDE * box_area(pbox):
+            continue
+        clipped = clip_polygon([[(x - x0) * sx, (y - y0) * sy] for x, y in points], cw, ch)
+        if len(clipped) < 3:
+            continue
+        bx0, by0, bx1, by1 = polygon_box(clipped)
+        defects.append({
+            "type": label,
+            "box": [max(0, math.floor(bx0)), max(0, math.floor(by0)), min(cw, math.ceil(bx1)), min(ch, math.ceil(by1))],
+            "area_px": round(polygon_area(clipped)),
+        })
+    return defects
+
+
+# -- one photo -------------------------------------------------------------------------------------
+
+
+def crop_id(item_id: str, cfg: CropsConfig, crop_type: str, box: BoxI) -> str:
+    payload = {"item_id": item_id, "version": CROP_VERSION, "params": cfg.model_dump(mode="json"),
+               "type": crop_type, "box": list(box)}
+    return sha256_bytes(canonical_json(payload).encode())
+
+
+def _best_part(parts: list[tuple[str, BoxF]], box: BoxI) -> str | None:
+    """The part label whose polygon box overlaps `box` most (first on ties), or None."""
+    best, best_area = None, 0.0
+    for label, pbox in parts:
+        area = intersection(pbox, box)
+        if area > best_area:
+            best, best_area = label, area
+    return best
+
+
+def _zone(row: dict[str, Any]) -> int | None:
+    return int(row["zone"]) if row.get("zone") is not None else None
+
+
+def crop_item(img: Image.Image, row: dict[str, Any], det: Detection, cfg: CropsConfig) -> list[tuple[dict[str, Any], Image.Image]]:
+    """The crops of one photo as (CROPS_SCHEMA row, image) pairs; pure (writes nothing)."""
+    size = img.size
+    anns = annotations_from_json(row.get("annotations"))
+    damage = [(a.label, a.points) for a in anns if a.kind == "damage" and a.points]
+    damage_boxes = [polygon_box(p) for _, p in damage]
+    parts = [(a.label, polygon_box(a.points)) for a in anns if a.kind == "part" and a.points]
+    vbox = det.box
+
+    def make(crop_type: str, box: BoxI, grid: tuple[int, int] | None, types: list[str] | None = None) -> tuple[dict, Image.Image]:
+        out = fit_size(img.crop(box), cfg.target_size)
+        defects = crop_defects(damage, box, out.size) if crop_type == "damage" else []
+        cid = crop_id(row["item_id"], cfg, crop_type, box)
+        rec = {
+            "crop_id": cid, "item_id": row["item_id"], "source_path": row["path"], "split": row.get("split"),
+            "crop_path": f"crops/{cid[:2]}/{cid}.jpg", "crop_type": crop_type,
+            "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3], "width": out.width, "height": out.height,
+            "source_width": size[0], "source_height": size[1],
+            "grid_row": grid[0] if grid else None, "grid_col": grid[1] if grid else None,
+            "zone": _zone(row), "zone_name": row.get("zone_name"), "zone_area": row.get("zone_area"),
+            "part": _best_part(parts, box) if parts else None,
+            "has_damage": crop_type == "damage",
+            "damage_types": types if types is not None else sorted({d["type"] for d in defects}),
+            "defects": json.dumps(defects, sort_keys=True, separators=(",", ":")), "n_defects": len(defects),
+            "vehicle_box": list(vbox), "det_conf": det.conf, "det_found": det.found,
+            "source_format": row.get("source_format"),
+        }
+        return rec, out
+
+    crops = []
+    if row.get("has_damage"):
+        if damage:
+            diag = math.hypot(*size)
+            for members in cluster_boxes(damage_boxes, cfg.cluster_distance * diag):
+                crops.append(make("damage", cluster_crop_box([damage_boxes[i] for i in members], cfg.crop_margin, size), None))
+        else:  # image-level label: the damage is somewhere on the vehicle
+            crops.append(make("damage", vbox, None, sorted(row.get("damage_types") or [])))
+    if not row.get("has_damage") or (cfg.clean_from_damaged and damage):
+        for r, c, box in grid_windows(vbox, size, cfg):
+            if not any(intersection(box, d) > 0 for d in damage_boxes):
+                crops.append(make("clean", box, (r, c)))
+    return crops
+
+
+# -- the phase -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ItemOutcome:
+    """What one photo gave: crop rows, or why it gave none, and its detection."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] | None = None  # {reason, detail}
+    found: bool | None = None  # None: no detection ran (decode error, duplicate, unknown state)
+    detector: dict[str, Any] | None = None
+
+
+def item_cache_key(row: dict[str, Any], params: str) -> str:
+    """sha256 of the item id, the row fields that shape its crops, and the canonical phase params."""
+    fields = {k: row.get(k) for k in _ROW_KEY_FIELDS}
+    return sha256_bytes(canonical_json({"item_id": row["item_id"], "row": fields, "params": params}).encode())
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link src to dst (replacing dst), copying when linking is impossible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _cache_read(entry: Path) -> dict[str, Any] | None:
+    if not (entry / CACHE_DONE).is_file():
+        return None
+    return json.loads((entry / "crops.json").read_text(encoding="utf-8"))
+
+
+def _cache_write(entry: Path, outcome: ItemOutcome, out_dir: Path) -> None:
+    """Store an outcome and its crop files: a temp dir, the done-marker last, then an atomic rename."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for rec in outcome.rows:
+        _place(out_dir / rec["crop_path"], tmp / f"{rec['crop_id']}.jpg")
+    payload = {"rows": outcome.rows, "skipped": outcome.skipped, "found": outcome.found, "detector": outcome.detector}
+    (tmp / "crops.json").write_text(canonical_json(payload), encoding="utf-8")
+    (tmp / CACHE_DONE).write_text("", encoding="utf-8")
+    try:
+        tmp.rename(entry)
+    except OSError:  # another run stored it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process(row: dict[str, Any], root: Path, get_detector: Callable[[], Detector], det_cfg: DetectConfig,
+             cfg: CropsConfig, out_dir: Path, max_pixels: int) -> ItemOutcome:
+    """Decode, detect and crop one photo; write its JPEGs into out_dir."""
+    try:
+        img, _ = load_rgb(root / row["path"], max_pixels)
+    except ImageLoadError as exc:
+        return ItemOutcome(skipped={"reason": "decode_error", "detail": f"{type(exc).__name__}: {exc}"})
+    detector = get_detector()
+    det = detector.detect(img)
+    outcome = ItemOutcome(found=det.found, detector=detector.describe())
+    if not det.found and det_cfg.on_miss == "skip":
+        outcome.skipped = {"reason": "no_vehicle", "detail": f"no {'/'.join(det_cfg.classes)} at conf >= {det_cfg.conf}"}
+        return outcome
+    for rec, crop in crop_item(img, row, det, cfg):
+        path = out_dir / rec["crop_path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_jpeg(crop, cfg.jpeg_quality))
+        outcome.rows.append(rec)
+    if not outcome.rows:
+        outcome.skipped = {"reason": "no_crops", "detail": "no damage polygon, and no grid window passed the filters"}
+    return outcome
+
+
+def run_crops(
+    split_path: Path,
+    dataset_root: Path,
+    det_cfg: DetectConfig,
+    cfg: CropsConfig,
+    out_dir: Path,
+    item_cache: Path | None,
+    progress: bool = True,
+    max_pixels: int = 89_478_485,
+) -> dict[str, float]:
+    """Crop every photo of split.parquet into out_dir (see the module docstring); return metrics."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = pq.read_table(split_path).to_pylist()
+    params = canonical_json({"version": CROP_VERSION, "detect": det_cfg.model_dump(mode="json"),
+                             "crops": cfg.model_dump(mode="json")})
+    detectors: list[Detector] = []
+
+    def get_detector() -> Detector:
+        if not detectors:
+            detectors.append(make_detector(det_cfg))
+        return detectors[0]
+
+    crops: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    found: list[bool] = []
+    described: dict[str, Any] | None = None
+    seen: dict[str, str] = {}
+    n_cached = n_processed = 0
+    for row in tqdm(rows, desc="crops", unit="img", disable=not progress, leave=False):
+        if row["item_id"] in seen:
+            outcome = ItemOutcome(skipped={"reason": "duplicate_item", "detail": f"same bytes as {seen[row['item_id']]}"})
+        elif row.get("has_damage") is None:
+            outcome = ItemOutcome(skipped={"reason": "unknown_damage_state", "detail": "has_damage is null"})
+        else:
+            seen[row["item_id"]] = row["path"]
+            key = item_cache_key(row, params)
+            entry = Path(item_cache) / key[:2] / key if item_cache is not None else None
+            cached = _cache_read(entry) if entry is not None else None
+            if cached is not None:
+                n_cached += 1
+                outcome = ItemOutcome(cached["rows"], cached["skipped"], cached["found"], cached["detector"])
+                for rec in outcome.rows:
+                    rec.update(split=row.get("split"), source_path=row["path"])
+                    _place(entry / f"{rec['crop_id']}.jpg", out_dir / rec["crop_path"])
+            else:
+                n_processed += 1
+                outcome = _process(row, Path(dataset_root), get_detector, det_cfg, cfg, out_dir, max_pixels)
+                if entry is not None and outcome.found is not None:
+                    _cache_write(entry, outcome, out_dir)
+        crops.extend(outcome.rows)
+        if outcome.skipped:
+            skipped.append({"item_id": row["item_id"], "path": row["path"], **outcome.skipped})
+        if outcome.found is not None:
+            found.append(outcome.found)
+            described = described or outcome.detector
+    if detectors:
+        described = detectors[0].describe()
+
+    crops.sort(key=lambda r: r["crop_id"])
+    skipped.sort(key=lambda r: (r["path"], r["item_id"]))
+    pq.write_table(pa.Table.from_pylist(crops, schema=CROPS_SCHEMA), out_dir / "crops.parquet", **PARQUET_OPTIONS)
+    pq.write_table(pa.Table.from_pylist(skipped, schema=SKIPPED_SCHEMA), out_dir / "skipped.parquet", **PARQUET_OPTIONS)
+    metrics = _metrics(rows, crops, skipped, found, n_cached, n_processed)
+    _contact_sheet(out_dir, crops, out_dir / "contact_sheet.png")
+    (out_dir / "report.md").write_text(_report(metrics, crops, skipped, described, det_cfg), encoding="utf-8")
+    return metrics
+
+
+def _metrics(rows: list[dict], crops: list[dict], skipped: list[dict], found: list[bool],
+             n_cached: int, n_processed: int) -> dict[str, float]:
+    types = Counter(c["crop_type"] for c in crops)
+    reasons = Counter(s["reason"] for s in skipped)
+    metrics: dict[str, float] = {
+        "n_items": len(rows),
+        "n_items_cached": n_cached,
+        "n_items_processed": n_processed,
+        "n_crops": len(crops),
+        "n_damage_crops": types["damage"],
+        "n_clean_crops": types["clean"],
+        "n_skipped": len(skipped),
+        "n_detected": sum(found),
+        "detection_rate": sum(found) / len(found) if found else 0.0,
+    }
+    metrics.update({f"n_skipped_{r}": reasons[r] for r in SKIP_REASONS})
+    return metrics
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _detector_line(described: dict[str, Any] | None, det_cfg: DetectConfig) -> str:
+    if described is None:
+        return f"Detector `{det_cfg.backend}` (`{det_cfg.weights}`) did not run: no photo needed it."
+    details = ", ".join(f"{k}={v}" for k, v in sorted(described.items()))
+    return f"Detector: {details}."
+
+
+def _report(metrics: dict[str, float], crops: list[dict], skipped: list[dict],
+            described: dict[str, Any] | None, det_cfg: DetectConfig) -> str:
+    random_init = bool(described and described.get("random_init"))
+    title = "# Crops report"
+    if random_init:
+        title += (f" (RANDOM-INITIALISED detector `{described['weights']}`: vehicle boxes are meaningless; "
+                  "tests/demo only)")
+    lines = [
+        title, "",
+        _detector_line(described, det_cfg), "",
+        (f"{metrics['n_items']} photos: {metrics['n_items_processed']} processed, {metrics['n_items_cached']} "
+         f"from the per-item cache, {metrics['n_skipped']} skipped. **{metrics['n_crops']} crops**: "
+         f"{metrics['n_damage_crops']} damage, {metrics['n_clean_crops']} clean. Vehicle found in "
+         f"{metrics['n_detected']} photos (detection rate {metrics['detection_rate']:.1%}; on a miss: "
+         f"`{det_cfg.on_miss}`)."),
+        "", "## Crops per split", "", "| split | damage | clean |", "|---|---:|---:|",
+    ]
+    per_split = Counter((c["split"], c["crop_type"]) for c in crops)
+    for split in sorted({c["split"] or "" for c in crops}):
+        lines.append(f"| {split} | {per_split[(split, 'damage')]} | {per_split[(split, 'clean')]} |")
+    lines += ["", "## Crops per zone", "", "| zone | damage | clean |", "|---|---:|---:|"]
+    per_zone = Counter((c["zone"] if c["zone"] is not None else 99, c["zone_name"] or "-", c["crop_type"]) for c in crops)
+    for zone, name in sorted({(z, n) for z, n, _ in per_zone}):
+        label = f"{zone} {name}" if zone != 99 else name
+        lines.append(f"| {label} | {per_zone[(zone, name, 'damage')]} | {per_zone[(zone, name, 'clean')]} |")
+    damage_types = Counter(t for c in crops if c["crop_type"] == "damage" for t in c["damage_types"])
+    lines += ["", "## Damage types (crops holding them)", "", "| type | crops |", "|---|---:|"]
+    lines += [f"| {t} | {n} |" for t, n in sorted(damage_types.items())]
+    lines += ["", "## Skipped photos", ""]
+    reasons = Counter(s["reason"] for s in skipped)
+    if reasons:
+        lines += ["| reason | photos | meaning |", "|---|---:|---|"]
+        lines += [f"| {r} | {reasons[r]} | {SKIP_REASONS[r]} |" for r in SKIP_REASONS if reasons[r]]
+    else:
+        lines.append("None.")
+    lines += ["", "## Examples", "", "![contact sheet](contact_sheet.png)", ""]
+    return "\n".join(lines)
+
+
+def _contact_sheet(out_dir: Path, crops: list[dict], path: Path, per_type: int = 8, thumb: int = 160) -> None:
+    """A PNG of the first damage and clean crops (by crop_id), defect boxes drawn in red."""
+    from PIL import ImageDraw, ImageFont
+
+    picks = [c for t in ("damage", "clean") for c in [c for c in crops if c["crop_type"] == t][:per_type]]
+    cols = 4
+    rows = max(1, math.ceil(len(picks) / cols))
+    sheet = Image.new("RGB", (cols * thumb, rows * (thumb + 14)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, c in enumerate(picks):
+        with Image.open(out_dir / c["crop_path"]) as im:
+            im = im.convert("RGB")
+        s = min(thumb / im.width, thumb / im.height)
+        tile = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BILINEAR)
+        tile_draw = ImageDraw.Draw(tile)
+        for d in json.loads(c["defects"]):
+            x0, y0, x1, y1 = (v * s for v in d["box"])
+            tile_draw.rectangle((x0, y0, x1, y1), outline=(255, 0, 0), width=2)
+        x, y = (i % cols) * thumb, (i // cols) * (thumb + 14)
+        sheet.paste(tile, (x, y))
+        label = c["crop_type"] + (f": {','.join(c['damage_types'])}" if c["damage_types"] else "")
+        draw.text((x + 2, y + thumb + 1), label[:26], fill=(0, 0, 0), font=font)
+    sheet.save(path, format="PNG")
