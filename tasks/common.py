@@ -128,7 +128,8 @@ def phase_task(phase: str, pool: str | None = None):
             inject_fault(run.workdir, phase)
             return execute_phase(
                 phase, cfg, inputs, phase_context(cfg, run), options=run.options(),
-                runtime={"dataset_root": run.dataset_root}, force=run.force,
+                runtime={"dataset_root": run.dataset_root, "item_cache": str(Workspace(Path(run.workdir)).cache / "items")},
+                force=run.force,
             )
 
     run_phase.__name__ = f"{phase}_task"

@@ -73,6 +73,24 @@ def _run_split(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, r
     return run_split(inputs["audit"] / "manifest.parquet", SplitConfig(**params["split"]), out_dir)
 
 
+def _run_crops(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
+    from .config import CropsConfig, DetectConfig
+    from .crops import run_crops
+
+    cache = runtime.get("item_cache")
+    return run_crops(
+        inputs["split"] / "split.parquet", Path(runtime["dataset_root"]), DetectConfig(**params["detect"]),
+        CropsConfig(**params["crops"]), out_dir, Path(cache) / "crops" if cache else None,
+        progress=runtime.get("progress", True), max_pixels=params["max_pixels"],
+    )
+
+
+def _run_contexts(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
+    from .contexts import run_contexts
+
+    return run_contexts(inputs["crops"], out_dir)
+
+
 PHASES: dict[str, PhaseSpec] = {
     "audit": PhaseSpec(
         name="audit",
@@ -92,6 +110,27 @@ PHASES: dict[str, PhaseSpec] = {
         inputs=("audit",),
         params=lambda cfg, opt: {"split": cfg.split.model_dump(mode="json")},
         run=_run_split,
+        report_files=("report.md",),
+    ),
+    "crops": PhaseSpec(
+        name="crops",
+        version="1",
+        inputs=("split",),
+        params=lambda cfg, opt: {
+            "detect": cfg.detect.model_dump(mode="json"),
+            "crops": cfg.crops.model_dump(mode="json"),
+            "max_pixels": cfg.audit.max_pixels,
+        },
+        run=_run_crops,
+        report_files=("report.md", "contact_sheet.png", "skipped.parquet"),
+        pool="gpu",
+    ),
+    "contexts": PhaseSpec(
+        name="contexts",
+        version="1",
+        inputs=("crops",),
+        params=lambda cfg, opt: {},
+        run=_run_contexts,
         report_files=("report.md",),
     ),
 }
