@@ -2,8 +2,8 @@
 
 The Prefect cache key of a phase task IS its artifact id (`<phase>-<artifact_id>`), computed from
 the phase name, its code version, the config slice it reads and the ids of its input artifacts,
-never from the run id. A key is only offered when the artifact is complete in the store, so a
-cache record whose artifact was deleted is never trusted.
+never from the run id. When the artifact is not complete in the store, the result record under
+that key is dropped first, so a cached reference to a deleted artifact is never trusted.
 """
 from __future__ import annotations
 
@@ -85,9 +85,10 @@ class ArtifactIdPolicy(CachePolicy):
         refs: dict[str, ArtifactRef] = inputs.get("inputs") or {}
         spec = PHASES[self.phase]
         aid = spec.artifact_id(cfg, refs, run.options())
+        key = f"{self.phase}-{aid}"
         if not store_for(cfg, run.workdir).is_complete(self.phase, aid):
-            return None
-        return f"{self.phase}-{aid}"
+            drop_result_record(cfg, run.workdir, key)  # its artifact is gone: the record must not be trusted
+        return key
 
 
 def gpu_slot():
@@ -185,6 +186,17 @@ def finish_phase(state, phase: str, cfg: PipelineConfig, run: RunInfo) -> PhaseR
         print(f"warning: could not create the Prefect artifact for {phase}: {exc}")
     record_phase(run, result)
     return result
+
+
+def drop_result_record(cfg: PipelineConfig, workdir: str, key: str) -> None:
+    """Delete the Prefect result record stored under `key`, if any."""
+    import fsspec
+
+    uri = Workspace(Path(workdir)).results_uri(cfg)
+    fs, root = fsspec.core.url_to_fs(uri)
+    path = f"{root.rstrip('/')}/{key}"
+    if fs.exists(path):
+        fs.rm(path)
 
 
 def results_storage(cfg: PipelineConfig, workdir: str):
