@@ -7,7 +7,7 @@ from prefect import flow
 
 from pipeline.config import PipelineConfig
 from tasks.audit import audit_task
-from tasks.common import begin_flow, end_flow, finish_phase, run_cached
+from tasks.common import finish_phase, run_cached, run_pipeline
 from tasks.dataset import dataset_task
 from tasks.split import split_task
 
@@ -31,12 +31,4 @@ def data_prep(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Audit and split a raw dataset into a clean, split manifest (cached by content)."""
-    run = begin_flow("data-prep", config, workdir, dataset, format, progress)
-    ok = False
-    try:
-        results = data_prep_phases(config, run)
-        ok = True
-    finally:
-        if not ok:
-            end_flow(config, run, {}, ok=False)
-    return end_flow(config, run, results)
+    return run_pipeline("data-prep", config, workdir, dataset, format, progress, data_prep_phases)

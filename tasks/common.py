@@ -281,6 +281,18 @@ def end_flow(cfg: PipelineConfig, run: RunInfo, results: dict[str, PhaseResult],
     }
 
 
+def run_pipeline(name: str, cfg: PipelineConfig, workdir: str, dataset: str | None, fmt: str | None,
+                 progress: bool, phases) -> dict[str, Any]:
+    """The body every flow shares: open the tracking, run `phases(cfg, run)`, close it (FAILED on error)."""
+    run = begin_flow(name, cfg, workdir, dataset, fmt, progress)
+    try:
+        results = phases(cfg, run)
+    except BaseException:
+        end_flow(cfg, run, {}, ok=False)
+        raise
+    return end_flow(cfg, run, results)
+
+
 def run_cached(task_obj, phase: str, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo) -> PhaseResult:
     """Call a phase task with the configured result storage; mark and track Prefect cache hits."""
     configured = task_obj.with_options(result_storage=results_storage(cfg, run.workdir),

@@ -66,6 +66,8 @@ def _run_flow(flow_name: str, as_json: bool, **kwargs: Any) -> dict[str, Any]:
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         if flow_name == "data-prep":
             from flows.data_prep import data_prep as flow_fn
+        elif flow_name == "retrieval":
+            from flows.retrieval import retrieval as flow_fn
         elif flow_name == "factory":
             from flows.factory import factory as flow_fn
         elif flow_name == "run-phase":
@@ -85,38 +87,28 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         typer.echo(f"  {name:<10} {p['artifact_id'][:16]}  {status:<9}  {p['path']}")
 
 
-@run_app.command("data-prep")
-def run_data_prep(
-    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False),
-    format: Format = typer.Option(Format.labelme, "--format", "-f", help="Dataset format."),
-    workdir: Path = WorkdirOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    as_json: bool = JsonOpt,
-    progress: bool = typer.Option(True, help="Progress bars on stderr."),
-) -> None:
-    """Audit and split a dataset (cached: unchanged inputs recompute nothing)."""
-    cfg = _config(config, set_)
-    summary = _run_flow("data-prep", as_json, dataset=str(dataset.resolve()), format=format.value,
-                        workdir=str(workdir.resolve()), config=cfg, progress=progress and not as_json)
-    _print_summary(summary, as_json)
+def _flow_command(flow_name: str, help_text: str):
+    def command(
+        dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False),
+        format: Format = typer.Option(Format.labelme, "--format", "-f", help="Dataset format."),
+        workdir: Path = WorkdirOpt,
+        config: Optional[Path] = ConfigOpt,
+        set_: Optional[List[str]] = SetOpt,
+        as_json: bool = JsonOpt,
+        progress: bool = typer.Option(True, help="Progress bars on stderr."),
+    ) -> None:
+        cfg = _config(config, set_)
+        summary = _run_flow(flow_name, as_json, dataset=str(dataset.resolve()), format=format.value,
+                            workdir=str(workdir.resolve()), config=cfg, progress=progress and not as_json)
+        _print_summary(summary, as_json)
+
+    command.__doc__ = help_text
+    run_app.command(flow_name)(command)
 
 
-@run_app.command("factory")
-def run_factory(
-    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False),
-    format: Format = typer.Option(Format.labelme, "--format", "-f", help="Dataset format."),
-    workdir: Path = WorkdirOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    as_json: bool = JsonOpt,
-    progress: bool = typer.Option(True, help="Progress bars on stderr."),
-) -> None:
-    """Run the whole DAG as it exists (what the nightly deployment runs)."""
-    cfg = _config(config, set_)
-    summary = _run_flow("factory", as_json, dataset=str(dataset.resolve()), format=format.value,
-                        workdir=str(workdir.resolve()), config=cfg, progress=progress and not as_json)
-    _print_summary(summary, as_json)
+_flow_command("data-prep", "Audit and split a dataset (cached: unchanged inputs recompute nothing).")
+_flow_command("retrieval", "data-prep, then vehicle crops and their text contexts (embeddings and index next).")
+_flow_command("factory", "Run the whole DAG as it exists (what the nightly deployment runs).")
 
 
 @app.command("run-phase")
@@ -240,19 +232,23 @@ def demo(
 
     if not (data_dir / "dataset.json").is_file():
         generate_demo_data(data_dir, cfg.demo)
-    summary = _run_flow("data-prep", False, dataset=str(data_dir), format="labelme", workdir=str(workdir),
+    summary = _run_flow("retrieval", False, dataset=str(data_dir), format="labelme", workdir=str(workdir),
                         config=cfg, progress=True)
     _print_summary(summary, False)
-    split = summary["phases"]["split"]
+    phases = summary["phases"]
+    last = phases[list(phases)[-1]]
     typer.echo("")
     typer.echo(f"demo data:   {data_dir}")
     typer.echo(f"outputs:     {workdir / 'artifacts'}")
-    typer.echo(f"manifest:    {summary['phases']['audit']['path']}/manifest.parquet")
-    typer.echo(f"quarantine:  {summary['phases']['audit']['path']}/quarantine.parquet")
-    typer.echo(f"split:       {split['path']}/split.parquet")
+    typer.echo(f"manifest:    {phases['audit']['path']}/manifest.parquet")
+    typer.echo(f"quarantine:  {phases['audit']['path']}/quarantine.parquet")
+    typer.echo(f"split:       {phases['split']['path']}/split.parquet")
+    for name, table in (("crops", "crops.parquet"), ("contexts", "contexts.parquet")):
+        if name in phases:
+            typer.echo(f"{name + ':':<12} {phases[name]['path']}/{table}")
     if summary.get("tracking_uri"):
         typer.echo(f"MLflow UI:   mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1 --port 5000")
-    typer.echo(f"lineage:     pipeline lineage {split['artifact_id'][:12]} --workdir {workdir}")
+    typer.echo(f"lineage:     pipeline lineage {last['artifact_id'][:12]} --workdir {workdir}")
 
 
 @app.command("lineage")
