@@ -161,6 +161,7 @@ class IndexConfig(Section):
     ef_construction: int = Field(200, ge=8)
     ef_search: int = Field(64, ge=1)
     flat_max: int = Field(20000, ge=1, description="'auto': up to this many vectors use an exact Flat index.")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF-PQ: inverted lists probed per query.")
     self_check_sample: int = Field(200, ge=1)
     use_gpu: bool = Field(True, description="Use a GPU index when faiss's GPU build and a GPU are present.")
 

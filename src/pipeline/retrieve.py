@@ -1,0 +1,166 @@
+"""Similar-crop search over a built index, with metadata filters.
+
+A query is a vector (index space), a PIL image, an image path, or a text (a str that is not an
+existing file); images and texts go through the embedder's query convention (embed.py). Filters
+(zones, has_damage, damage_type, exclude_ids) are applied as a FAISS pre-filter (IDSelectorBatch in
+SearchParameters / SearchParametersHNSW / SearchParametersIVF); when the approximate filtered search
+returns fewer than k hits, the search over-fetches unfiltered with a growing k, and finally scores
+the allowed rows exactly, so k hits come back whenever k items satisfy the filter.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .index import search_params
+
+
+class Retriever:
+    """An opened index directory: the FAISS index, its metadata rows and (lazily) the embedder."""
+
+    def __init__(self, index: Any, metadata: list[dict[str, Any]], info: dict[str, Any], embedder: Any = None,
+                 device: str = "auto") -> None:
+        self.index = index
+        self.metadata = metadata
+        self.info = info
+        self._embedder = embedder
+        self.device = device
+        self._zone = np.array([m["zone"] if m["zone"] is not None else -1 for m in metadata], dtype=np.int64)
+        self._damaged = np.array([bool(m["has_damage"]) for m in metadata], dtype=bool)
+        self._row = {m["crop_id"]: i for i, m in enumerate(metadata)}
+
+    @classmethod
+    def open(cls, index_dir: Path, embedder: Any = None, device: str = "auto") -> "Retriever":
+        """Load index.faiss, metadata.parquet and index.json from `index_dir`."""
+        import faiss
+        import pyarrow.parquet as pq
+
+        index_dir = Path(index_dir)
+        info = json.loads((index_dir / "index.json").read_text(encoding="utf-8"))
+        index = faiss.read_index(str(index_dir / "index.faiss"))
+        metadata = pq.read_table(index_dir / "metadata.parquet").to_pylist()
+        if index.ntotal != len(metadata):
+            raise ValueError(f"{index_dir}: index has {index.ntotal} vectors but metadata {len(metadata)} rows")
+        return cls(index, metadata, info, embedder, device)
+
+    @property
+    def embedder(self) -> Any:
+        """The embedder passed in, else the one recorded in the embeddings dir's embedder.json."""
+        if self._embedder is None:
+            from .embed import embedder_from_json
+
+            self._embedder = embedder_from_json(Path(self.info["emb_dir"]) / "embedder.json", self.device)
+        return self._embedder
+
+    # -- queries -------------------------------------------------------------------------------
+    def query_vector(self, query: Any) -> np.ndarray:
+        """(dim,) float32 index-space vector of a vector, PIL image, image path or text."""
+        from PIL import Image
+
+        if isinstance(query, np.ndarray):
+            vec = query.astype(np.float32).reshape(-1)
+        elif isinstance(query, Image.Image):
+            vec = self.embedder.query_image(query)
+        elif isinstance(query, (str, Path)) and Path(query).is_file():
+            with Image.open(query) as im:
+                vec = self.embedder.query_image(im.convert("RGB"))
+        elif isinstance(query, str):
+            vec = self.embedder.query_text(query)
+        else:
+            raise TypeError(f"query must be a vector, PIL image, image path or text, got {type(query).__name__}")
+        if vec.shape[0] != self.index.d:
+            raise ValueError(f"query has dim {vec.shape[0]}, the index {self.index.d}")
+        return vec
+
+    def allowed_rows(self, zones: int | Sequence[int] | None = None, has_damage: bool | None = None,
+                     damage_type: str | Sequence[str] | None = None,
+                     exclude_ids: Iterable[str] | None = None) -> np.ndarray | None:
+        """Rows satisfying all filters (damage_type: any of the given types), or None when unfiltered."""
+        if zones is None and has_damage is None and damage_type is None and not exclude_ids:
+            return None
+        mask = np.ones(len(self.metadata), dtype=bool)
+        if zones is not None:
+            mask &= np.isin(self._zone, np.atleast_1d(np.asarray(zones, dtype=np.int64)))
+        if has_damage is not None:
+            mask &= self._damaged == bool(has_damage)
+        if damage_type is not None:
+            wanted = {damage_type} if isinstance(damage_type, str) else set(damage_type)
+            mask &= np.array([bool(wanted & set(m["damage_types"] or ())) for m in self.metadata], dtype=bool)
+        for crop_id in exclude_ids or ():
+            if crop_id in self._row:
+                mask[self._row[crop_id]] = False
+        return np.flatnonzero(mask).astype(np.int64)
+
+    # -- search --------------------------------------------------------------------------------
+    def search(self, query: Any, k: int = 5, zones: int | Sequence[int] | None = None, has_damage: bool | None = None,
+               damage_type: str | Sequence[str] | None = None,
+               exclude_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Top-k hits: dicts of rank (1-based), crop_id, score and the metadata columns; scores descending."""
+        return self.search_many(self.query_vector(query)[None, :], k, zones=zones, has_damage=has_damage,
+                                damage_type=damage_type, exclude_ids=exclude_ids)[0]
+
+    def search_many(self, matrix: np.ndarray, k: int = 5, **filters: Any) -> list[list[dict[str, Any]]]:
+        """`search` for each row of an (m, dim) matrix of index-space vectors (same filters for all)."""
+        q = np.ascontiguousarray(np.atleast_2d(matrix), dtype=np.float32)
+        allowed = self.allowed_rows(**filters)
+        want = min(k, self.index.ntotal if allowed is None else len(allowed))
+        if want <= 0:
+            return [[] for _ in q]
+        hits = self._prefiltered(q, want, allowed)
+        short = [i for i, h in enumerate(hits) if len(h) < want]
+        if short:
+            for i, h in zip(short, self._overfetch(q[short], want, allowed)):
+                hits[i] = h
+        return [[self._hit(rank, row, score) for rank, (row, score) in enumerate(h, 1)] for h in hits]
+
+    def _prefiltered(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        import faiss
+
+        if allowed is None:
+            scores, rows = self.index.search(q, k)
+        else:
+            selector = faiss.IDSelectorBatch(allowed)
+            scores, rows = self.index.search(q, k, params=search_params(self.index, selector))
+        return [[(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
+
+    def _overfetch(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        """Unfiltered searches with k growing x4 up to ntotal, filtered afterwards; then exact scoring."""
+        ok = np.zeros(self.index.ntotal, dtype=bool)
+        ok[allowed if allowed is not None else slice(None)] = True
+        out: list[list[tuple[int, float]]] = [[] for _ in q]
+        todo = list(range(len(q)))
+        fetch = min(self.index.ntotal, 4 * k)
+        while todo:
+            scores, rows = self.index.search(q[todo], fetch)
+            still = []
+            for i, rr, ss in zip(todo, rows, scores):
+                out[i] = [(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0 and ok[r]][:k]
+                if len(out[i]) < k:
+                    still.append(i)
+            if fetch >= self.index.ntotal:
+                todo = still
+                break
+            todo, fetch = still, min(self.index.ntotal, fetch * 4)
+        for i in todo:
+            out[i] = self._exact(q[i], k, np.flatnonzero(ok))
+        return out
+
+    def _exact(self, vec: np.ndarray, k: int, rows: np.ndarray) -> list[tuple[int, float]]:
+        """Exact inner products against the stored vectors of `rows` (approximate for IVF-PQ codes)."""
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            ivf.make_direct_map()
+        vecs = self.index.reconstruct_batch(rows)
+        scores = vecs @ vec
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(rows[t]), float(scores[t])) for t in top]
+
+    def _hit(self, rank: int, row: int, score: float) -> dict[str, Any]:
+        meta = self.metadata[row]
+        return {"rank": rank, "crop_id": meta["crop_id"], "score": score,
+                **{key: v for key, v in meta.items() if key != "crop_id"}}

@@ -1,0 +1,201 @@
+"""Embeddings: real hybrid weights, fusion math, random-init CLIP end to end, shards and the item cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.config import EmbedConfig
+
+ZONES = {1: "front", 2: "side", 3: "rear"}
+DAMAGE = ["scratch", "dent", "crack"]
+CLIP_SMALL = "ViT-S-32"  # smallest ViT in open_clip's list; random-initialised in tests (no weights offline)
+
+
+def crop_row(i: int, crop_path: str, crop_id: str, size: tuple[int, int]) -> dict:
+    """One CROPS_SCHEMA row: zone cycles 1..3, every other crop damaged, damage type cycles."""
+    zone = 1 + i % 3
+    damaged = i % 2 == 0
+    types = [DAMAGE[(i // 2) % 3]] if damaged else []
+    return {"crop_id": crop_id, "item_id": f"item{i // 4:03d}", "source_path": f"img{i // 4}.jpg",
+            "split": ["train", "val", "test"][i % 3], "crop_path": crop_path, "crop_type": "damage" if damaged else "clean",
+            "x0": 0, "y0": 0, "x1": size[0], "y1": size[1], "width": size[0], "height": size[1],
+            "source_width": 640, "source_height": 480, "grid_row": None if damaged else 0, "grid_col": None if damaged else i,
+            "zone": zone, "zone_name": ZONES[zone], "zone_area": "body", "part": ["door", "bumper", "hood"][i % 3],
+            "has_damage": damaged, "damage_types": types, "defects": "[]", "n_defects": len(types),
+            "vehicle_box": [0, 0, 640, 480], "det_conf": 0.9, "det_found": True}
+
+
+def make_crops(root: Path, n: int, start: int = 0, size: tuple[int, int] = (64, 48), with_contexts: bool = True,
+               existing: list[dict] | None = None) -> tuple[Path, Path]:
+    """A crops artifact dir (crops.parquet + crops/<id[:2]>/<id>.jpg) and a contexts dir with n crops."""
+    from pipeline.contexts import CONTEXTS_SCHEMA
+    from pipeline.crops import CROPS_SCHEMA
+
+    crops_dir, ctx_dir = root / "crops", root / "contexts"
+    rows = list(existing or [])
+    rng = np.random.default_rng(start)
+    for i in range(start, start + n):
+        cid = hashlib.sha256(f"crop{i}".encode()).hexdigest()
+        rel = f"crops/{cid[:2]}/{cid}.jpg"
+        (crops_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        base = np.array([(i * 37) % 255, (i * 91) % 255, (i * 13) % 255], dtype=np.uint8)
+        arr = np.clip(base + rng.integers(0, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(crops_dir / rel, quality=90)
+        rows.append(crop_row(i, rel, cid, size))
+    rows.sort(key=lambda r: r["crop_id"])
+    pq.write_table(pa.Table.from_pylist(rows, schema=CROPS_SCHEMA), crops_dir / "crops.parquet")
+    if with_contexts:
+        ctx_dir.mkdir(parents=True, exist_ok=True)
+        ctx = [{"crop_id": r["crop_id"], "part": r["part"], "pattern": "single" if r["has_damage"] else "none",
+                "text": (f"{r['damage_types'][0]} on the {r['part']} of the {r['zone_name']}" if r["has_damage"]
+                         else f"clean {r['part']} of the {r['zone_name']}"), "n_words": 6} for r in rows]
+        pq.write_table(pa.Table.from_pylist(ctx, schema=CONTEXTS_SCHEMA), ctx_dir / "contexts.parquet")
+    return crops_dir, ctx_dir
+
+
+def crop_rows(crops_dir: Path) -> list[dict]:
+    return pq.read_table(crops_dir / "crops.parquet").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    from pipeline.embed import make_embedder
+
+    return make_embedder(EmbedConfig(), "cpu")
+
+
+def test_hybrid_uses_real_weights(hybrid):
+    import torch
+
+    from pipeline.models import lite0_package_file
+
+    d = hybrid.describe()
+    assert d["random_init"] is False and d["backend"] == "hybrid" and d["dim"] == 1664
+    assert d["models"]["image"]["source"] == "package" and d["models"]["text"]["source"] == "package"
+    src = torch.load(lite0_package_file(), map_location="cpu", weights_only=True)
+    src_t = [v for k, v in src.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc.")]
+    dst_t = [v for k, v in hybrid.image.model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    assert len(src_t) == len(dst_t) == 245  # 247 minus the dropped classifier weight and bias
+    assert all(torch.equal(a, b) for a, b in zip(src_t, dst_t))
+
+
+def test_minilm_paraphrases_closer(hybrid):
+    v = hybrid.embed_texts(["a deep scratch on the front bumper", "the front bumper has a long scratch",
+                            "the quarterly financial report is due on monday"])
+    assert v.shape == (3, 384)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
+
+
+def test_hybrid_images_and_queries(hybrid):
+    imgs = [Image.new("RGB", (80, 60), c) for c in ("red", "blue")]
+    iv = hybrid.embed_images(imgs)
+    assert iv.shape == (2, 1280) and np.allclose(np.linalg.norm(iv, axis=1), 1, atol=1e-5)
+    q = hybrid.query_image(imgs[0])
+    assert q.shape == (1664,) and np.allclose(q[1280:], 0) and abs(np.linalg.norm(q) - 1) < 1e-5
+    t = hybrid.query_text("dent on the door")
+    assert np.allclose(t[:1280], 0) and abs(np.linalg.norm(t) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("fusion", ["average", "weighted", "concat"])
+def test_fusion_math(fusion):
+    from pipeline.embed import Embedder
+
+    class _M:  # minimal stand-in: fuse/image_query/text_query use only cfg and dims
+        random_init = False
+
+    cfg = EmbedConfig(backend="clip", fusion=fusion, alpha=0.7, beta=0.3)
+    e = Embedder(cfg, "cpu", _M(), None, None, 8, 8)
+    rng = np.random.default_rng(0)
+    i, t = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+    f = e.fuse(i, t)
+    assert f.dtype == np.float32 and np.allclose(np.linalg.norm(f, axis=1), 1, atol=1e-5)
+    ni = i / np.linalg.norm(i, axis=1, keepdims=True)
+    nt = t / np.linalg.norm(t, axis=1, keepdims=True)
+    if fusion == "concat":
+        assert f.shape == (5, 16) and e.dim == 16
+        expect = np.concatenate([0.7 * ni, 0.3 * nt], axis=1)
+    else:
+        assert f.shape == (5, 8) and e.dim == 8
+        expect = (ni + nt) / 2 if fusion == "average" else 0.7 * ni + 0.3 * nt
+    assert np.allclose(f, expect / np.linalg.norm(expect, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(np.linalg.norm(e.image_query(i), axis=1), 1, atol=1e-5)
+    assert e.text_query(t).shape == (5, e.dim)
+
+
+def test_hybrid_concat_weights():
+    from pipeline.embed import Embedder
+
+    e = Embedder(EmbedConfig(alpha=0.6, beta=0.8), "cpu", None, None, None, 1280, 384)
+    f = e.fuse(np.ones((2, 1280)), np.ones((2, 384)))
+    assert f.shape == (2, 1664)
+    assert np.allclose(np.linalg.norm(f[:, :1280], axis=1) / np.linalg.norm(f[:, 1280:], axis=1), 0.6 / 0.8)
+
+
+def test_patch_boxes():
+    from pipeline.embed import patch_boxes
+
+    assert patch_boxes(200, 100, 224) == []
+    boxes = patch_boxes(448, 300, 224)
+    assert len(boxes) == 3 * 2 and all(b[2] - b[0] == 224 and b[3] - b[1] == 224 for b in boxes)
+    assert max(b[2] for b in boxes) == 448 and max(b[3] for b in boxes) == 300
+
+
+def test_missing_weights_names_three_ways():
+    from pipeline.embed import make_embedder
+    from pipeline.models import ModelUnavailable
+
+    with pytest.raises(ModelUnavailable) as err:
+        make_embedder(EmbedConfig(backend="clip", clip_model="ViT-B-32", clip_pretrained="openai"), "cpu")
+    msg = str(err.value)
+    assert "ViT-B-32 (openai)" in msg
+    for way in ("embed.clip_pretrained", "local cache", "embed.allow_download"):
+        assert way in msg
+
+
+def test_clip_random_init_end_to_end(tmp_path):
+    from pipeline.embed import load_embeddings, run_embeddings
+
+    crops, ctx = make_crops(tmp_path, 6, size=(300, 200))
+    cfg = EmbedConfig(backend="clip", clip_model=CLIP_SMALL, clip_pretrained=None, allow_random_init=True,
+                      fusion="concat", multi_patch=True, batch_size=4)
+    m = run_embeddings(crops, ctx, cfg, tmp_path / "emb", None, device="cpu", progress=False)
+    assert m["n_total"] == 6 and m["n_embedded"] == 6 and m["random_init"] == 1
+    first = (tmp_path / "emb" / "report.md").read_text().splitlines()[0]
+    assert first.startswith("Random-initialised model:") and CLIP_SMALL in first
+    meta = json.loads((tmp_path / "emb" / "embedder.json").read_text())
+    assert meta["random_init"] is True and meta["backend"] == "clip" and meta["config"]["clip_pretrained"] is None
+    ids, x = load_embeddings(tmp_path / "emb")
+    assert x.shape == (6, meta["dim"]) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-4)
+
+
+def test_shards_and_item_cache(tmp_path):
+    from pipeline.embed import load_embeddings, run_embeddings
+
+    crops, ctx = make_crops(tmp_path / "a", 20)
+    cfg = EmbedConfig(shard_size=16, batch_size=8, num_workers=2)
+    cache = tmp_path / "cache"
+    m1 = run_embeddings(crops, ctx, cfg, tmp_path / "e1", cache, device="cpu", progress=False)
+    assert (m1["n_embedded"], m1["n_cached"], m1["dim"]) == (20, 0, 1664)
+    assert sorted(p.name for p in (tmp_path / "e1" / "shards").iterdir()) == ["emb_00000.npy", "emb_00001.npy"]
+    assert "Random-initialised" not in (tmp_path / "e1" / "report.md").read_text()
+    ids, x1 = load_embeddings(tmp_path / "e1")
+    assert ids == sorted(r["crop_id"] for r in crop_rows(crops)) and x1.shape == (20, 1664)
+    assert np.allclose(np.linalg.norm(x1, axis=1), 1, atol=1e-5)
+
+    m2 = run_embeddings(crops, ctx, cfg, tmp_path / "e2", cache, device="cpu", progress=False)
+    assert (m2["n_embedded"], m2["n_cached"]) == (0, 20)
+    assert np.array_equal(load_embeddings(tmp_path / "e2")[1], x1)
+
+    crops3, ctx3 = make_crops(tmp_path / "a", 3, start=20, existing=crop_rows(crops))
+    m3 = run_embeddings(crops3, ctx3, cfg, tmp_path / "e3", cache, device="cpu", progress=False)
+    assert (m3["n_total"], m3["n_embedded"], m3["n_cached"]) == (23, 3, 20)
+    ids3, x3 = load_embeddings(tmp_path / "e3")
+    assert ids3 == sorted(ids3) and dict(zip(ids3, map(tuple, x3)))[ids[5]] == tuple(x1[5])
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".pkl", ".pickle")]
