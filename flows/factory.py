@@ -1,7 +1,7 @@
 """factory: the whole DAG as it exists today (nightly schedule and ad-hoc runs from the UI).
 
-Today: dataset -> audit -> split -> crops -> contexts. Later phases (embeddings, index, training,
-export) are added here as they land.
+Today: dataset -> audit -> split -> crops -> contexts -> embeddings -> index -> validation.
+Training, distillation, calibration and export are added here as they land.
 """
 from __future__ import annotations
 

@@ -9,11 +9,17 @@ from pipeline.config import PipelineConfig
 from pipeline.store import ArtifactRef
 from tasks.audit import audit_task
 from tasks.common import RunRecord, begin_flow, end_flow, finish_phase, run_cached
+from tasks.contexts import contexts_task
+from tasks.crops import crops_task
 from tasks.dataset import dataset_task
+from tasks.embeddings import embeddings_task
+from tasks.index import index_task
 from tasks.split import split_task
+from tasks.validation import validation_task
 
-PHASE_TASKS = {"audit": audit_task, "split": split_task}
-Phase = Literal["dataset", "audit", "split"]
+PHASE_TASKS = {"audit": audit_task, "split": split_task, "crops": crops_task, "contexts": contexts_task,
+               "embeddings": embeddings_task, "index": index_task, "validation": validation_task}
+Phase = Literal["dataset", "audit", "split", "crops", "contexts", "embeddings", "index", "validation"]
 
 
 @flow(name="run-phase", log_prints=True)

@@ -129,7 +129,8 @@ def phase_task(phase: str, pool: str | None = None):
             inject_fault(run.workdir, phase)
             return execute_phase(
                 phase, cfg, inputs, phase_context(cfg, run), options=run.options(),
-                runtime={"dataset_root": run.dataset_root, "item_cache": str(Workspace(Path(run.workdir)).cache / "items")},
+                runtime={"dataset_root": run.dataset_root, "device": cfg.runtime.device,
+                         "item_cache": str(Workspace(Path(run.workdir)).cache / "items")},
                 force=run.force,
             )
 

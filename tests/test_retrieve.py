@@ -144,3 +144,18 @@ def test_bad_query(built):
         r.search(42)
     with pytest.raises(ValueError, match="dim"):
         r.search(np.ones(3, dtype=np.float32))
+
+
+def test_filtered_search_survives_faiss_torch_utils():
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which replaces Index.search."""
+    import faiss
+    import faiss.contrib.torch_utils  # noqa: F401
+
+    from pipeline.index import np_search
+
+    x = np.eye(8, dtype=np.float32)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
+    index.add_with_ids(x, np.arange(8, dtype=np.int64))
+    params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array([3, 5], dtype=np.int64)))
+    _, rows = np_search(index, x[:1], 2, params)
+    assert sorted(rows[0].tolist()) == [3, 5]

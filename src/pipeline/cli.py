@@ -107,7 +107,7 @@ def _flow_command(flow_name: str, help_text: str):
 
 
 _flow_command("data-prep", "Audit and split a dataset (cached: unchanged inputs recompute nothing).")
-_flow_command("retrieval", "data-prep, then vehicle crops and their text contexts (embeddings and index next).")
+_flow_command("retrieval", "data-prep, crops, contexts, embeddings, FAISS index and validation.")
 _flow_command("factory", "Run the whole DAG as it exists (what the nightly deployment runs).")
 
 
@@ -274,6 +274,71 @@ def lineage(
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
     typer.echo(json.dumps(tree, indent=2, sort_keys=True) if as_json else render(tree).rstrip())
+
+
+class YesNo(str, Enum):
+    yes = "yes"
+    no = "no"
+
+
+def _latest(store, phase: str) -> str:
+    """Id of the most recently created complete artifact of `phase`."""
+    from .store import ArtifactNotFound
+
+    root = Path(store.root) / phase
+    found = []
+    for lin in root.glob("*/lineage.json") if root.is_dir() else []:
+        found.append((json.loads(lin.read_text()).get("created_at", ""), lin.parent.name))
+    if not found:
+        raise ArtifactNotFound(f"no {phase} artifact under {store.uri}: run `pipeline run retrieval` first")
+    return max(found)[1]
+
+
+@app.command("search")
+def search(
+    image: Optional[Path] = typer.Option(None, "--image", help="Query image.", exists=True, dir_okay=False),
+    text: Optional[str] = typer.Option(None, "--text", help="Query text."),
+    k: int = typer.Option(5, "--k", min=1, help="Number of results."),
+    zone: Optional[List[int]] = typer.Option(None, "--zone", help="Only these vehicle zones (1-10, repeatable)."),
+    damaged: Optional[YesNo] = typer.Option(None, "--damaged", help="Only damaged (yes) or clean (no) crops."),
+    damage_type: Optional[str] = typer.Option(None, "--damage-type", help="Only crops with this damage type."),
+    index: Optional[str] = typer.Option(None, "--index", help="Index artifact id (default: the newest)."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Search the crop index by image or text, with zone / damage filters."""
+    if (image is None) == (text is None):
+        typer.secho("error: give exactly one of --image or --text", err=True, fg="red")
+        raise typer.Exit(2)
+    cfg = _config(config, set_)
+    from .workspace import setup_environment
+
+    ws = setup_environment(workdir, prefect_home=False)
+    from .retrieve import Retriever
+    from .store import ArtifactNotFound, ArtifactStore
+
+    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    try:
+        aid = store.find(index)[1] if index else _latest(store, "index")
+    except ArtifactNotFound as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    retriever = Retriever.open(Path(store.dir_path("index", aid)), device=cfg.runtime.device)
+    hits = retriever.search(str(image) if image else text, k=k, zones=zone or None,
+                            has_damage=None if damaged is None else damaged == YesNo.yes, damage_type=damage_type)
+    keep = ("rank", "score", "crop_id", "zone", "zone_name", "has_damage", "damage_types", "part", "split",
+            "crop_path", "text")
+    rows = [{key: h.get(key) for key in keep} for h in hits]
+    if as_json:
+        print(json.dumps({"index": aid, "query": str(image) if image else text, "hits": rows}, indent=2, default=str))
+        return
+    typer.echo(f"index {aid[:12]}: {len(rows)} result(s)")
+    for r in rows:
+        state = "damaged" if r["has_damage"] else "clean"
+        typer.echo(f"{r['rank']:>3}. {r['score']:.3f}  zone {r['zone']} {r['zone_name'] or ''}  {state} "
+                   f"{','.join(r['damage_types'] or [])}\n     {r['crop_path']}\n     {r['text']}")
 
 
 @config_app.command("show")

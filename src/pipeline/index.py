@@ -173,6 +173,13 @@ def quality(index: Any, x: np.ndarray, sample: int, k: int = 10, seed: int = 0) 
     return {"self_hit_rate": float(np.mean(got[:, 0] == rows)), f"recall_at_{k}": recall, "n_checked": len(rows)}
 
 
+def np_search(index: Any, q: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """index.search on numpy arrays, also after `faiss.contrib.torch_utils` (imported by
+    pytorch-metric-learning) replaced `search` with a torch-aware version that takes no params."""
+    search = getattr(index, "search_numpy", index.search)
+    return search(q, k, params=params) if params is not None else search(q, k)
+
+
 def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: IndexConfig,
               out_dir: Path) -> dict[str, Any]:
     """Build, check and save the index of an embeddings dir; returns metrics."""

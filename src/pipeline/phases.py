@@ -91,6 +91,38 @@ def _run_contexts(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path
     return run_contexts(inputs["crops"], out_dir)
 
 
+def _run_embeddings(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
+    from .config import EmbedConfig
+    from .embed import run_embeddings
+
+    cache = runtime.get("item_cache")
+    return run_embeddings(inputs["crops"], inputs["contexts"], EmbedConfig(**params["embed"]), out_dir,
+                          item_cache=Path(cache) / "embeddings" if cache else None,
+                          device=runtime.get("device", "auto"), progress=runtime.get("progress", True))
+
+
+def _run_index(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
+    from .config import IndexConfig
+    from .index import run_index
+
+    return run_index(inputs["embeddings"], inputs["crops"], inputs["contexts"], IndexConfig(**params["index"]), out_dir)
+
+
+def _run_validation(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
+    import pyarrow.parquet as pq
+
+    from .embed import load_embeddings
+    from .retrieve import Retriever
+    from .validate import validate
+
+    ids, x = load_embeddings(inputs["embeddings"])
+    meta = {r["crop_id"]: r for r in pq.read_table(inputs["index"] / "metadata.parquet").to_pylist()}
+    defects = dict(zip(*pq.read_table(inputs["crops"] / "crops.parquet", columns=["crop_id", "defects"]).to_pydict().values()))
+    rows = [{**meta[c], "defects": defects.get(c)} for c in ids]
+    retriever = Retriever.open(inputs["index"])
+    return validate(x, rows, out_dir, k=params["k"], search=retriever.search, seed=params["seed"])
+
+
 PHASES: dict[str, PhaseSpec] = {
     "audit": PhaseSpec(
         name="audit",
@@ -132,6 +164,31 @@ PHASES: dict[str, PhaseSpec] = {
         params=lambda cfg, opt: {},
         run=_run_contexts,
         report_files=("report.md",),
+    ),
+    "embeddings": PhaseSpec(
+        name="embeddings",
+        version="1",
+        inputs=("crops", "contexts"),
+        params=lambda cfg, opt: {"embed": cfg.embed.model_dump(mode="json")},
+        run=_run_embeddings,
+        report_files=("report.md", "embedder.json"),
+        pool="gpu",
+    ),
+    "index": PhaseSpec(
+        name="index",
+        version="1",
+        inputs=("embeddings", "crops", "contexts"),
+        params=lambda cfg, opt: {"index": cfg.index.model_dump(mode="json")},
+        run=_run_index,
+        report_files=("report.md", "index.json"),
+    ),
+    "validation": PhaseSpec(
+        name="validation",
+        version="1",
+        inputs=("index", "embeddings", "crops"),
+        params=lambda cfg, opt: {"k": 5, "seed": 0},
+        run=_run_validation,
+        report_files=("report.md", "metrics.json", "pca.png", "tsne.png", "examples.png"),
     ),
 }
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .index import search_params
+from .index import np_search, search_params
 
 
 class Retriever:
@@ -120,10 +120,10 @@ class Retriever:
         import faiss
 
         if allowed is None:
-            scores, rows = self.index.search(q, k)
+            scores, rows = np_search(self.index, q, k)
         else:
             selector = faiss.IDSelectorBatch(allowed)
-            scores, rows = self.index.search(q, k, params=search_params(self.index, selector))
+            scores, rows = np_search(self.index, q, k, search_params(self.index, selector))
         return [[(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
 
     def _overfetch(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
@@ -134,7 +134,7 @@ class Retriever:
         todo = list(range(len(q)))
         fetch = min(self.index.ntotal, 4 * k)
         while todo:
-            scores, rows = self.index.search(q[todo], fetch)
+            scores, rows = np_search(self.index, q[todo], fetch)
             still = []
             for i, rr, ss in zip(todo, rows, scores):
                 out[i] = [(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0 and ok[r]][:k]

@@ -1,253 +1,411 @@
-"""Local services for `pipeline up | down | status`: a Prefect server, an MLflow server and one
-process worker per work pool, started in the background on loopback, their PIDs in
-`<workdir>/services.json` so that `down` stops exactly what `up` started.
+"""Local services behind `pipeline up/down/status`: a Prefect server, an MLflow server and one
+process worker per work pool, started in the background for one work dir.
 
-No Prefect import here: everything goes through subprocesses and plain HTTP.
+Everything runs as subprocesses of the venv's own `prefect` / `mlflow` console scripts (no Prefect
+import here); HTTP goes through urllib. What `up` started is recorded in <workdir>/services.json
+(PID, command line and process start time), so `down` stops exactly that and never a recycled PID.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil  # a hard dependency of ultralytics
+
 from .workspace import OFFLINE_ENV
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-STATE = "services.json"
+STATE_FILE = "services.json"
+STOP_TIMEOUT = 15.0
+
+Log = Callable[[str], Any]
+# Keeps the Popen objects of this process's children referenced (no "still running" warnings).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+# urllib without proxies: the servers are local.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started (port taken, crash, timeout)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
 
 
 def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
+    """The console script `name` next to this interpreter (the venv's), else on PATH."""
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def state_path(workdir: Path) -> Path:
-    return Path(workdir) / STATE
+def _url_host(host: str) -> str:
+    """The address clients use for a bind address (wildcards mean loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
-def _read_state(workdir: Path) -> dict[str, Any] | None:
-    p = state_path(workdir)
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
-def _cmdline(pid: int) -> str:
+def _http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """One JSON request; returns (status, parsed body or None). Status 0: no answer."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _alive(info: dict[str, Any]) -> bool:
-    """The PID runs AND still belongs to the command we started (never trust a recycled PID)."""
-    pid = info.get("pid")
-    if not pid:
-        return False
+        with _HTTP.open(req, timeout=timeout) as resp:
+            code, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        code, raw = exc.code, exc.read()
+    except (OSError, ValueError):
+        return 0, None
     try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return info.get("match", "") in _cmdline(pid)
+        return code, json.loads(raw) if raw else None
+    except ValueError:
+        return code, raw.decode(errors="replace")
 
 
-def _healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return 200 <= r.status < 300
-    except Exception:
-        return False
+def _healthy(url: str) -> bool:
+    return _http("GET", url, timeout=3.0)[0] == 200
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Whether a server could listen on host:port (TIME_WAIT leftovers do not count)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServiceError(f"invalid host {host!r}: {exc}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
+            s.bind(addr)
         except OSError:
             return False
     return True
 
 
-def _services(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out = {"prefect": state["prefect"], "mlflow": state["mlflow"]}
-    out.update({f"worker-{k}": v for k, v in state.get("workers", {}).items()})
+def _tail(path: str | Path, lines: int = 40) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def _state_path(workdir: Path) -> Path:
+    return Path(workdir) / STATE_FILE
+
+
+def _read_state(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(_state_path(workdir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _entries(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every process of a state, by display name: prefect, mlflow, worker-<pool>."""
+    out = {k: state[k] for k in ("prefect", "mlflow") if isinstance(state.get(k), dict)}
+    for pool, info in (state.get("workers") or {}).items():
+        out[f"worker-{pool}"] = info
     return out
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log: Path, match: str) -> dict[str, Any]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(log, "ab")
-    proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_DIR, stdout=fh, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    fh.close()
-    return {"pid": proc.pid, "log": str(log), "match": match, "cmd": cmd}
-
-
-def _tail(path: str, n: int = 30) -> str:
+def _process(entry: dict[str, Any]) -> psutil.Process | None:
+    """The live process an entry names, or None if gone, a zombie, or a different program."""
     try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
+        proc = psutil.Process(int(entry["pid"]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        args = list(entry.get("cmd") or [])[1:]  # argv[0] may show up as `python <script>`
+        cmdline = proc.cmdline()
+        if not args or cmdline[-len(args):] != args:
+            return None
+        created = entry.get("create_time")
+        if created is not None and abs(proc.create_time() - float(created)) > 1.0:
+            return None
+        return proc
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return None
 
 
-def _wait(url: str, info: dict[str, Any], name: str, deadline: float) -> None:
-    while time.time() < deadline:
-        if _healthy(url):
-            return
-        if not _alive(info):
-            raise RuntimeError(f"{name} exited during start-up; its log ({info['log']}) ends:\n{_tail(info['log'])}")
-        time.sleep(1)
-    raise RuntimeError(f"{name} did not answer {url} in time; its log ({info['log']}) ends:\n{_tail(info['log'])}")
+# ---------------------------------------------------------------------------------------------
+# starting and stopping processes
 
 
-def _stop(info: dict[str, Any], grace: float = 15) -> bool:
-    if not _alive(info):
-        return False
-    pid = info["pid"]
+def _spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path, cwd: Path) -> dict[str, Any]:
+    """Start `cmd` in its own session, output to logs/<name>.log; return its state entry."""
+    log_path = logs / f"{name}.log"
+    with open(log_path, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                env=env, cwd=str(cwd), start_new_session=True)
+    _CHILDREN[proc.pid] = proc
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except OSError:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + grace
-    while time.time() < deadline:
+        created: float | None = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        created = None
+    return {"pid": proc.pid, "cmd": cmd, "create_time": created, "log": str(log_path)}
+
+
+def _stop(entries: dict[str, dict[str, Any]], timeout: float = STOP_TIMEOUT) -> list[str]:
+    """SIGTERM each verified process group (and descendants), wait, then SIGKILL what is left."""
+    stopped: list[str] = []
+    procs: list[psutil.Process] = []
+    for name, entry in entries.items():
+        leader = _process(entry)
+        if leader is None:
+            continue
         try:
-            os.kill(pid, 0)
-            if "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
-                break
-        except OSError:
-            break
-        time.sleep(0.2)
-    else:
+            family = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            family = [leader]
         try:
-            os.killpg(pid, signal.SIGKILL)
+            if os.getpgid(leader.pid) == leader.pid:
+                os.killpg(leader.pid, signal.SIGTERM)
         except OSError:
             pass
-    return True
-
-
-def base_env(workdir: Path) -> dict[str, str]:
-    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in OFFLINE_ENV.items()}}
-    env.pop("PREFECT_API_URL", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: tuple[str, ...] = ("cpu", "gpu"),
-       host: str = "127.0.0.1", timeout: float = 180, log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Start the Prefect server, the MLflow server and one process worker per pool; wait until they answer."""
-    workdir = Path(workdir).resolve()
-    existing = _read_state(workdir)
-    if existing and any(_alive(i) for i in _services(existing).values()):
-        log(f"services already running for {workdir} (pipeline status / pipeline down)")
-        return existing
-    for port, flag in ((prefect_port, "--prefect-port"), (mlflow_port, "--mlflow-port")):
-        if not _port_free(host, port):
-            raise RuntimeError(f"port {port} on {host} is already in use: choose another with {flag}")
-
-    logs = workdir / "logs"
-    env = base_env(workdir)
-    prefect_home = workdir / ".prefect-server"
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    url = f"http://{host}:{prefect_port}"
-    api = f"{url}/api"
-    mlflow_url = f"http://{host}:{mlflow_port}"
-    started: dict[str, Any] = {"workers": {}}
-    state: dict[str, Any] = {}
-    try:
-        log(f"starting Prefect server on {url} ...")
-        penv = {**env, "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_UI_API_URL": api, "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(prefect_port)}
-        started["prefect"] = _spawn([_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
-                                    penv, logs / "prefect-server.log", "server start")
-        log(f"starting MLflow server on {mlflow_url} ...")
-        menv = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        started["mlflow"] = _spawn(
-            [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-             "--artifacts-destination", str(workdir / "mlartifacts"), "--serve-artifacts",
-             "--host", host, "--port", str(mlflow_port), "--workers", "1",
-             "--allowed-hosts", f"{host}:{mlflow_port},localhost:{mlflow_port},{host},localhost"],
-            menv, logs / "mlflow-server.log", "mlflow")
-        deadline = time.time() + timeout
-        _wait(f"{api}/health", started["prefect"], "Prefect server", deadline)
-        _wait(f"{mlflow_url}/health", started["mlflow"], "MLflow server", deadline)
-
-        cenv = {**env, "PREFECT_API_URL": api, "PREFECT_HOME": str(prefect_home)}
-        for pool in pools:
-            subprocess.run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
-                           env=cenv, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120, check=True)
-        gcl = f"gpu-host-{socket.gethostname()}"
-        if subprocess.run([_bin("prefect"), "gcl", "inspect", gcl], env=cenv, capture_output=True,
-                          timeout=60).returncode != 0:
-            subprocess.run([_bin("prefect"), "gcl", "create", gcl, "--limit", "1"], env=cenv,
-                           capture_output=True, timeout=60, check=True)
-
-        wenv = {**cenv, "MLFLOW_TRACKING_URI": mlflow_url, "PIPELINE_PROJECT_DIR": str(PROJECT_DIR)}
-        for pool in pools:
-            log(f"starting worker for pool {pool} ...")
-            started["workers"][pool] = _spawn(
-                [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name",
-                 f"{pool}-{socket.gethostname()}-{prefect_port}"],
-                wenv, logs / f"worker-{pool}.log", f"--pool {pool}")
-        time.sleep(2)
-        for pool, info in started["workers"].items():
-            if not _alive(info):
-                raise RuntimeError(f"worker {pool} exited; its log ends:\n{_tail(info['log'])}")
-        state = {
-            "prefect": {**started["prefect"], "url": url, "api_url": api},
-            "mlflow": {**started["mlflow"], "url": mlflow_url},
-            "workers": started["workers"],
-            "pools": list(pools),
-            "host": host,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        state_path(workdir).write_text(json.dumps(state, indent=2))
-        return state
-    except BaseException:
-        for info in [*started.get("workers", {}).values(), started.get("mlflow"), started.get("prefect")]:
-            if info:
-                _stop(info)
-        raise
-
-
-def down(workdir: Path) -> list[str]:
-    """Stop what `up` started (workers first), by PID, only if the PID is still ours."""
-    state = _read_state(Path(workdir))
-    if not state:
-        return []
-    stopped = []
-    order = [*[(f"worker-{k}", v) for k, v in state.get("workers", {}).items()],
-             ("mlflow", state["mlflow"]), ("prefect", state["prefect"])]
-    for name, info in order:
-        if _stop(info):
-            stopped.append(name)
-    state_path(Path(workdir)).unlink(missing_ok=True)
+        for p in family:
+            try:
+                p.terminate()  # psutil refuses if the PID was reused meanwhile
+            except psutil.Error:
+                pass
+        procs.extend(family)
+        stopped.append(name)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    for entry in entries.values():
+        child = _CHILDREN.pop(int(entry.get("pid", -1)), None)
+        if child is not None:
+            try:
+                child.wait(timeout=1)
+            except (subprocess.TimeoutExpired, OSError):
+                pass
     return stopped
 
 
-def status(workdir: Path) -> dict[str, Any]:
+def _wait_until(ready: Callable[[], bool], entry: dict[str, Any], what: str, timeout: float) -> float:
+    """Poll `ready` until true; raise with the log tail if the process exits or time runs out."""
+    t0 = time.monotonic()
+    while True:
+        if ready():
+            return time.monotonic() - t0
+        child = _CHILDREN.get(entry["pid"])
+        code = child.poll() if child is not None else None
+        if code is not None or (child is None and _process(entry) is None):
+            raise ServiceError(f"{what} exited (code {code}) before it was ready; "
+                               f"last lines of {entry['log']}:\n{_tail(entry['log'])}")
+        if time.monotonic() - t0 > timeout:
+            raise ServiceError(f"{what} not ready after {timeout:.0f} s; "
+                               f"last lines of {entry['log']}:\n{_tail(entry['log'])}")
+        time.sleep(0.5)
+
+
+def _parse_time(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _worker_online(api: str, pool: str, name: str, since: float) -> bool:
+    """Whether worker `name` of `pool` sent a heartbeat after `since` (epoch seconds)."""
+    code, body = _http("POST", f"{api}/work_pools/{pool}/workers/filter", {})
+    if code != 200 or not isinstance(body, list):
+        return False
+    return any(w.get("name") == name and _parse_time(w.get("last_heartbeat_time")) >= since - 5 for w in body)
+
+
+def _ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], logs: Path, log: Log) -> None:
+    """Create the missing process-type work pools (the CLI fills in the default job template)."""
+    for pool in pools:
+        code, _ = _http("GET", f"{api}/work_pools/{pool}")
+        if code == 200:
+            log(f"work pool {pool!r} exists")
+            continue
+        res = subprocess.run([_bin("prefect"), "--no-prompt", "work-pool", "create", pool, "--type", "process"],
+                             env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        out = res.stdout + res.stderr
+        (logs / f"work-pool-{pool}.log").write_text(out)
+        if res.returncode != 0 and "already exists" not in out:
+            raise ServiceError(f"creating work pool {pool!r} failed:\n{out[-3000:]}")
+        log(f"work pool {pool!r} created")
+
+
+def _ensure_gpu_limit(api: str, log: Log) -> str:
+    """The global concurrency limit `gpu-host-<hostname>` (1 slot) the GPU tasks take."""
+    name = f"gpu-host-{socket.gethostname()}"
+    code, _ = _http("GET", f"{api}/v2/concurrency_limits/{name}")
+    if code == 200:
+        log(f"concurrency limit {name!r} exists")
+        return name
+    code, body = _http("POST", f"{api}/v2/concurrency_limits/", {"name": name, "limit": 1})
+    if code not in (200, 201) and _http("GET", f"{api}/v2/concurrency_limits/{name}")[0] != 200:
+        raise ServiceError(f"creating concurrency limit {name!r} failed: HTTP {code} {body}")
+    log(f"concurrency limit {name!r} created (1 slot)")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: tuple[str, ...] = ("cpu", "gpu"),
+       host: str = "127.0.0.1", timeout: float = 180, log: Log = print) -> dict[str, Any]:
+    """Start the Prefect server, the MLflow server and one process worker per pool; return the state.
+
+    If this work dir's services already run, report them and start nothing. A taken port, or any
+    service not ready within `timeout` seconds, raises ServiceError (a RuntimeError) and leaves
+    nothing running that this call started.
+    """
+    workdir = Path(workdir).resolve()
+    existing = _read_state(workdir)
+    if existing:
+        entries = _entries(existing)
+        live = {name for name, entry in entries.items() if _process(entry) is not None}
+        if entries and live == set(entries):
+            log(f"already running for {workdir}: {', '.join(sorted(live))} "
+                f"(Prefect {existing['prefect']['url']}, MLflow {existing['mlflow']['url']}); "
+                f"`pipeline down` stops them")
+            return existing
+        if live:
+            log(f"partly running ({', '.join(sorted(live))} alive): stopping them and starting afresh")
+        _stop(entries)
+        _state_path(workdir).unlink(missing_ok=True)
+
+    if prefect_port == mlflow_port:
+        raise ServiceError(f"--prefect-port and --mlflow-port are both {prefect_port}: pick two different ports")
+    for port, flag, what in ((prefect_port, "--prefect-port", "Prefect server"),
+                             (mlflow_port, "--mlflow-port", "MLflow server")):
+        if not _port_free(host, port):
+            raise ServiceError(f"port {port} on {host} is already in use (wanted for the {what}); "
+                               f"free it or choose another port with {flag}")
+
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    url_host = _url_host(host)
+    prefect_url = f"http://{url_host}:{prefect_port}"
+    api = f"{prefect_url}/api"
+    mlflow_url = f"http://{url_host}:{mlflow_port}"
+    base = {**OFFLINE_ENV, **os.environ}  # the caller's settings win, as in setup_environment
+    server_home = workdir / ".prefect-server"
+    server_home.mkdir(exist_ok=True)
+    client_home = workdir / ".prefect"
+    client_home.mkdir(exist_ok=True)
+    server_env = {**base, "PREFECT_HOME": str(server_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  "PREFECT_API_URL": api, "PREFECT_UI_API_URL": os.environ.get("PREFECT_UI_API_URL", api)}
+    mlflow_env = {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": base.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    client_env = {**base, "PREFECT_HOME": str(client_home), "PREFECT_API_URL": api,
+                  "MLFLOW_TRACKING_URI": mlflow_url}
+    client_env.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(workdir / "prefect-results"))
+    client_env.pop("PREFECT_API_KEY", None)
+
+    started: dict[str, dict[str, Any]] = {}
+    t0 = time.monotonic()
+    since = time.time()
+    try:
+        log(f"starting Prefect server on {prefect_url} and MLflow server on {mlflow_url} (logs in {logs})")
+        prefect = _spawn("prefect-server", [_bin("prefect"), "server", "start", "--host", host,
+                                            "--port", str(prefect_port)], server_env, logs, workdir)
+        started["prefect"] = prefect
+        mlflow = _spawn("mlflow-server", [
+            _bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+            "--artifacts-destination", str(workdir / "mlartifacts"), "--host", host,
+            "--port", str(mlflow_port), "--workers", "1"], mlflow_env, logs, workdir)
+        started["mlflow"] = mlflow
+        took = _wait_until(lambda: _healthy(f"{api}/health"), prefect, "Prefect server", timeout)
+        log(f"Prefect server ready ({took:.0f} s)")
+        _wait_until(lambda: _healthy(f"{mlflow_url}/health"), mlflow, "MLflow server", timeout)
+        log("MLflow server ready")
+        prefect.update(url=prefect_url, api_url=api)
+        mlflow.update(url=mlflow_url)
+
+        _ensure_pools(api, pools, client_env, logs, log)
+        gpu_limit = _ensure_gpu_limit(api, log)
+
+        workers: dict[str, dict[str, Any]] = {}
+        hostname = socket.gethostname()
+        for pool in pools:
+            name = f"{pool}-{hostname}"
+            entry = _spawn(f"worker-{pool}", [
+                _bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
+                "--install-policy", "never", "--no-create-pool-if-not-found"], client_env, logs, PROJECT_DIR)
+            entry.update(pool=pool, name=name)
+            workers[pool] = started[f"worker-{pool}"] = entry
+        for pool, entry in workers.items():
+            _wait_until(lambda p=pool, e=entry: _worker_online(api, p, e["name"], since), entry,
+                        f"worker for pool {pool!r}", timeout)
+            log(f"worker for pool {pool!r} online")
+    except BaseException:
+        _stop(started)
+        raise
+
+    state = {"prefect": prefect, "mlflow": mlflow, "workers": workers, "pools": list(pools),
+             "gpu_limit": gpu_limit, "host": host, "workdir": str(workdir),
+             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    tmp = _state_path(workdir).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(_state_path(workdir))
+    log(f"all up in {time.monotonic() - t0:.0f} s")
+    return state
+
+
+def down(workdir: Path) -> list[str]:
+    """Stop what `up` started for this work dir (verified by PID, command line and start time)."""
+    state = _read_state(Path(workdir))
+    if state is None:
+        _state_path(Path(workdir)).unlink(missing_ok=True)
+        return []
+    entries = _entries(state)
+    workers = {k: v for k, v in entries.items() if k.startswith("worker-")}
+    servers = {k: v for k, v in entries.items() if k not in workers}
+    stopped = _stop(workers) + _stop(servers)  # workers first, while their server still answers
+    _state_path(Path(workdir)).unlink(missing_ok=True)
+    return stopped
+
+
+def status(workdir: Path) -> dict[str, dict[str, Any]]:
+    """Per service: pid, alive, url, log, and for the servers whether the health endpoint answers."""
     state = _read_state(Path(workdir))
     if not state:
         return {}
-    out = {}
-    for name, info in _services(state).items():
-        entry = {"pid": info.get("pid"), "alive": _alive(info), "url": info.get("url"), "log": info.get("log")}
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in _entries(state).items():
+        alive = _process(entry) is not None
+        info: dict[str, Any] = {"pid": entry.get("pid"), "alive": alive, "url": entry.get("url"), "log": entry.get("log")}
         if name == "prefect":
-            entry["healthy"] = _healthy(f"{info['api_url']}/health")
+            info["healthy"] = alive and _healthy(f"{entry['api_url']}/health")
         elif name == "mlflow":
-            entry["healthy"] = _healthy(f"{info['url']}/health")
-        out[name] = entry
+            info["healthy"] = alive and _healthy(f"{entry['url']}/health")
+        else:
+            info["pool"] = entry.get("pool")
+        out[name] = info
     return out
 
 
 def api_url(workdir: Path) -> str | None:
-    """The Prefect API of this work dir's running server, if any."""
+    """The Prefect API URL of this work dir's running server (from services.json), else None."""
     state = _read_state(Path(workdir))
-    if state and _alive(state["prefect"]):
-        return state["prefect"]["api_url"]
-    return None
+    prefect = (state or {}).get("prefect")
+    if not isinstance(prefect, dict) or _process(prefect) is None:
+        return None
+    return prefect.get("api_url")
