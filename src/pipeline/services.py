@@ -159,6 +159,13 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path, cwd: Path
     return {"pid": proc.pid, "cmd": cmd, "create_time": created, "log": str(log_path)}
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def _stop(entries: dict[str, dict[str, Any]], timeout: float = STOP_TIMEOUT) -> list[str]:
     """SIGTERM each verified process group (and descendants), wait, then SIGKILL what is left."""
     stopped: list[str] = []
@@ -171,16 +178,19 @@ def _stop(entries: dict[str, dict[str, Any]], timeout: float = STOP_TIMEOUT) -> 
             family = [leader, *leader.children(recursive=True)]
         except psutil.Error:
             family = [leader]
+        grouped: set[int] = set()
         try:
             if os.getpgid(leader.pid) == leader.pid:
                 os.killpg(leader.pid, signal.SIGTERM)
+                grouped = {p.pid for p in family if _pgid(p.pid) == leader.pid}
         except OSError:
             pass
-        for p in family:
-            try:
-                p.terminate()  # psutil refuses if the PID was reused meanwhile
-            except psutil.Error:
-                pass
+        for p in family:  # one SIGTERM each: a second one makes a Prefect worker SIGKILL itself
+            if p.pid not in grouped:
+                try:
+                    p.terminate()  # psutil refuses if the PID was reused meanwhile
+                except psutil.Error:
+                    pass
         procs.extend(family)
         stopped.append(name)
     _, alive = psutil.wait_procs(procs, timeout=timeout)
@@ -237,17 +247,25 @@ def _worker_online(api: str, pool: str, name: str, since: float) -> bool:
 
 def _ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], logs: Path, log: Log) -> None:
     """Create the missing process-type work pools (the CLI fills in the default job template)."""
+    running: dict[str, tuple[subprocess.Popen, Path]] = {}
     for pool in pools:
-        code, _ = _http("GET", f"{api}/work_pools/{pool}")
-        if code == 200:
+        if _http("GET", f"{api}/work_pools/{pool}")[0] == 200:
             log(f"work pool {pool!r} exists")
             continue
-        res = subprocess.run([_bin("prefect"), "--no-prompt", "work-pool", "create", pool, "--type", "process"],
-                             env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-        out = res.stdout + res.stderr
-        (logs / f"work-pool-{pool}.log").write_text(out)
-        if res.returncode != 0 and "already exists" not in out:
-            raise ServiceError(f"creating work pool {pool!r} failed:\n{out[-3000:]}")
+        out_path = logs / f"work-pool-{pool}.log"
+        with open(out_path, "wb") as fh:  # the creations run side by side: each CLI call takes ~2 s
+            running[pool] = (subprocess.Popen(
+                [_bin("prefect"), "--no-prompt", "work-pool", "create", pool, "--type", "process"],
+                env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT), out_path)
+    for pool, (proc, out_path) in running.items():
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        out = _tail(out_path)
+        if code != 0 and "already exists" not in out and _http("GET", f"{api}/work_pools/{pool}")[0] != 200:
+            raise ServiceError(f"creating work pool {pool!r} failed (exit {code}); last lines of {out_path}:\n{out}")
         log(f"work pool {pool!r} created")
 
 
