@@ -51,7 +51,10 @@ def _bin(name: str) -> str:
 
 
 def _url_host(host: str) -> str:
-    """The address clients use for a bind address (wildcards mean loopback)."""
+    """The address clients use for a bind address (wildcards mean loopback).
+
+    This maps a wildcard a user chose with `--host` to a URL; nothing binds to it by default
+    (`up` binds to 127.0.0.1 unless told otherwise)."""
     if host in ("", "0.0.0.0"):
         return "127.0.0.1"
     if host == "::":
