@@ -1,7 +1,8 @@
-"""Build time, recall@10 and p50/p99 single-query latency of Flat / HNSW / IVF-PQ.
+"""Build time, size, recall@10 and p50/p99 single-query latency of Flat / HNSW / IVF-SQ / IVF-PQ (+refine).
 
     python bench/faiss_recall.py [--sizes 10000 100000] [--dim 512] [--queries 300]
-        [--ef 16 64 256] [--nprobe 4 16 64] [--embeddings DIR]
+        [--ef 16 64 256] [--nprobe 4 16 64] [--codes SQfp16 SQ8] [--refine SQfp16 none]
+        [--k-factor 10 100] [--embeddings DIR]
 
 Data: clustered synthetic vectors (a Gaussian mixture), the way embeddings are clustered.
 Uniform random vectors are HNSW's worst case and say nothing about embeddings (seen here: recall@10
@@ -36,19 +37,22 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> None:
     exact.add(x)
     _, truth = exact.search(q, 10)
     print(f"\n{name}: n={n} dim={dim} queries={len(q)} threads={faiss.omp_get_max_threads()}")
-    print(f"{'kind':8} {'param':>12} {'build_s':>8} {'recall@10':>9} {'p50_ms':>8} {'p99_ms':>8}")
-    cfg = IndexConfig()
-    kinds = ["flat", "hnsw"] + (["ivfpq"] if n >= 4000 else [])
-    for kind in kinds:
+    print(f"{'kind':18} {'param':>12} {'build_s':>8} {'MB':>7} {'recall@10':>9} {'p50_ms':>8} {'p99_ms':>8}")
+    variants = [("flat", IndexConfig()), ("hnsw", IndexConfig())]
+    if n >= 4000:  # IVF needs >= 39 training points per list
+        variants += [("ivf", IndexConfig(ivf_codes=c)) for c in args.codes]
+        variants += [("ivfpq", IndexConfig(ivf_refine=r, ivf_k_factor=f)) for r in args.refine
+                     for f in (args.k_factor if r != "none" else [1])]
+    for kind, cfg in variants:
         t = time.perf_counter()
         index = build_index(x, cfg, kind)
         build = time.perf_counter() - t
-        for s in {"flat": [None], "hnsw": args.ef, "ivfpq": args.nprobe}[kind]:
-            params = search_params(index)
-            if kind == "hnsw":
-                params.efSearch = s
-            elif kind == "ivfpq":
-                params.nprobe = s
+        mb = faiss.serialize_index(index).nbytes / 2**20
+        p = index_params(kind, n, dim, cfg)
+        label_kind = {"ivf": f"ivf-{p.get('codes')}", "ivfpq": f"ivfpq+{p.get('refine')}/{p.get('k_factor')}"}.get(kind, kind)
+        for s in {"flat": [None], "hnsw": args.ef, "ivf": args.nprobe, "ivfpq": args.nprobe}[kind]:
+            params = search_params(index, ef_search=s if kind == "hnsw" else None,
+                                   nprobe=s if kind.startswith("ivf") else None)
             got, lat = [], []
             for i in range(len(q)):  # one query at a time: the latency a user waits for
                 t = time.perf_counter()
@@ -57,10 +61,10 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> None:
                 got.append(ids[0])
             recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, truth)])
             label = "" if s is None else f"{'efSearch' if kind == 'hnsw' else 'nprobe'}={s}"
-            print(f"{kind:8} {label:>12} {build:8.2f} {recall:9.3f} {np.percentile(lat, 50):8.3f} "
-                  f"{np.percentile(lat, 99):8.3f}")
-        if kind == "ivfpq":
-            print(f"         ivfpq params: {index_params(kind, n, dim, cfg)}")
+            print(f"{label_kind:18} {label:>12} {build:8.2f} {mb:7.1f} {recall:9.3f} {np.percentile(lat, 50):8.3f} "
+                  f"{np.percentile(lat, 99):8.3f}", flush=True)
+        if kind.startswith("ivf"):
+            print(f"{'':18} params: {p}")
 
 
 def main() -> None:
@@ -71,6 +75,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--ef", type=int, nargs="+", default=[16, 64, 256], help="HNSW efSearch values")
     ap.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64], help="IVF-PQ nprobe values")
+    ap.add_argument("--codes", nargs="+", default=["SQfp16", "SQ8"], help="IVF codes to compare (index.ivf_codes)")
+    ap.add_argument("--refine", nargs="+", default=["SQfp16", "none"],
+                    help="IVF-PQ refine stages to compare (index.ivf_refine values)")
+    ap.add_argument("--k-factor", type=int, nargs="+", default=[10, 100], help="IVF-PQ refine k_factor values")
     ap.add_argument("--embeddings", type=Path, default=None, help="an embeddings artifact dir (real vectors)")
     args = ap.parse_args()
 

@@ -303,3 +303,34 @@ def test_real_coco_photos_give_damage_and_clean_crops_with_parts(coco_dir, tmp_p
         assert max(c["width"], c["height"]) <= 448
         if c["crop_type"] == "damage":
             assert c["n_defects"] >= 1 and c["damage_types"] == ["damage"]
+
+
+SSD_DIR = Path(__file__).resolve().parents[2] / "shared" / "models" / "ssd_mobilenet_v2_coco"
+
+
+def test_real_coco_photos_with_the_opencv_dnn_ssd_detector(coco_dir, tmp_path):
+    """The COCO SSD (OpenCV DNN) as the crops phase's detector on real damage photos: a found car gives a
+    recorded box and confidence and the clean windows are >= 70% inside it; a miss (close-ups of a panel) takes
+    the whole image, by the default policy, and is counted, not an error."""
+    pb, pbtxt = SSD_DIR / "frozen_inference_graph.pb", SSD_DIR / "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"
+    if not (pb.is_file() and pbtxt.is_file()):
+        pytest.skip(f"shared SSD model not present under {SSD_DIR}")
+    rows = _coco_split(coco_dir, 8)
+    split = tmp_path / "split.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SPLIT_SCHEMA), split)
+    det = DetectConfig(backend="opencv_dnn", weights=str(pb), config_file=str(pbtxt), conf=0.3)
+    m = run_crops(split, coco_dir, det, CropsConfig(grid_size=256), tmp_path / "out", None, progress=False)
+    crops = pq.read_table(tmp_path / "out" / "crops.parquet").to_pylist()
+    assert m["n_skipped"] == 0 and {c["item_id"] for c in crops} == {r["item_id"] for r in rows}
+    assert m["n_detected"] >= 1, m  # the SSD finds the car in some of these photos
+    assert 0 < m["detection_rate"] <= 1 and m["n_detected"] == round(m["detection_rate"] * len(rows))
+    for c in crops:
+        x0, y0, x1, y1 = c["vehicle_box"]
+        if c["det_found"]:
+            assert 0.3 <= c["det_conf"] <= 1 and (x1 - x0) * (y1 - y0) < c["source_width"] * c["source_height"] + 1
+            if c["crop_type"] == "clean":  # a window is kept when >= 70% of it is vehicle
+                inter = max(0, min(x1, c["x1"]) - max(x0, c["x0"])) * max(0, min(y1, c["y1"]) - max(y0, c["y0"]))
+                assert inter >= 0.7 * (c["x1"] - c["x0"]) * (c["y1"] - c["y0"]) - 1
+        else:
+            assert [x0, y0, x1, y1] == [0, 0, c["source_width"], c["source_height"]]
+    assert "detection rate" in (tmp_path / "out" / "report.md").read_text()

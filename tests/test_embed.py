@@ -147,6 +147,28 @@ def test_patch_boxes():
     assert max(b[2] for b in boxes) == 448 and max(b[3] for b in boxes) == 300
 
 
+def test_multi_patch_is_the_weighted_global_and_patch_mean(hybrid):
+    """With multi_patch, a crop larger than the input is 0.6 * global + 0.4 * mean(patch vectors), renormalised."""
+    from pipeline.embed import Embedder, Preprocess, l2n, patch_boxes
+
+    cfg = EmbedConfig(multi_patch=True, patch_weights=(0.6, 0.4))
+    pre = hybrid.preprocess
+    mp = Embedder(cfg, "cpu", hybrid.image, hybrid.text, Preprocess(pre.transform, pre.size, True),
+                  hybrid.image_dim, hybrid.text_dim)
+    rng = np.random.default_rng(3)
+    big = Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    small = Image.fromarray(rng.integers(0, 255, (120, 150, 3), dtype=np.uint8))
+    boxes = patch_boxes(500, 300, pre.size)
+    assert pre.size == 224 and len(boxes) == 4 * 2  # x at 0, 112, 224, 276; y at 0, 76
+    got = mp.embed_images([big, small])
+    glob = hybrid.embed_images([big])[0]
+    patches = hybrid.embed_images([big.crop(b) for b in boxes])
+    want = l2n((0.6 * glob + 0.4 * patches.mean(axis=0))[None, :])[0]
+    assert np.allclose(got[0], want, atol=1e-4)
+    assert float(got[0] @ glob) < 0.9999  # the patches changed the vector
+    assert np.allclose(got[1], hybrid.embed_images([small])[0], atol=1e-5)  # fits the input: global view only
+
+
 def test_missing_weights_names_three_ways():
     from pipeline.embed import make_embedder
     from pipeline.models import ModelUnavailable

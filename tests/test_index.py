@@ -19,17 +19,34 @@ def mixture(n: int, dim: int, k: int = 20, seed: int = 0) -> np.ndarray:
 
 
 def test_choose_index_thresholds():
-    from pipeline.index import choose_index, hnsw_bytes, ivfpq_params
+    from pipeline.index import choose_index, hnsw_bytes, ivf_bytes, ivf_params, ivfpq_bytes, ivfpq_params
 
     cfg = IndexConfig(flat_max=1000, memory_budget_mb=100, hnsw_m=32)
     assert choose_index(1000, 512, cfg) == "flat"
     assert choose_index(1001, 512, cfg) == "hnsw"
     fits = 100 * 2**20 // (512 * 4 + 32 * 2 * 4)
     assert hnsw_bytes(fits, 512, 32) <= 100 * 2**20 < hnsw_bytes(fits + 1, 512, 32)
-    assert choose_index(fits, 512, cfg) == "hnsw" and choose_index(fits + 1, 512, cfg) == "ivfpq"
+    assert choose_index(fits, 512, cfg) == "hnsw" and choose_index(fits + 1, 512, cfg) == "ivf"
+    # past HNSW: IVF with fp16 codes, then 8-bit codes, then IVF-PQ
+    assert ivf_params(fits + 1, 512, cfg)["codes"] == "SQfp16"
+    sq8 = 100 * 2**20 // (512 * 2 + 8) + 1000
+    assert ivf_params(sq8, 512, cfg)["codes"] == "SQ8" and ivf_bytes(sq8, 512, ivf_params(sq8, 512, cfg)["nlist"],
+                                                                         "SQ8") <= 100 * 2**20
+    too_many = 100 * 2**20 // (512 + 8) + 1000
+    assert choose_index(too_many, 512, cfg) == "ivfpq"
+    with pytest.raises(ValueError, match="ivfpq compresses further"):
+        ivf_params(too_many, 512, cfg)
     p = ivfpq_params(1_000_000, 1664, cfg)
-    assert 1664 % p["pq_m"] == 0 and 1_000_000 * (p["pq_m"] + 8) <= 100 * 2**20
-    assert p["nlist"] == 4000
+    assert 1664 % p["pq_m"] == 0 and p["pq_nbits"] == 4 and p["nlist"] == 4000
+    # 100 MB cannot hold fp16 or 8-bit refine codes of 1M x 1664, so the PQ codes alone, as large as fit
+    assert p["refine"] == "none" and p["k_factor"] == 1
+    assert ivfpq_bytes(1_000_000, 1664, 4000, p["pq_m"], "none") <= 100 * 2**20
+    # the finest refine that fits the budget: fp16 at 2 GB for 500k x 1664, 8-bit at 1 GB, none at 200 MB
+    assert ivfpq_params(500_000, 1664, IndexConfig(memory_budget_mb=2048))["refine"] == "SQfp16"
+    assert ivfpq_params(500_000, 1664, IndexConfig(memory_budget_mb=1024))["refine"] == "SQ8"
+    assert ivfpq_params(500_000, 1664, IndexConfig(memory_budget_mb=200))["refine"] == "none"
+    forced = ivfpq_params(500_000, 1664, IndexConfig(memory_budget_mb=2048, ivf_refine="SQ8", ivf_k_factor=50))
+    assert forced["refine"] == "SQ8" and forced["k_factor"] == 50
     assert choose_index(10, 512, IndexConfig(kind="hnsw")) == "hnsw"
     with pytest.raises(ValueError, match="memory_budget_mb"):
         ivfpq_params(10**9, 1664, IndexConfig(memory_budget_mb=1))
@@ -53,13 +70,39 @@ def test_hnsw_recall_on_mixture():
     assert q["recall_at_10"] >= 0.9 and q["self_hit_rate"] >= 0.95
 
 
-def test_ivfpq_builds_and_searches():
+def test_ivfpq_refine_recovers_recall(tmp_path):
+    """4-bit PQ codes alone rank near neighbours poorly; the refine stage re-ranks with finer codes."""
+    import faiss
+
     from pipeline.index import build_index, quality
 
     x = mixture(2000, 32)
-    idx = build_index(x, IndexConfig(memory_budget_mb=1, ivf_nprobe=16), "ivfpq")
-    q = quality(idx, x, 100)
-    assert q["recall_at_10"] > 0.3 and idx.ntotal == 2000
+    plain = quality(build_index(x, IndexConfig(ivf_nprobe=16, ivf_refine="none"), "ivfpq"), x, 100)
+    idx = build_index(x, IndexConfig(ivf_nprobe=16, ivf_k_factor=10), "ivfpq")
+    refined = quality(idx, x, 100)
+    assert idx.ntotal == 2000 and isinstance(faiss.downcast_index(idx.index), faiss.IndexRefine)
+    assert refined["recall_at_10"] >= 0.95 and refined["self_hit_rate"] == 1.0
+    assert plain["recall_at_10"] < refined["recall_at_10"] - 0.3
+    # nprobe and k_factor survive write/read (search settings are part of the artifact)
+    faiss.write_index(idx, str(tmp_path / "i.faiss"))
+    back = faiss.read_index(str(tmp_path / "i.faiss"))
+    assert faiss.extract_index_ivf(back).nprobe == 16 and faiss.downcast_index(back.index).k_factor == 10
+    assert quality(back, x, 100)["recall_at_10"] == refined["recall_at_10"]
+
+
+@pytest.mark.parametrize("codes", ["SQfp16", "SQ8"])
+def test_ivf_scalar_quantised_is_near_exact_at_a_fraction_of_the_memory(codes):
+    import faiss
+
+    from pipeline.index import build_index, quality
+
+    x = mixture(3000, 64)
+    flat = build_index(x, IndexConfig(), "flat")
+    idx = build_index(x, IndexConfig(ivf_codes=codes), "ivf")
+    q = quality(idx, x, 200)
+    assert q["recall_at_10"] >= 0.95 and q["self_hit_rate"] >= 0.99
+    ratio = faiss.serialize_index(idx).nbytes / faiss.serialize_index(flat).nbytes
+    assert ratio < {"SQfp16": 0.65, "SQ8": 0.4}[codes]
 
 
 def test_run_index_files(tmp_path):

@@ -14,7 +14,8 @@ N = 40
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """40 crops embedded with the real hybrid models; Flat, HNSW, low-ef HNSW and IVF-PQ indexes over them."""
+    """40 crops embedded with the real hybrid models; Flat, HNSW, low-ef HNSW, IVF-SQ8, IVF-PQ with and without
+    refine indexes over them."""
     from test_embed import make_crops
 
     from pipeline.embed import make_embedder, run_embeddings
@@ -29,6 +30,9 @@ def built(tmp_path_factory):
     run_index(root / "emb", crops, ctx, IndexConfig(kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=4),
               root / "hnsw_low_ef")
     run_index(root / "emb", crops, ctx, IndexConfig(kind="ivfpq", ivf_nprobe=1), root / "ivfpq")
+    run_index(root / "emb", crops, ctx, IndexConfig(kind="ivfpq", ivf_nprobe=1, ivf_refine="none"),
+              root / "ivfpq_norefine")
+    run_index(root / "emb", crops, ctx, IndexConfig(kind="ivf", ivf_codes="SQ8"), root / "ivf")
     return root, make_embedder(EmbedConfig(), "cpu")
 
 
@@ -54,7 +58,7 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "hnsw_low_ef", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "hnsw_low_ef", "ivf", "ivfpq", "ivfpq_norefine"])
 @pytest.mark.parametrize("k", [5, 12])
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: "-".join(f"{a}={b!r}" for a, b in f.items()))
 def test_filtered_search_returns_k_matching(built, kind, k, filters):

@@ -155,13 +155,20 @@ class EmbedConfig(Section):
 class IndexConfig(Section):
     """FAISS index."""
 
-    kind: Literal["auto", "flat", "hnsw", "ivfpq"] = Field("auto", description="'auto' picks from count and memory budget.")
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = Field(
+        "auto", description="'auto': flat up to flat_max, then the first of hnsw, ivf (scalar-quantised), ivfpq that "
+                            "fits memory_budget_mb.")
     memory_budget_mb: int = Field(2048, ge=1)
     hnsw_m: int = Field(32, ge=4)
     ef_construction: int = Field(200, ge=8)
     ef_search: int = Field(64, ge=1)
     flat_max: int = Field(20000, ge=1, description="'auto': up to this many vectors use an exact Flat index.")
-    ivf_nprobe: int = Field(16, ge=1, description="IVF-PQ: inverted lists probed per query.")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF / IVF-PQ: inverted lists probed per query.")
+    ivf_codes: Literal["auto", "SQfp16", "SQ8"] = Field(
+        "auto", description="IVF: vector codes; 'auto' = the finest that fits the budget.")
+    ivf_refine: Literal["auto", "SQfp16", "SQ8", "Flat", "none"] = Field(
+        "auto", description="IVF-PQ: codes that re-rank the PQ candidates; 'auto' = the finest that fits the budget.")
+    ivf_k_factor: int = Field(100, ge=1, description="IVF-PQ refine: candidates re-ranked per result (k_factor * k).")
     self_check_sample: int = Field(200, ge=1)
     use_gpu: bool = Field(True, description="Use a GPU index when faiss's GPU build and a GPU are present.")
 

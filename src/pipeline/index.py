@@ -22,8 +22,10 @@ from .config import IndexConfig
 from .embed import load_embeddings
 
 METRIC = "inner_product"
-PQ_NBITS = 8
-PQ_M_CANDIDATES = (64, 56, 48, 40, 32, 28, 24, 20, 16, 12, 8, 4, 2, 1)
+SQ_ORDER = ("SQfp16", "SQ8")
+REFINE_ORDER = ("SQfp16", "SQ8", "none")
+CODE_BYTES_PER_DIM = {"Flat": 4, "SQfp16": 2, "SQ8": 1, "none": 0}
+REFINE_FACTORY = {"Flat": "RFlat", "SQfp16": "Refine(SQfp16)", "SQ8": "Refine(SQ8)", "none": ""}
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per list
 METADATA_COLUMNS = ("row", "crop_id", "split", "crop_type", "zone", "zone_name", "has_damage", "damage_types",
                     "part", "text", "crop_path")
@@ -34,35 +36,84 @@ def hnsw_bytes(n: int, dim: int, m: int) -> int:
     return n * (dim * 4 + m * 2 * 4)
 
 
-def ivfpq_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, int]:
-    """nlist ~ 4*sqrt(n) (at most n/39), the largest PQ m dividing dim whose codes + ids fit the budget.
+def _nlist(n: int) -> int:
+    """~4*sqrt(n) inverted lists, at most n/39 so that every list has training points."""
+    return max(1, min(int(round(4 * math.sqrt(n))), n // MIN_POINTS_PER_CENTROID))
 
-    PQ codes are 8 bits, fewer (>= 4) when n is too small to train 256 centroids per sub-quantizer.
+
+def ivf_bytes(n: int, dim: int, nlist: int, codes: str) -> int:
+    """IVF with scalar-quantised codes: codes + int64 id per vector, plus the centroids."""
+    return n * (CODE_BYTES_PER_DIM[codes] * dim + 8) + nlist * dim * 4
+
+
+def ivf_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
+    """IVF over scalar-quantised vectors: the finest codes (fp16, then 8-bit) that fit `memory_budget_mb`.
+
+    Every probed vector is scored from its own codes, so recall stays near exact (bench: recall@10 0.998 at
+    100k x 512, nprobe 16) at half (fp16) or a quarter (8-bit) of the Flat/HNSW memory.
     """
-    nlist = max(1, min(int(round(4 * math.sqrt(n))), n // MIN_POINTS_PER_CENTROID))
+    nlist = _nlist(n)
     budget = cfg.memory_budget_mb * 2**20
-    fitting = [m for m in PQ_M_CANDIDATES if dim % m == 0 and n * (m + 8) + nlist * dim * 4 <= budget]
-    if not fitting:
-        raise ValueError(f"{n} vectors of dim {dim} do not fit index.memory_budget_mb={cfg.memory_budget_mb} even as IVF-PQ")
-    nbits = PQ_NBITS if n >= MIN_POINTS_PER_CENTROID * 2**PQ_NBITS else max(4, int(math.log2(max(n, 1) / MIN_POINTS_PER_CENTROID)))
-    return {"nlist": nlist, "pq_m": fitting[0], "pq_nbits": nbits, "nprobe": min(cfg.ivf_nprobe, nlist)}
+    codes = SQ_ORDER if cfg.ivf_codes == "auto" else (cfg.ivf_codes,)
+    for c in codes:
+        if ivf_bytes(n, dim, nlist, c) <= budget:
+            return {"nlist": nlist, "codes": c, "nprobe": min(cfg.ivf_nprobe, nlist)}
+    raise ValueError(f"{n} vectors of dim {dim} do not fit index.memory_budget_mb={cfg.memory_budget_mb} as IVF "
+                     f"with {'/'.join(codes)} codes; index.kind=ivfpq compresses further")
+
+
+def _pq_m_choices(dim: int) -> list[int]:
+    """Even divisors of dim from dim/2 down (each 4-bit sub-quantizer codes >= 2 dims), largest first."""
+    return [m for m in range(max(2, dim // 2), 1, -1) if dim % m == 0 and m % 2 == 0] or [1]
+
+
+def ivfpq_bytes(n: int, dim: int, nlist: int, pq_m: int, refine: str) -> int:
+    """IVF-PQ memory: 4-bit PQ codes (pq_m/2 bytes) + int64 id per vector, the refine codes, the centroids."""
+    return n * (pq_m // 2 + 8 + CODE_BYTES_PER_DIM[refine] * dim) + nlist * dim * 4
+
+
+def ivfpq_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
+    """nlist as IVF, 4-bit fast-scan PQ with pq_m sub-quantizers, and a refine stage re-ranking k_factor*k
+    PQ candidates with finer codes when those fit the budget too.
+
+    PQ codes alone rank the near neighbours of embedding-like vectors poorly (bench: recall@10 0.2 at 10k x
+    512); refined, recall climbs with k_factor. `ivf_refine: auto` takes the finest refine codes (SQfp16,
+    SQ8, none) that fit `memory_budget_mb`, then the largest pq_m that fits.
+    """
+    nlist = _nlist(n)
+    budget = cfg.memory_budget_mb * 2**20
+    refines = REFINE_ORDER if cfg.ivf_refine == "auto" else (cfg.ivf_refine,)
+    for refine in refines:
+        fitting = [m for m in _pq_m_choices(dim) if ivfpq_bytes(n, dim, nlist, m, refine) <= budget]
+        if fitting:
+            return {"nlist": nlist, "pq_m": fitting[0], "pq_nbits": 4, "refine": refine,
+                    "k_factor": cfg.ivf_k_factor if refine != "none" else 1, "nprobe": min(cfg.ivf_nprobe, nlist)}
+    raise ValueError(f"{n} vectors of dim {dim} do not fit index.memory_budget_mb={cfg.memory_budget_mb} even as "
+                     f"IVF-PQ with refine {'/'.join(refines)}")
 
 
 def choose_index(n: int, dim: int, cfg: IndexConfig) -> str:
-    """'flat' up to cfg.flat_max vectors, 'hnsw' if it fits cfg.memory_budget_mb, else 'ivfpq'; cfg.kind wins unless 'auto'."""
+    """cfg.kind unless 'auto'; else 'flat' up to cfg.flat_max vectors, then the first of 'hnsw', 'ivf'
+    (scalar-quantised) that fits cfg.memory_budget_mb, else 'ivfpq'."""
     if cfg.kind != "auto":
         return cfg.kind
     if n <= cfg.flat_max:
         return "flat"
     if hnsw_bytes(n, dim, cfg.hnsw_m) <= cfg.memory_budget_mb * 2**20:
         return "hnsw"
-    return "ivfpq"
+    try:
+        ivf_params(n, dim, cfg)
+        return "ivf"
+    except ValueError:
+        return "ivfpq"
 
 
 def index_params(kind: str, n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
     """The build and search parameters of an index kind (recorded in index.json)."""
     if kind == "hnsw":
         return {"M": cfg.hnsw_m, "efConstruction": cfg.ef_construction, "efSearch": cfg.ef_search}
+    if kind == "ivf":
+        return ivf_params(n, dim, cfg)
     if kind == "ivfpq":
         return ivfpq_params(n, dim, cfg)
     return {}
@@ -71,15 +122,34 @@ def index_params(kind: str, n: int, dim: int, cfg: IndexConfig) -> dict[str, Any
 def _gpus(cfg: IndexConfig, kind: str) -> int:
     import faiss
 
-    if not cfg.use_gpu or kind == "hnsw" or not hasattr(faiss, "index_cpu_to_all_gpus"):
+    if not cfg.use_gpu or kind != "ivf" or not hasattr(faiss, "index_cpu_to_all_gpus"):
         return 0
     return int(faiss.get_num_gpus())
 
 
-def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str) -> Any:
-    """An IndexIDMap2 (ids = row numbers) around Flat / HNSW / IVF-PQ, inner product, on the CPU.
+def _train(base: Any, train: np.ndarray, gpu: bool) -> Any:
+    """Train `base` on `train`, on all GPUs if `gpu` (the trained index copied back to the CPU)."""
+    import warnings
 
-    Flat and IVF-PQ are built on all GPUs when faiss has GPUs and cfg.use_gpu, then copied back.
+    import faiss
+
+    if gpu:
+        try:
+            on_gpu = faiss.index_cpu_to_all_gpus(base)
+            on_gpu.train(train)
+            return faiss.index_gpu_to_cpu(on_gpu)
+        except Exception as exc:  # noqa: BLE001 - a GPU problem must not stop the build
+            warnings.warn(f"GPU training of the index failed ({exc}); training on the CPU", RuntimeWarning)
+    base.train(train)
+    return base
+
+
+def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str) -> Any:
+    """An IndexIDMap2 (ids = row numbers) around Flat / HNSW / IVF-SQ / IVF-PQ (+refine), inner product.
+
+    IVF-SQ's k-means (its costly part) runs on all GPUs when faiss has GPUs and cfg.use_gpu, falling back to
+    the CPU with a warning if the GPU clone fails; vectors are added on the CPU. Flat has nothing to train;
+    HNSW and the 4-bit fast-scan IVF-PQ have no GPU build in faiss and are built on the CPU's threads.
     """
     import faiss
 
@@ -92,45 +162,55 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str) -> Any:
         base = faiss.IndexHNSWFlat(dim, p["M"], faiss.METRIC_INNER_PRODUCT)
         base.hnsw.efConstruction = p["efConstruction"]
         base.hnsw.efSearch = p["efSearch"]
+    elif kind == "ivf":
+        base = faiss.index_factory(dim, f"IVF{p['nlist']},{p['codes']}", faiss.METRIC_INNER_PRODUCT)
     elif kind == "ivfpq":
-        quantizer = faiss.IndexFlatIP(dim)
-        base = faiss.IndexIVFPQ(quantizer, dim, p["nlist"], p["pq_m"], p["pq_nbits"], faiss.METRIC_INNER_PRODUCT)
-        base.own_fields = True
-        quantizer.this.disown()
+        spec = ",".join(filter(None, [f"IVF{p['nlist']}", f"PQ{p['pq_m']}x4fs", REFINE_FACTORY[p["refine"]]]))
+        base = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     else:
-        raise ValueError(f"unknown index kind {kind!r}; expected flat, hnsw or ivfpq")
-    index = faiss.IndexIDMap2(base)
-    gpu = _gpus(cfg, kind) > 0
-    if gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
-    if not index.is_trained:
+        raise ValueError(f"unknown index kind {kind!r}; expected flat, hnsw, ivf or ivfpq")
+    if not base.is_trained:
         rng = np.random.default_rng(0)
         train = x if n <= 256 * p["nlist"] else x[np.sort(rng.choice(n, 256 * p["nlist"], replace=False))]
-        index.train(train)
+        base = _train(base, train, _gpus(cfg, kind) > 0)
+    index = faiss.IndexIDMap2(base)
     index.add_with_ids(x, np.arange(n, dtype=np.int64))
-    if gpu:
-        index = faiss.index_gpu_to_cpu(index)
-    if kind == "ivfpq":
+    if kind in ("ivf", "ivfpq"):
         faiss.extract_index_ivf(index).nprobe = p["nprobe"]
+        if p.get("refine", "none") != "none":
+            faiss.downcast_index(index.index).k_factor = float(p["k_factor"])
     return index
 
 
-def search_params(index: Any, selector: Any = None) -> Any:
-    """SearchParameters matching the index's inner kind (keeps its efSearch / nprobe), with `selector`."""
+def search_params(index: Any, selector: Any = None, ef_search: int | None = None, nprobe: int | None = None,
+                  k_factor: float | None = None) -> Any:
+    """SearchParameters matching the index's inner kind, keeping its efSearch / nprobe / k_factor unless given,
+    with `selector` (a pre-filter) on the level that selects candidates."""
     import faiss
 
-    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else faiss.downcast_index(index)
+    refine = None
+    if isinstance(base, faiss.IndexRefine):
+        refine = faiss.IndexRefineSearchParameters()
+        refine.k_factor = float(k_factor if k_factor is not None else base.k_factor)
+        base = faiss.downcast_index(base.base_index)
     if isinstance(base, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW()
-        params.efSearch = base.hnsw.efSearch
+        params.efSearch = ef_search if ef_search is not None else base.hnsw.efSearch
     elif isinstance(base, faiss.IndexIVF):
         params = faiss.SearchParametersIVF()
-        params.nprobe = base.nprobe
+        params.nprobe = nprobe if nprobe is not None else base.nprobe
     else:
         params = faiss.SearchParameters()
     if selector is not None:
         params.sel = selector
-    return params
+    if refine is None:
+        return params
+    refine.base_index_params = params
+    if selector is not None:
+        refine.sel = selector
+    refine._keep = params  # the base params must outlive the refine params that point at them
+    return refine
 
 
 def _metadata(ids: list[str], crops_dir: Path, contexts_dir: Path | None) -> Any:

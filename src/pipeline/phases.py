@@ -176,7 +176,7 @@ PHASES: dict[str, PhaseSpec] = {
     ),
     "index": PhaseSpec(
         name="index",
-        version="1",
+        version="2",  # 2: IVF-PQ is 4-bit fast-scan PQ with a refine stage
         inputs=("embeddings", "crops", "contexts"),
         params=lambda cfg, opt: {"index": cfg.index.model_dump(mode="json")},
         run=_run_index,

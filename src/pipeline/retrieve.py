@@ -149,12 +149,15 @@ class Retriever:
         return out
 
     def _exact(self, vec: np.ndarray, k: int, rows: np.ndarray) -> list[tuple[int, float]]:
-        """Exact inner products against the stored vectors of `rows` (approximate for IVF-PQ codes)."""
+        """Inner products against the stored vectors of `rows`: exact for Flat/HNSW, the refine codes'
+        reconstruction for a refined IVF-PQ, the PQ reconstruction (approximate) without refine."""
         import faiss
 
-        ivf = faiss.try_extract_index_ivf(self.index)
-        if ivf is not None:
-            ivf.make_direct_map()
+        base = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
+        if not isinstance(base, faiss.IndexRefine):
+            ivf = faiss.try_extract_index_ivf(self.index)
+            if ivf is not None:
+                ivf.make_direct_map()
         vecs = self.index.reconstruct_batch(rows)
         scores = vecs @ vec
         top = np.argsort(-scores, kind="stable")[:k]
