@@ -79,3 +79,24 @@ def test_filter_checks_flag_a_wrong_retriever(tmp_path):
     assert good["filter_checks_passed"] == good["filter_checks_total"] >= 4
     bad = validate(x, meta, tmp_path / "b", k=5, search=sloppy)
     assert bad["filter_checks_passed"] < bad["filter_checks_total"]
+
+
+def test_image_only_metrics_use_the_image_part_of_a_concatenation(tmp_path):
+    """A text part that names the class makes the fused vectors look perfect; the image_only_* metrics
+    are computed on the image part alone, here noise, so they fall to chance."""
+    x_sep, meta = make()
+    rng = np.random.default_rng(5)
+    noise = rng.normal(size=(len(meta), 32)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    fused = np.concatenate([0.3 * noise, 0.95 * x_sep], axis=1)
+    fused /= np.linalg.norm(fused, axis=1, keepdims=True)
+    m = validate(fused, meta, tmp_path, k=5, image_dims=32)
+    assert m["map_at_r_damage_type"] > 0.9 and m["coverage_damaged"] > 0.95
+    assert m["image_only_map_at_r_damage_type"] < 0.6 and m["image_only_coverage_damaged"] < 0.85
+    assert "Image part alone" in (tmp_path / "report.md").read_text()
+    # the image part carrying the structure scores high on its own
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    m2 = validate(np.concatenate([x_sep, 0.2 * noise[:, :16]], axis=1), meta, tmp_path / "b", k=5, image_dims=16)
+    assert m2["image_only_map_at_r_damage_type"] > 0.9
+    assert "image_only_coverage_damaged" not in validate(x_sep, meta, tmp_path / "c", k=5)

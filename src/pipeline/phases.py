@@ -120,7 +120,10 @@ def _run_validation(inputs: dict[str, Path], params: dict[str, Any], out_dir: Pa
     defects = dict(zip(*pq.read_table(inputs["crops"] / "crops.parquet", columns=["crop_id", "defects"]).to_pydict().values()))
     rows = [{**meta[c], "defects": defects.get(c)} for c in ids]
     retriever = Retriever.open(inputs["index"])
-    return validate(x, rows, out_dir, k=params["k"], search=retriever.search, seed=params["seed"])
+    emb = json.loads((inputs["embeddings"] / "embedder.json").read_text(encoding="utf-8"))
+    concat = emb.get("fusion", {}).get("mode") == "concat"
+    return validate(x, rows, out_dir, k=params["k"], search=retriever.search, seed=params["seed"],
+                    image_dims=emb.get("image_dim") if concat else None)
 
 
 PHASES: dict[str, PhaseSpec] = {
@@ -184,7 +187,7 @@ PHASES: dict[str, PhaseSpec] = {
     ),
     "validation": PhaseSpec(
         name="validation",
-        version="1",
+        version="2",  # 2: image_only_* metrics for concatenated embeddings
         inputs=("index", "embeddings", "crops"),
         params=lambda cfg, opt: {"k": 5, "seed": 0},
         run=_run_validation,

@@ -6,6 +6,10 @@ damaged results, clean -> clean; the users' bar is 60%), precision@k, recall@k a
 type and by zone (pytorch-metric-learning's AccuracyCalculator for mAP@R and precision@1),
 cosine vs euclidean neighbour agreement, silhouette, anisotropy (mean pairwise cosine), PCA and
 t-SNE plots coloured by label, filter correctness of the retriever, and a grid of example queries.
+
+When the vectors concatenate an image part and a text part (`hybrid`, or `clip` with concat fusion),
+the same neighbour metrics are also computed on the image part alone (`image_only_*`): that is the
+ranking an image query (`pipeline search --image`) gets, and it carries no help from the context text.
 """
 from __future__ import annotations
 
@@ -162,9 +166,41 @@ def filter_checks(search: Callable[..., list[dict]], meta: list[dict[str, Any]],
     return results
 
 
+def neighbour_metrics(x: np.ndarray, queries: np.ndarray, k: int, has_damage: np.ndarray, dmg: np.ndarray,
+                      zone: np.ndarray) -> dict[str, Any]:
+    """Coverage, precision/recall@k and mAP@R (damage type, zone) of the vectors `x`."""
+    n = len(x)
+    neigh = knn(x, queries, k, "ip")
+    same_state = has_damage[neigh] == has_damage[queries][:, None]
+    cov_damaged = float(same_state[has_damage[queries]].mean()) if has_damage[queries].any() else float("nan")
+    cov_clean = float(same_state[~has_damage[queries]].mean()) if (~has_damage[queries]).any() else float("nan")
+    chance = float(np.mean([(has_damage == has_damage[q]).sum() - 1 for q in queries]) / (n - 1))
+    p_dmg, r_dmg = precision_recall(neigh, queries, dmg)
+    p_zone, r_zone = precision_recall(neigh, queries, zone)
+    maps = {"damage_type": map_at_r(x, queries, dmg), "zone": map_at_r(x, queries, zone)}
+    return {"neigh": neigh, "p_dmg": p_dmg, "r_dmg": r_dmg, "p_zone": p_zone, "r_zone": r_zone,
+            "coverage_damaged": cov_damaged, "coverage_clean": cov_clean, "coverage_chance": chance,
+            f"precision_at_{k}_damage_type": float(np.mean(p_dmg)),
+            f"recall_at_{k}_damage_type": float(np.nanmean(r_dmg)),
+            f"precision_at_{k}_zone": float(np.mean(p_zone)),
+            f"recall_at_{k}_zone": float(np.nanmean(r_zone)),
+            "map_at_r_damage_type": maps["damage_type"]["mean_average_precision_at_r"],
+            "precision_at_1_damage_type": maps["damage_type"]["precision_at_1"],
+            "map_at_r_zone": maps["zone"]["mean_average_precision_at_r"],
+            "precision_at_1_zone": maps["zone"]["precision_at_1"]}
+
+
+IMAGE_ONLY_KEYS = ("coverage_damaged", "coverage_clean", "map_at_r_damage_type", "precision_at_1_damage_type",
+                   "map_at_r_zone")
+
+
 def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 5,
-             search: Callable[..., list[dict]] | None = None, seed: int = 0) -> dict[str, float]:
-    """Write report.md, metrics.json and plots into out_dir; return flat metrics."""
+             search: Callable[..., list[dict]] | None = None, seed: int = 0,
+             image_dims: int | None = None) -> dict[str, float]:
+    """Write report.md, metrics.json and plots into out_dir; return flat metrics.
+
+    `image_dims`: the vectors' first image_dims columns are the image part of a concatenation; adds the
+    image_only_* metrics computed on that part (renormalised)."""
     from sklearn.metrics import silhouette_score
 
     n = len(meta)
@@ -178,18 +214,11 @@ def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 
     queries = held_out if len(held_out) >= 20 else np.arange(n)
     k = min(k, n - 1)
 
-    neigh = knn(x, queries, k, "ip")
+    nm = neighbour_metrics(x, queries, k, has_damage, dmg, zone)
+    neigh, p_dmg, r_dmg, p_zone, r_zone = (nm[key] for key in ("neigh", "p_dmg", "r_dmg", "p_zone", "r_zone"))
     neigh_l2 = knn(x, queries, k, "l2")
     agreement = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(neigh, neigh_l2)]))
-
-    same_state = has_damage[neigh] == has_damage[queries][:, None]
-    cov_damaged = float(same_state[has_damage[queries]].mean()) if has_damage[queries].any() else float("nan")
-    cov_clean = float(same_state[~has_damage[queries]].mean()) if (~has_damage[queries]).any() else float("nan")
-    chance = float(np.mean([(has_damage == has_damage[q]).sum() - 1 for q in queries]) / (n - 1))
-
-    p_dmg, r_dmg = precision_recall(neigh, queries, dmg)
-    p_zone, r_zone = precision_recall(neigh, queries, zone)
-    maps = {"damage_type": map_at_r(x, queries, dmg), "zone": map_at_r(x, queries, zone)}
+    cov_damaged, cov_clean = nm["coverage_damaged"], nm["coverage_clean"]
 
     sil = float("nan")
     if 1 < len(set(dmg.tolist())) < n:
@@ -200,20 +229,18 @@ def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 
         "k": k,
         "coverage_damaged": cov_damaged,
         "coverage_clean": cov_clean,
-        "coverage_chance": chance,
+        "coverage_chance": nm["coverage_chance"],
         "coverage_bar_met": float(min(np.nan_to_num(cov_damaged, nan=1), np.nan_to_num(cov_clean, nan=1)) >= COVERAGE_BAR),
-        f"precision_at_{k}_damage_type": float(np.mean(p_dmg)),
-        f"recall_at_{k}_damage_type": float(np.nanmean(r_dmg)),
-        f"precision_at_{k}_zone": float(np.mean(p_zone)),
-        f"recall_at_{k}_zone": float(np.nanmean(r_zone)),
-        "map_at_r_damage_type": maps["damage_type"]["mean_average_precision_at_r"],
-        "precision_at_1_damage_type": maps["damage_type"]["precision_at_1"],
-        "map_at_r_zone": maps["zone"]["mean_average_precision_at_r"],
-        "precision_at_1_zone": maps["zone"]["precision_at_1"],
+        **{key: v for key, v in nm.items() if key.startswith(("precision_", "recall_", "map_"))},
         "cosine_euclidean_agreement": agreement,
         "silhouette_damage_type": sil,
         "anisotropy": anisotropy(x, seed=seed),
     }
+    if image_dims is not None and 0 < image_dims < x.shape[1]:
+        xi = x[:, :image_dims]
+        xi = xi / np.maximum(np.linalg.norm(xi, axis=1, keepdims=True), 1e-12)
+        im = neighbour_metrics(xi, queries, k, has_damage, dmg, zone)
+        metrics.update({f"image_only_{key}": im[key] for key in IMAGE_ONLY_KEYS})
     filters: dict[str, Any] = {}
     if search is not None:
         meta_v = [{**m, "_vector": x[i]} for i, m in enumerate(meta)]
@@ -245,6 +272,11 @@ def _report(metrics, per_type, per_zone, filters, plots, path: Path, k: int) -> 
         f"clean {metrics['coverage_clean']:.3f} (chance {metrics['coverage_chance']:.3f}); "
         f"{bar} the users' bar of {COVERAGE_BAR:.0%}.",
         "",
+        *([f"Image part alone (what an image query ranks by): coverage damaged "
+           f"{metrics['image_only_coverage_damaged']:.3f}, clean {metrics['image_only_coverage_clean']:.3f}; "
+           f"mAP@R by damage type {metrics['image_only_map_at_r_damage_type']:.3f} against "
+           f"{metrics['map_at_r_damage_type']:.3f} with the context text.", ""]
+          if "image_only_coverage_damaged" in metrics else []),
         "| metric | value |",
         "|---|---|",
         *[f"| {key} | {val:.4f} |" for key, val in metrics.items()],
