@@ -70,6 +70,18 @@ def test_retrieval_flow_caches_and_processes_only_new_items(prefect_server, demo
         if "no" in args:
             assert not any(h["has_damage"] for h in hits)
 
+    # clear errors: an unreadable image, a zone outside 1-10; a filter nothing satisfies says what there is
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    for args, rc, message in ((["--image", str(bad)], 2, "cannot read the query image"),
+                              (["--text", "dent", "--zone", "11"], 2, "less than or equal to 10"),
+                              (["--text", "dent", "--damage-type", "rust"], 0, "the index has zones [")):
+        proc = subprocess.run([pipeline, "search", "--workdir", str(tmp_path / "w"), "--json", *args],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == rc and message in proc.stderr, (args, proc.returncode, proc.stderr[-2000:])
+        if rc == 0:
+            assert json.loads(proc.stdout)["hits"] == [] and "dent" in proc.stderr
+
 
 def test_real_photos_damaged_retrieve_damaged(prefect_server, coco_dir, tmp_path):
     """car-damage-coco with the hybrid backend and real pretrained weights: damaged crops find

@@ -299,7 +299,8 @@ def search(
     image: Optional[Path] = typer.Option(None, "--image", help="Query image.", exists=True, dir_okay=False),
     text: Optional[str] = typer.Option(None, "--text", help="Query text."),
     k: int = typer.Option(5, "--k", min=1, help="Number of results."),
-    zone: Optional[List[int]] = typer.Option(None, "--zone", help="Only these vehicle zones (1-10, repeatable)."),
+    zone: Optional[List[int]] = typer.Option(None, "--zone", min=1, max=10,
+                                             help="Only these vehicle zones (1-10, repeatable)."),
     damaged: Optional[YesNo] = typer.Option(None, "--damaged", help="Only damaged (yes) or clean (no) crops."),
     damage_type: Optional[str] = typer.Option(None, "--damage-type", help="Only crops with this damage type."),
     index: Optional[str] = typer.Option(None, "--index", help="Index artifact id (default: the newest)."),
@@ -326,8 +327,23 @@ def search(
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
     retriever = Retriever.open(Path(store.dir_path("index", aid)), device=cfg.runtime.device)
-    hits = retriever.search(str(image) if image else text, k=k, zones=zone or None,
-                            has_damage=None if damaged is None else damaged == YesNo.yes, damage_type=damage_type)
+    if image is not None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(image) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError) as exc:
+            typer.secho(f"error: cannot read the query image {image}: {exc}", err=True, fg="red")
+            raise typer.Exit(2) from None
+    filters = {"zones": zone or None, "has_damage": None if damaged is None else damaged == YesNo.yes,
+               "damage_type": damage_type}
+    hits = retriever.search(str(image) if image else text, k=k, **filters)
+    if not hits:
+        present_zones = sorted({m["zone"] for m in retriever.metadata if m["zone"] is not None})
+        present_types = sorted({t for m in retriever.metadata for t in (m["damage_types"] or [])})
+        typer.secho(f"no indexed crop satisfies the filters; the index has zones {present_zones} and damage types "
+                    f"{present_types}", err=True, fg="yellow")
     keep = ("rank", "score", "crop_id", "zone", "zone_name", "has_damage", "damage_types", "part", "split",
             "crop_path", "text")
     rows = [{key: h.get(key) for key in keep} for h in hits]
