@@ -49,7 +49,7 @@ def ivf_bytes(n: int, dim: int, nlist: int, codes: str) -> int:
 def ivf_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
     """IVF over scalar-quantised vectors: the finest codes (fp16, then 8-bit) that fit `memory_budget_mb`.
 
-    Every probed vector is scored from its own codes, so recall stays near exact (bench: recall@10 0.998 at
+    Every probed vector is scored from its own codes, so recall stays near exact (bench: recall@10 0.999 at
     100k x 512, nprobe 16) at half (fp16) or a quarter (8-bit) of the Flat/HNSW memory.
     """
     nlist = _nlist(n)
@@ -76,7 +76,7 @@ def ivfpq_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
     """nlist as IVF, 4-bit fast-scan PQ with pq_m sub-quantizers, and a refine stage re-ranking k_factor*k
     PQ candidates with finer codes when those fit the budget too.
 
-    PQ codes alone rank the near neighbours of embedding-like vectors poorly (bench: recall@10 0.2 at 10k x
+    PQ codes alone rank the near neighbours of embedding-like vectors poorly (bench: recall@10 0.26 at 10k x
     512); refined, recall climbs with k_factor. `ivf_refine: auto` takes the finest refine codes (SQfp16,
     SQ8, none) that fit `memory_budget_mb`, then the largest pq_m that fits.
     """
