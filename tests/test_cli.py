@@ -56,3 +56,30 @@ def test_data_prep_json_then_lineage(demo_dataset, tmp_path):
     assert "dataset" in text.stdout and "audit" in text.stdout
     missing = run("lineage", "deadbeefdead", "--workdir", str(w))
     assert missing.returncode == 1 and "no artifact" in missing.stderr
+
+
+def test_search_defaults_to_the_index_of_the_latest_run(tmp_path):
+    """After a run whose index was a cache hit, search uses that run's index, not a newer artifact
+    some other run made; with no run records, the newest artifact."""
+    import time
+
+    from pipeline.cli import _latest
+    from pipeline.store import ArtifactNotFound, ArtifactStore
+
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    for aid, created in (("a" * 64, "2026-01-01T00:00:00"), ("b" * 64, "2026-02-01T00:00:00")):
+        (tmp_path / "artifacts" / "index" / aid).mkdir(parents=True)
+        (tmp_path / "artifacts" / "index" / aid / "lineage.json").write_text(json.dumps({"created_at": created}))
+    runs = tmp_path / "runs"
+    assert _latest(store, "index", runs) == "b" * 64  # no run records: the newest artifact
+    runs.mkdir()
+    (runs / "old.json").write_text(json.dumps({"phases": {"index": {"artifact_id": "b" * 64}}}))
+    time.sleep(0.05)
+    (runs / "new.json").write_text(json.dumps({"phases": {"index": {"artifact_id": "a" * 64}}}))
+    assert _latest(store, "index", runs) == "a" * 64
+    time.sleep(0.05)
+    (runs / "gone.json").write_text(json.dumps({"phases": {"index": {"artifact_id": "c" * 64}}}))  # deleted artifact
+    (runs / "prep.json").write_text(json.dumps({"phases": {"split": {"artifact_id": "d" * 64}}}))  # no index phase
+    assert _latest(store, "index", runs) == "a" * 64
+    with pytest.raises(ArtifactNotFound, match="pipeline run retrieval"):
+        _latest(store, "crops", runs)

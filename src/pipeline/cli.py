@@ -281,11 +281,20 @@ class YesNo(str, Enum):
     no = "no"
 
 
-def _latest(store, phase: str) -> str:
-    """Id of the most recently created complete artifact of `phase`."""
+def _latest(store, phase: str, runs_dir: Path | None = None) -> str:
+    """Id of `phase`'s artifact in the most recent run record under runs_dir (cached or not) whose artifact
+    still exists; else the most recently created complete artifact of `phase`."""
     from .store import ArtifactNotFound
 
     root = Path(store.root) / phase
+    records = sorted(Path(runs_dir).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True) if runs_dir else []
+    for rec in records:
+        try:
+            aid = json.loads(rec.read_text(encoding="utf-8")).get("phases", {}).get(phase, {}).get("artifact_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if aid and (root / aid / "lineage.json").is_file():
+            return aid
     found = []
     for lin in root.glob("*/lineage.json") if root.is_dir() else []:
         found.append((json.loads(lin.read_text()).get("created_at", ""), lin.parent.name))
@@ -303,7 +312,7 @@ def search(
                                              help="Only these vehicle zones (1-10, repeatable)."),
     damaged: Optional[YesNo] = typer.Option(None, "--damaged", help="Only damaged (yes) or clean (no) crops."),
     damage_type: Optional[str] = typer.Option(None, "--damage-type", help="Only crops with this damage type."),
-    index: Optional[str] = typer.Option(None, "--index", help="Index artifact id (default: the newest)."),
+    index: Optional[str] = typer.Option(None, "--index", help="Index artifact id or prefix (default: the index of the work dir's latest run)."),
     workdir: Path = WorkdirOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -322,7 +331,7 @@ def search(
 
     store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
     try:
-        aid = store.find(index)[1] if index else _latest(store, "index")
+        aid = store.find(index)[1] if index else _latest(store, "index", Path(workdir) / "runs")
     except ArtifactNotFound as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
