@@ -143,3 +143,11 @@ def test_down_leaves_recycled_pids_alive(tmp_path: Path) -> None:
         for proc in (sleeper, lookalike):
             proc.kill()
             proc.wait()
+
+
+def test_client_urls_map_wildcard_binds_to_loopback():
+    from pipeline.services import _url_host
+
+    assert _url_host("") == _url_host("0.0.0.0") == "127.0.0.1"
+    assert _url_host("::") == "[::1]" and _url_host("fe80::1") == "[fe80::1]"
+    assert _url_host("127.0.0.1") == "127.0.0.1" and _url_host("localhost") == "localhost"

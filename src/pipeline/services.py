@@ -7,6 +7,7 @@ import here); HTTP goes through urllib. What `up` started is recorded in <workdi
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -51,15 +52,19 @@ def _bin(name: str) -> str:
 
 
 def _url_host(host: str) -> str:
-    """The address clients use for a bind address (wildcards mean loopback).
+    """The address clients use for a bind address: an unspecified (wildcard) address means loopback.
 
-    This maps a wildcard a user chose with `--host` to a URL; nothing binds to it by default
-    (`up` binds to 127.0.0.1 unless told otherwise)."""
-    if host in ("", "0.0.0.0"):
+    Nothing binds to a wildcard by default (`up` binds to 127.0.0.1); this only turns a wildcard the
+    user chose with `--host` into a URL clients can reach."""
+    if not host:
         return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # a host name
+        return host
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "[::1]"
+    return f"[{host}]" if ip.version == 6 else host
 
 
 def _http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
