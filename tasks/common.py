@@ -243,7 +243,7 @@ class RunRecord(BaseModel):
 
     @staticmethod
     def path(workdir: str, flow_run_id: str) -> Path:
-        return Path(workdir) / "runs" / f"{flow_run_id}.json"
+        return Workspace(Path(workdir)).runs / f"{flow_run_id}.json"
 
     @classmethod
     def load(cls, workdir: str, flow_run_id: str) -> "RunRecord | None":

@@ -283,24 +283,21 @@ class YesNo(str, Enum):
 
 def _latest(store, phase: str, runs_dir: Path | None = None) -> str:
     """Id of `phase`'s artifact in the most recent run record under runs_dir (cached or not) whose artifact
-    still exists; else the most recently created complete artifact of `phase`."""
+    still exists; else the store's most recently created artifact of `phase`."""
     from .store import ArtifactNotFound
 
-    root = Path(store.root) / phase
     records = sorted(Path(runs_dir).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True) if runs_dir else []
     for rec in records:
         try:
             aid = json.loads(rec.read_text(encoding="utf-8")).get("phases", {}).get(phase, {}).get("artifact_id")
         except (OSError, ValueError, AttributeError):
             continue
-        if aid and (root / aid / "lineage.json").is_file():
+        if aid and store.is_complete(phase, aid):
             return aid
-    found = []
-    for lin in root.glob("*/lineage.json") if root.is_dir() else []:
-        found.append((json.loads(lin.read_text()).get("created_at", ""), lin.parent.name))
-    if not found:
-        raise ArtifactNotFound(f"no {phase} artifact under {store.uri}: run `pipeline run retrieval` first")
-    return max(found)[1]
+    try:
+        return store.latest(phase)
+    except ArtifactNotFound as exc:
+        raise ArtifactNotFound(f"{exc}: run `pipeline run retrieval` first") from None
 
 
 @app.command("search")
@@ -331,11 +328,12 @@ def search(
 
     store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
     try:
-        aid = store.find(index)[1] if index else _latest(store, "index", Path(workdir) / "runs")
+        aid = store.find(index)[1] if index else _latest(store, "index", ws.runs)
+        index_dir = store.local_path(store.ref("index", aid))
     except ArtifactNotFound as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
-    retriever = Retriever.open(Path(store.dir_path("index", aid)), device=cfg.runtime.device)
+    retriever = Retriever.open(index_dir, device=cfg.runtime.device)
     if image is not None:
         from PIL import Image, UnidentifiedImageError
 

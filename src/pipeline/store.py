@@ -149,6 +149,16 @@ class ArtifactStore:
         phase, aid = matches[0]
         return phase, aid
 
+    def latest(self, phase: str) -> str:
+        """Id of the most recently created complete artifact of `phase` (by its lineage's created_at)."""
+        found = []
+        for path in self.fs.glob(f"{self.root.rstrip('/')}/{phase}/*/{LINEAGE}"):
+            aid = path.rstrip("/").split("/")[-2]
+            found.append((self.read_lineage(phase, aid).get("created_at", ""), aid))
+        if not found:
+            raise ArtifactNotFound(f"no {phase} artifact under {self.uri}")
+        return max(found)[1]
+
     def local_path(self, ref: ArtifactRef) -> Path:
         """A local directory with the artifact's files (downloaded once for remote stores)."""
         if self.is_local:

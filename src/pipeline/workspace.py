@@ -57,6 +57,11 @@ class Workspace:
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlartifacts"
 
+    @property
+    def runs(self) -> Path:
+        """Run records, <flow_run_id>.json: each run's config, inputs and phase artifacts."""
+        return self.root / "runs"
+
     def artifact_uri(self, cfg: PipelineConfig) -> str:
         return cfg.store.artifacts or str(self.artifacts)
 
