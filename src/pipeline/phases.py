@@ -116,10 +116,10 @@ def _run_validation(inputs: dict[str, Path], params: dict[str, Any], out_dir: Pa
     from .validate import validate
 
     ids, x = load_embeddings(inputs["embeddings"])
-    meta = {r["crop_id"]: r for r in pq.read_table(inputs["index"] / "metadata.parquet").to_pylist()}
+    retriever = Retriever.open(inputs["index"])
+    meta = {r["crop_id"]: r for r in retriever.metadata}
     defects = dict(zip(*pq.read_table(inputs["crops"] / "crops.parquet", columns=["crop_id", "defects"]).to_pydict().values()))
     rows = [{**meta[c], "defects": defects.get(c)} for c in ids]
-    retriever = Retriever.open(inputs["index"])
     emb = json.loads((inputs["embeddings"] / "embedder.json").read_text(encoding="utf-8"))
     concat = emb.get("fusion", {}).get("mode") == "concat"
     return validate(x, rows, out_dir, k=params["k"], search=retriever.search, seed=params["seed"],
