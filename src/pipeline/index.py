@@ -127,8 +127,8 @@ def _gpus(cfg: IndexConfig, kind: str) -> int:
     return int(faiss.get_num_gpus())
 
 
-def _train(base: Any, train: np.ndarray, gpu: bool) -> Any:
-    """Train `base` on `train`, on all GPUs if `gpu` (the trained index copied back to the CPU)."""
+def _train(base: Any, train: np.ndarray, gpu: bool) -> tuple[Any, bool]:
+    """Train `base` on `train`, on all GPUs if `gpu` (copied back to the CPU); (index, trained on GPU)."""
     import warnings
 
     import faiss
@@ -137,19 +137,20 @@ def _train(base: Any, train: np.ndarray, gpu: bool) -> Any:
         try:
             on_gpu = faiss.index_cpu_to_all_gpus(base)
             on_gpu.train(train)
-            return faiss.index_gpu_to_cpu(on_gpu)
+            return faiss.index_gpu_to_cpu(on_gpu), True
         except Exception as exc:  # noqa: BLE001 - a GPU problem must not stop the build
             warnings.warn(f"GPU training of the index failed ({exc}); training on the CPU", RuntimeWarning)
     base.train(train)
-    return base
+    return base, False
 
 
-def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str) -> Any:
+def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str, report: dict[str, Any] | None = None) -> Any:
     """An IndexIDMap2 (ids = row numbers) around Flat / HNSW / IVF-SQ / IVF-PQ (+refine), inner product.
 
     IVF-SQ's k-means (its costly part) runs on all GPUs when faiss has GPUs and cfg.use_gpu, falling back to
     the CPU with a warning if the GPU clone fails; vectors are added on the CPU. Flat has nothing to train;
     HNSW and the 4-bit fast-scan IVF-PQ have no GPU build in faiss and are built on the CPU's threads.
+    `report`, if given, gets `gpu_trained`: whether the training really ran on a GPU.
     """
     import faiss
 
@@ -172,7 +173,9 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str) -> Any:
     if not base.is_trained:
         rng = np.random.default_rng(0)
         train = x if n <= 256 * p["nlist"] else x[np.sort(rng.choice(n, 256 * p["nlist"], replace=False))]
-        base = _train(base, train, _gpus(cfg, kind) > 0)
+        base, gpu_trained = _train(base, train, _gpus(cfg, kind) > 0)
+        if report is not None:
+            report["gpu_trained"] = gpu_trained
     index = faiss.IndexIDMap2(base)
     index.add_with_ids(x, np.arange(n, dtype=np.int64))
     if kind in ("ivf", "ivfpq"):
@@ -276,12 +279,13 @@ def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: In
         raise ValueError(f"no embeddings in {emb_dir}")
     kind = choose_index(n, dim, cfg)
     t0 = time.perf_counter()
-    index = build_index(x, cfg, kind)
+    built: dict[str, Any] = {"gpu_trained": False}
+    index = build_index(x, cfg, kind, built)
     build_seconds = time.perf_counter() - t0
     faiss.write_index(index, str(out_dir / "index.faiss"))
     pq.write_table(_metadata(ids, crops_dir, contexts_dir), out_dir / "metadata.parquet", **PARQUET_OPTIONS)
     params = index_params(kind, n, dim, cfg)
-    info = {"kind": kind, "dim": dim, "n": n, "metric": METRIC, "params": params, "gpu_build": _gpus(cfg, kind) > 0,
+    info = {"kind": kind, "dim": dim, "n": n, "metric": METRIC, "params": params, "gpu_trained": built["gpu_trained"],
             "crops_dir": str(crops_dir.resolve()), "emb_dir": str(emb_dir.resolve()),
             "contexts_dir": str(Path(contexts_dir).resolve()) if contexts_dir is not None else None}
     (out_dir / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
