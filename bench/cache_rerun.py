@@ -19,14 +19,14 @@ def main() -> None:
     args = ap.parse_args()
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-cache-"))).resolve()
 
-    from pipeline.workspace import setup_environment
+    from pipeline.core.workspace import setup_environment
 
     setup_environment(workdir)
     from prefect import flow
 
-    from flows.data_prep import data_prep
-    from pipeline.config import DemoConfig, PipelineConfig
-    from pipeline.demo_data import generate_demo_data
+    from pipeline_flows.data_prep import data_prep
+    from pipeline.core.config import DemoConfig, PipelineConfig
+    from pipeline.demo.generator import generate_demo_data
 
     data = workdir / "demo-data"
     if not (data / "dataset.json").is_file():

@@ -29,8 +29,8 @@ def mixture(n: int, dim: int, k: int, seed: int) -> np.ndarray:
 def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> None:
     import faiss
 
-    from pipeline.config import IndexConfig
-    from pipeline.index import build_index, index_params, np_search, search_params
+    from pipeline.core.config import IndexConfig
+    from pipeline.retrieval.index import build_index, index_params, np_search, search_params
 
     n, dim = x.shape
     exact = faiss.IndexFlatIP(dim)
@@ -86,7 +86,7 @@ def main() -> None:
         bench(f"gaussian mixture ({args.clusters} clusters)", mixture(n, args.dim, args.clusters, 1),
               mixture(args.queries, args.dim, args.clusters, 2), args)
     if args.embeddings:
-        from pipeline.embed import load_embeddings
+        from pipeline.retrieval.embed import load_embeddings
 
         _, x = load_embeddings(args.embeddings)
         rng = np.random.default_rng(0)

@@ -21,16 +21,16 @@ def main() -> None:
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
 
-    from pipeline.workspace import setup_environment
+    from pipeline.core.workspace import setup_environment
 
     setup_environment(base / "env")
     from prefect import flow
 
-    from flows.data_prep import data_prep
-    from pipeline.config import DemoConfig, PipelineConfig
-    from pipeline.demo_data import generate_demo_data
-    from pipeline.phases import PhaseContext, execute_phase, snapshot_dataset
-    from pipeline.store import ArtifactStore
+    from pipeline_flows.data_prep import data_prep
+    from pipeline.core.config import DemoConfig, PipelineConfig
+    from pipeline.demo.generator import generate_demo_data
+    from pipeline.core.phases import PhaseContext, execute_phase, snapshot_dataset
+    from pipeline.core.store import ArtifactStore
 
     data = base / "demo-data"
     generate_demo_data(data, DemoConfig(n_images=args.n), progress=False)

@@ -5,11 +5,11 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from pipeline.config import PipelineConfig
-from tasks.audit import audit_task
-from tasks.common import finish_phase, run_cached, run_pipeline
-from tasks.dataset import dataset_task
-from tasks.split import split_task
+from pipeline.core.config import PipelineConfig
+from pipeline_tasks.audit import audit_task
+from pipeline_tasks.common import finish_phase, run_cached, run_pipeline
+from pipeline_tasks.dataset import dataset_task
+from pipeline_tasks.split import split_task
 
 DatasetFormat = Literal["labelme", "coco", "jsonl", "folders"]
 

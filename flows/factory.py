@@ -9,10 +9,10 @@ from typing import Any
 
 from prefect import flow
 
-from flows.data_prep import DatasetFormat
-from flows.retrieval import retrieval_phases
-from pipeline.config import PipelineConfig
-from tasks.common import run_pipeline
+from pipeline_flows.data_prep import DatasetFormat
+from pipeline_flows.retrieval import retrieval_phases
+from pipeline.core.config import PipelineConfig
+from pipeline_tasks.common import run_pipeline
 
 
 @flow(name="factory", log_prints=True)

@@ -5,14 +5,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows.data_prep import DatasetFormat, data_prep_phases
-from pipeline.config import PipelineConfig
-from tasks.common import run_cached, run_pipeline
-from tasks.contexts import contexts_task
-from tasks.crops import crops_task
-from tasks.embeddings import embeddings_task
-from tasks.index import index_task
-from tasks.validation import validation_task
+from pipeline_flows.data_prep import DatasetFormat, data_prep_phases
+from pipeline.core.config import PipelineConfig
+from pipeline_tasks.common import run_cached, run_pipeline
+from pipeline_tasks.contexts import contexts_task
+from pipeline_tasks.crops import crops_task
+from pipeline_tasks.embeddings import embeddings_task
+from pipeline_tasks.index import index_task
+from pipeline_tasks.validation import validation_task
 
 
 def retrieval_phases(cfg: PipelineConfig, run) -> dict[str, Any]:

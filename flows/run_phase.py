@@ -5,17 +5,17 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from pipeline.config import PipelineConfig
-from pipeline.store import ArtifactRef
-from tasks.audit import audit_task
-from tasks.common import RunRecord, begin_flow, end_flow, finish_phase, run_cached
-from tasks.contexts import contexts_task
-from tasks.crops import crops_task
-from tasks.dataset import dataset_task
-from tasks.embeddings import embeddings_task
-from tasks.index import index_task
-from tasks.split import split_task
-from tasks.validation import validation_task
+from pipeline.core.config import PipelineConfig
+from pipeline.core.store import ArtifactRef
+from pipeline_tasks.audit import audit_task
+from pipeline_tasks.common import RunRecord, begin_flow, end_flow, finish_phase, run_cached
+from pipeline_tasks.contexts import contexts_task
+from pipeline_tasks.crops import crops_task
+from pipeline_tasks.dataset import dataset_task
+from pipeline_tasks.embeddings import embeddings_task
+from pipeline_tasks.index import index_task
+from pipeline_tasks.split import split_task
+from pipeline_tasks.validation import validation_task
 
 PHASE_TASKS = {"audit": audit_task, "split": split_task, "crops": crops_task, "contexts": contexts_task,
                "embeddings": embeddings_task, "index": index_task, "validation": validation_task}
@@ -25,7 +25,7 @@ Phase = Literal["dataset", "audit", "split", "crops", "contexts", "embeddings", 
 @flow(name="run-phase", log_prints=True)
 def run_phase(phase: Phase, from_run: str, workdir: str = "work", force: bool = False) -> dict[str, Any]:
     """Re-run PHASE with the inputs and config recorded by flow run FROM_RUN (force: even if cached)."""
-    from pipeline.phases import PHASES
+    from pipeline.core.phases import PHASES
 
     record = RunRecord.load(workdir, from_run)
     if record is None:

@@ -21,11 +21,11 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run as rt_flow_run
 from pydantic import BaseModel
 
-from pipeline.config import ConfigError, PipelineConfig
-from pipeline.phases import PHASES, PhaseContext, PhaseResult, execute_phase
-from pipeline.store import ArtifactRef, ArtifactStore
-from pipeline.tracking import MlflowTracker, NullTracker
-from pipeline.workspace import Workspace
+from pipeline.core.config import ConfigError, PipelineConfig
+from pipeline.core.phases import PHASES, PhaseContext, PhaseResult, execute_phase
+from pipeline.core.store import ArtifactRef, ArtifactStore
+from pipeline.core.tracking import MlflowTracker, NullTracker
+from pipeline.core.workspace import Workspace
 
 
 class RunInfo(BaseModel):
@@ -214,7 +214,7 @@ def results_storage(cfg: PipelineConfig, workdir: str):
 def begin_flow(name: str, cfg: PipelineConfig, workdir: str, dataset_root: str | None, fmt: str | None,
                progress: bool = True) -> RunInfo:
     """Prepare the work dir and the MLflow parent run (re-attached when the flow run is retried)."""
-    from pipeline.workspace import setup_environment
+    from pipeline.core.workspace import setup_environment
 
     ws = setup_environment(workdir)
     flow_run_id = str(rt_flow_run.id) if rt_flow_run.id else "local"

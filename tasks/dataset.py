@@ -7,9 +7,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import PipelineConfig
-from pipeline.phases import PhaseResult, snapshot_dataset
-from pipeline.workspace import Workspace
+from pipeline.core.config import PipelineConfig
+from pipeline.core.phases import PhaseResult, snapshot_dataset
+from pipeline.core.workspace import Workspace
 
 from .common import RunInfo, phase_context
 

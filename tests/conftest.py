@@ -9,7 +9,7 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="pipeline-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_DIR / "prefect-home"))
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-from pipeline.workspace import setup_environment  # noqa: E402
+from pipeline.core.workspace import setup_environment  # noqa: E402
 
 setup_environment(_SESSION_DIR / "session")
 
@@ -29,8 +29,8 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory) -> Path:
     """A small synthetic LabelMe dataset (with its bad examples), generated once."""
-    from pipeline.config import DemoConfig
-    from pipeline.demo_data import generate_demo_data
+    from pipeline.core.config import DemoConfig
+    from pipeline.demo.generator import generate_demo_data
 
     out = tmp_path_factory.mktemp("demo") / "data"
     generate_demo_data(out, DemoConfig(n_images=60, seed=1, width=256, height=192), progress=False)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.adapters import METADATA_FILES, ScanResult, dominant_label, scan
-from pipeline.config import DataConfig
-from pipeline.manifest import NO_DAMAGE_LABEL, Annotation
+from pipeline.data.adapters import METADATA_FILES, ScanResult, dominant_label, scan
+from pipeline.core.config import DataConfig
+from pipeline.data.manifest import NO_DAMAGE_LABEL, Annotation
 
 TS = "20240131T120000"
 BIG = [[10, 10], [90, 10], [90, 90], [10, 90]]  # area 6400

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from test_adapters import BIG, SMALL, save_image, shape, smooth_image, write_coco, write_jsonl, write_labelme
 
-from pipeline.adapters import scan
-from pipeline.audit import clip_polygon, near_duplicate_pairs, run_audit
-from pipeline.config import AuditConfig, DataConfig
-from pipeline.images import DecodeError, DecompressionBomb, load_rgb, phash, to_rgb
-from pipeline.manifest import MANIFEST_SCHEMA, QUARANTINE_SCHEMA, REASONS, annotations_from_json
+from pipeline.data.adapters import scan
+from pipeline.data.audit import clip_polygon, near_duplicate_pairs, run_audit
+from pipeline.core.config import AuditConfig, DataConfig
+from pipeline.data.images import DecodeError, DecompressionBomb, load_rgb, phash, to_rgb
+from pipeline.data.manifest import MANIFEST_SCHEMA, QUARANTINE_SCHEMA, REASONS, annotations_from_json
 
 OUTPUTS = ("manifest.parquet", "quarantine.parquet", "report.md", "class_hist.png", "zone_hist.png", "audit_summary.json")
 

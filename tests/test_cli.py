@@ -20,7 +20,7 @@ def test_help_is_fast_and_lists_commands():
     assert proc.returncode == 0
     for cmd in ("run", "demo", "demo-data", "lineage", "up", "down", "status", "deploy", "run-phase", "config"):
         assert cmd in proc.stdout
-    heavy = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pipeline.cli"],
+    heavy = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pipeline.app.cli"],
                            capture_output=True, text=True)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in heavy.stderr.splitlines()[1:]}
     assert not {"torch", "prefect", "mlflow", "timm", "open_clip"} & imported
@@ -63,8 +63,8 @@ def test_search_defaults_to_the_index_of_the_latest_run(tmp_path):
     some other run made; with no run records, the newest artifact."""
     import time
 
-    from pipeline.cli import _latest
-    from pipeline.store import ArtifactNotFound, ArtifactStore
+    from pipeline.app.cli import _latest
+    from pipeline.core.store import ArtifactNotFound, ArtifactStore
 
     store = ArtifactStore(str(tmp_path / "artifacts"))
     for aid, created in (("a" * 64, "2026-01-01T00:00:00"), ("b" * 64, "2026-02-01T00:00:00")):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, valid_keys
+from pipeline.core.config import ConfigError, PipelineConfig, load_config, valid_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 

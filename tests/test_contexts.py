@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.contexts import (
+from pipeline.retrieval.contexts import (
     COLS,
     CONTEXTS_SCHEMA,
     DAMAGE_DESCRIPTIONS,
@@ -18,8 +18,8 @@ from pipeline.contexts import (
     plural,
     run_contexts,
 )
-from pipeline.crops import CROPS_SCHEMA
-from pipeline.manifest import DAMAGE_TYPES, ZONES
+from pipeline.retrieval.crops import CROPS_SCHEMA
+from pipeline.data.manifest import DAMAGE_TYPES, ZONES
 
 SIZE = (900, 600)
 

@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-import pipeline.crops as crops_mod
-from pipeline.config import CropsConfig, DetectConfig
-from pipeline.crops import CROPS_SCHEMA, crop_item, grid_windows, intersection, polygon_box, run_crops
-from pipeline.detect import Detection, WholeImageDetector
-from pipeline.manifest import MANIFEST_SCHEMA
+import pipeline.retrieval.crops as crops_mod
+from pipeline.core.config import CropsConfig, DetectConfig
+from pipeline.retrieval.crops import CROPS_SCHEMA, crop_item, grid_windows, intersection, polygon_box, run_crops
+from pipeline.retrieval.detect import Detection, WholeImageDetector
+from pipeline.data.manifest import MANIFEST_SCHEMA
 
 SPLIT_SCHEMA = MANIFEST_SCHEMA.append(pa.field("split", pa.string()))
 

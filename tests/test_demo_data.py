@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.config import DemoConfig
-from pipeline.demo_data import generate_demo_data, polygon_area
-from pipeline.manifest import DAMAGE_TYPES, REASONS
+from pipeline.core.config import DemoConfig
+from pipeline.demo.generator import generate_demo_data, polygon_area
+from pipeline.data.manifest import DAMAGE_TYPES, REASONS
 
 NAME = re.compile(
     r"^zona1_(ko|ok)_(\d+)_(\d+)_(\d{8}T\d{6})_zona_(\d+)_(imageDANO_original\.jpg|labelDANO_modificado\.json)$"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DetectConfig
-from pipeline.detect import (
+from pipeline.core.config import DetectConfig
+from pipeline.retrieval.detect import (
     COCO90_NAMES,
     Detection,
     ModelUnavailable,
@@ -143,7 +143,7 @@ def test_opencv_dnn_runs_a_yolov8_onnx_export_of_a_random_model(tmp_path):
     """A random-initialised YOLOv8n exported to ONNX: OpenCV loading, letterbox and [1, 84, N] parsing."""
     import torch
 
-    from pipeline.detect import ultralytics_offline
+    from pipeline.retrieval.detect import ultralytics_offline
 
     model = ultralytics_offline().YOLO("yolov8n.yaml").model.eval()
     for module in model.modules():
@@ -172,7 +172,7 @@ def test_opencv_dnn_ssd_finds_the_car_in_real_photos(photo):
     pb, pbtxt = SSD_DIR / "frozen_inference_graph.pb", SSD_DIR / "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"
     if not (pb.is_file() and pbtxt.is_file() and (PHOTOS / photo).is_file()):
         pytest.skip(f"shared SSD model or photo not present under {SHARED}")
-    from pipeline.images import load_rgb
+    from pipeline.data.images import load_rgb
 
     img, _ = load_rgb(PHOTOS / photo, 89_478_485)
     det = make_detector(DetectConfig(backend="opencv_dnn", weights=str(pb), config_file=str(pbtxt), conf=0.4))

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.config import EmbedConfig
+from pipeline.core.config import EmbedConfig
 
 ZONES = {1: "front", 2: "side", 3: "rear"}
 DAMAGE = ["scratch", "dent", "crack"]
@@ -35,8 +35,8 @@ def crop_row(i: int, crop_path: str, crop_id: str, size: tuple[int, int]) -> dic
 def make_crops(root: Path, n: int, start: int = 0, size: tuple[int, int] = (64, 48), with_contexts: bool = True,
                existing: list[dict] | None = None) -> tuple[Path, Path]:
     """A crops artifact dir (crops.parquet + crops/<id[:2]>/<id>.jpg) and a contexts dir with n crops."""
-    from pipeline.contexts import CONTEXTS_SCHEMA
-    from pipeline.crops import CROPS_SCHEMA
+    from pipeline.retrieval.contexts import CONTEXTS_SCHEMA
+    from pipeline.retrieval.crops import CROPS_SCHEMA
 
     crops_dir, ctx_dir = root / "crops", root / "contexts"
     rows = list(existing or [])
@@ -66,7 +66,7 @@ def crop_rows(crops_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def hybrid():
-    from pipeline.embed import make_embedder
+    from pipeline.retrieval.embed import make_embedder
 
     return make_embedder(EmbedConfig(), "cpu")
 
@@ -74,7 +74,7 @@ def hybrid():
 def test_hybrid_uses_real_weights(hybrid):
     import torch
 
-    from pipeline.models import lite0_package_file
+    from pipeline.models.loading import lite0_package_file
 
     d = hybrid.describe()
     assert d["random_init"] is False and d["backend"] == "hybrid" and d["dim"] == 1664
@@ -105,7 +105,7 @@ def test_hybrid_images_and_queries(hybrid):
 
 @pytest.mark.parametrize("fusion", ["average", "weighted", "concat"])
 def test_fusion_math(fusion):
-    from pipeline.embed import Embedder
+    from pipeline.retrieval.embed import Embedder
 
     class _M:  # minimal stand-in: fuse/image_query/text_query use only cfg and dims
         random_init = False
@@ -130,7 +130,7 @@ def test_fusion_math(fusion):
 
 
 def test_hybrid_concat_weights():
-    from pipeline.embed import Embedder
+    from pipeline.retrieval.embed import Embedder
 
     e = Embedder(EmbedConfig(alpha=0.6, beta=0.8), "cpu", None, None, None, 1280, 384)
     f = e.fuse(np.ones((2, 1280)), np.ones((2, 384)))
@@ -139,7 +139,7 @@ def test_hybrid_concat_weights():
 
 
 def test_patch_boxes():
-    from pipeline.embed import patch_boxes
+    from pipeline.retrieval.embed import patch_boxes
 
     assert patch_boxes(200, 100, 224) == []
     boxes = patch_boxes(448, 300, 224)
@@ -149,7 +149,7 @@ def test_patch_boxes():
 
 def test_multi_patch_is_the_weighted_global_and_patch_mean(hybrid):
     """With multi_patch, a crop larger than the input is 0.6 * global + 0.4 * mean(patch vectors), renormalised."""
-    from pipeline.embed import Embedder, Preprocess, l2n, patch_boxes
+    from pipeline.retrieval.embed import Embedder, Preprocess, l2n, patch_boxes
 
     cfg = EmbedConfig(multi_patch=True, patch_weights=(0.6, 0.4))
     pre = hybrid.preprocess
@@ -170,8 +170,8 @@ def test_multi_patch_is_the_weighted_global_and_patch_mean(hybrid):
 
 
 def test_missing_weights_names_three_ways():
-    from pipeline.embed import make_embedder
-    from pipeline.models import ModelUnavailable
+    from pipeline.retrieval.embed import make_embedder
+    from pipeline.models.loading import ModelUnavailable
 
     with pytest.raises(ModelUnavailable) as err:
         make_embedder(EmbedConfig(backend="clip", clip_model="ViT-B-32", clip_pretrained="openai"), "cpu")
@@ -182,7 +182,7 @@ def test_missing_weights_names_three_ways():
 
 
 def test_clip_random_init_end_to_end(tmp_path):
-    from pipeline.embed import load_embeddings, run_embeddings
+    from pipeline.retrieval.embed import load_embeddings, run_embeddings
 
     crops, ctx = make_crops(tmp_path, 6, size=(300, 200))
     cfg = EmbedConfig(backend="clip", clip_model=CLIP_SMALL, clip_pretrained=None, allow_random_init=True,
@@ -198,7 +198,7 @@ def test_clip_random_init_end_to_end(tmp_path):
 
 
 def test_shards_and_item_cache(tmp_path):
-    from pipeline.embed import load_embeddings, run_embeddings
+    from pipeline.retrieval.embed import load_embeddings, run_embeddings
 
     crops, ctx = make_crops(tmp_path / "a", 20)
     cfg = EmbedConfig(shard_size=16, batch_size=8, num_workers=2)

@@ -5,10 +5,10 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import PipelineConfig, build_config
-from pipeline.lineage import walk
-from pipeline.phases import PHASES
-from pipeline.store import ArtifactStore
+from pipeline.core.config import PipelineConfig, build_config
+from pipeline.core.lineage import walk
+from pipeline.core.phases import PHASES
+from pipeline.core.store import ArtifactStore
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def counting(monkeypatch):
 
 
 def run_flow(dataset, workdir, cfg=None):
-    from flows.data_prep import data_prep
+    from pipeline_flows.data_prep import data_prep
 
     return data_prep(dataset=str(dataset), format="labelme", workdir=str(workdir), config=cfg or PipelineConfig())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import build_config
+from pipeline.core.config import build_config
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ SMALL = ["detect.backend=none", "crops.grid_size=128", "crops.target_size=160", 
 
 
 def run(dataset, workdir, fmt="labelme", overrides=SMALL):
-    from flows.retrieval import retrieval
+    from pipeline_flows.retrieval import retrieval
 
     return retrieval(dataset=str(dataset), format=fmt, workdir=str(workdir), config=build_config(overrides=overrides))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import EmbedConfig, IndexConfig
+from pipeline.core.config import EmbedConfig, IndexConfig
 
 
 def mixture(n: int, dim: int, k: int = 20, seed: int = 0) -> np.ndarray:
@@ -19,7 +19,7 @@ def mixture(n: int, dim: int, k: int = 20, seed: int = 0) -> np.ndarray:
 
 
 def test_choose_index_thresholds():
-    from pipeline.index import choose_index, hnsw_bytes, ivf_bytes, ivf_params, ivfpq_bytes, ivfpq_params
+    from pipeline.retrieval.index import choose_index, hnsw_bytes, ivf_bytes, ivf_params, ivfpq_bytes, ivfpq_params
 
     cfg = IndexConfig(flat_max=1000, memory_budget_mb=100, hnsw_m=32)
     assert choose_index(1000, 512, cfg) == "flat"
@@ -53,7 +53,7 @@ def test_choose_index_thresholds():
 
 
 def test_flat_self_check_is_exact():
-    from pipeline.index import build_index, quality
+    from pipeline.retrieval.index import build_index, quality
 
     x = mixture(500, 64)
     idx = build_index(x, IndexConfig(), "flat")
@@ -62,7 +62,7 @@ def test_flat_self_check_is_exact():
 
 
 def test_hnsw_recall_on_mixture():
-    from pipeline.index import build_index, quality
+    from pipeline.retrieval.index import build_index, quality
 
     x = mixture(3000, 64)
     idx = build_index(x, IndexConfig(ef_construction=100, ef_search=64), "hnsw")
@@ -74,7 +74,7 @@ def test_ivfpq_refine_recovers_recall(tmp_path):
     """4-bit PQ codes alone rank near neighbours poorly; the refine stage re-ranks with finer codes."""
     import faiss
 
-    from pipeline.index import build_index, quality
+    from pipeline.retrieval.index import build_index, quality
 
     x = mixture(2000, 32)
     plain = quality(build_index(x, IndexConfig(ivf_nprobe=16, ivf_refine="none"), "ivfpq"), x, 100)
@@ -94,7 +94,7 @@ def test_ivfpq_refine_recovers_recall(tmp_path):
 def test_ivf_scalar_quantised_is_near_exact_at_a_fraction_of_the_memory(codes):
     import faiss
 
-    from pipeline.index import build_index, quality
+    from pipeline.retrieval.index import build_index, quality
 
     x = mixture(3000, 64)
     flat = build_index(x, IndexConfig(), "flat")
@@ -108,8 +108,8 @@ def test_ivf_scalar_quantised_is_near_exact_at_a_fraction_of_the_memory(codes):
 def test_run_index_files(tmp_path):
     from test_embed import make_crops
 
-    from pipeline.embed import load_embeddings, run_embeddings
-    from pipeline.index import METADATA_COLUMNS, run_index
+    from pipeline.retrieval.embed import load_embeddings, run_embeddings
+    from pipeline.retrieval.index import METADATA_COLUMNS, run_index
 
     crops, ctx = make_crops(tmp_path, 12)
     run_embeddings(crops, ctx, EmbedConfig(batch_size=16), tmp_path / "emb", None, device="cpu", progress=False)

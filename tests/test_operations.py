@@ -20,8 +20,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, demo_dataset):
-    from pipeline.deploy import deploy
-    from pipeline.services import down, up
+    from pipeline.app.deploy import deploy
+    from pipeline.app.services import down, up
 
     workdir = tmp_path_factory.mktemp("ops")
     saved = dict(os.environ)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import EmbedConfig, IndexConfig
+from pipeline.core.config import EmbedConfig, IndexConfig
 
 N = 40
 
@@ -18,8 +18,8 @@ def built(tmp_path_factory):
     refine indexes over them."""
     from test_embed import make_crops
 
-    from pipeline.embed import make_embedder, run_embeddings
-    from pipeline.index import run_index
+    from pipeline.retrieval.embed import make_embedder, run_embeddings
+    from pipeline.retrieval.index import run_index
 
     root = tmp_path_factory.mktemp("retrieve")
     crops, ctx = make_crops(root, N)
@@ -62,7 +62,7 @@ FILTERS = [
 @pytest.mark.parametrize("k", [5, 12])
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: "-".join(f"{a}={b!r}" for a, b in f.items()))
 def test_filtered_search_returns_k_matching(built, kind, k, filters):
-    from pipeline.retrieve import Retriever
+    from pipeline.retrieval.retrieve import Retriever
 
     root, emb = built
     r = Retriever.open(root / kind, embedder=emb)
@@ -78,7 +78,7 @@ def test_filtered_search_returns_k_matching(built, kind, k, filters):
 
 
 def test_fixture_has_fewer_than_k_cases(built):
-    from pipeline.retrieve import Retriever
+    from pipeline.retrieval.retrieve import Retriever
 
     r = Retriever.open(built[0] / "flat", embedder=built[1])
     combined = sum(satisfies(m, zones=1, has_damage=True, damage_type="scratch") for m in r.metadata)
@@ -86,7 +86,7 @@ def test_fixture_has_fewer_than_k_cases(built):
 
 
 def test_low_ef_hnsw_exercises_fallback(built):
-    from pipeline.retrieve import Retriever
+    from pipeline.retrieval.retrieve import Retriever
 
     r = Retriever.open(built[0] / "hnsw_low_ef", embedder=built[1])
     allowed = r.allowed_rows(zones=1)
@@ -100,7 +100,7 @@ def test_low_ef_hnsw_exercises_fallback(built):
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "hnsw_low_ef"])
 def test_image_queries_find_the_crop(built, kind):
-    from pipeline.retrieve import Retriever
+    from pipeline.retrieval.retrieve import Retriever
 
     root, emb = built
     r = Retriever.open(root / kind, embedder=emb)
@@ -115,8 +115,8 @@ def test_image_queries_find_the_crop(built, kind):
 
 
 def test_vector_queries_and_search_many(built):
-    from pipeline.embed import load_embeddings
-    from pipeline.retrieve import Retriever
+    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.retrieve import Retriever
 
     root, emb = built
     r = Retriever.open(root / "hnsw", embedder=emb)
@@ -132,7 +132,7 @@ def test_vector_queries_and_search_many(built):
 
 
 def test_text_query_rebuilds_embedder_from_json(built):
-    from pipeline.retrieve import Retriever
+    from pipeline.retrieval.retrieve import Retriever
 
     r = Retriever.open(built[0] / "flat")
     hits = r.search("scratch on the door of the front", k=5)
@@ -141,7 +141,7 @@ def test_text_query_rebuilds_embedder_from_json(built):
 
 
 def test_bad_query(built):
-    from pipeline.retrieve import Retriever
+    from pipeline.retrieval.retrieve import Retriever
 
     r = Retriever.open(built[0] / "flat", embedder=built[1])
     with pytest.raises(TypeError):
@@ -155,7 +155,7 @@ def test_filtered_search_survives_faiss_torch_utils():
     import faiss
     import faiss.contrib.torch_utils  # noqa: F401
 
-    from pipeline.index import np_search
+    from pipeline.retrieval.index import np_search
 
     x = np.eye(8, dtype=np.float32)
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))

@@ -3,15 +3,15 @@ import json
 
 import pytest
 
-from pipeline.config import PipelineConfig
-from pipeline.store import ArtifactStore
+from pipeline.core.config import PipelineConfig
+from pipeline.core.store import ArtifactStore
 
 pytestmark = pytest.mark.slow
 
 
 def test_run_phase_reruns_with_recorded_inputs(prefect_server, demo_dataset, tmp_path):
-    from flows.data_prep import data_prep
-    from flows.run_phase import run_phase
+    from pipeline_flows.data_prep import data_prep
+    from pipeline_flows.run_phase import run_phase
 
     w = tmp_path / "w"
     first = data_prep(dataset=str(demo_dataset), format="labelme", workdir=str(w),
@@ -35,7 +35,7 @@ def test_run_phase_reruns_with_recorded_inputs(prefect_server, demo_dataset, tmp
 
 
 def test_run_phase_errors_clearly(prefect_server, tmp_path):
-    from flows.run_phase import run_phase
+    from pipeline_flows.run_phase import run_phase
 
     with pytest.raises(ValueError, match="no run record"):
         run_phase(phase="split", from_run="00000000-0000-0000-0000-000000000000", workdir=str(tmp_path))

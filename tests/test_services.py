@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.services import api_url, down, status, up
+from pipeline.app.services import api_url, down, status, up
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +146,7 @@ def test_down_leaves_recycled_pids_alive(tmp_path: Path) -> None:
 
 
 def test_client_urls_map_wildcard_binds_to_loopback():
-    from pipeline.services import _url_host
+    from pipeline.app.services import _url_host
 
     assert _url_host("") == _url_host("0.0.0.0") == "127.0.0.1"
     assert _url_host("::") == "[::1]" and _url_host("fe80::1") == "[fe80::1]"

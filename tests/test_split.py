@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import SplitConfig
-from pipeline.manifest import MANIFEST_SCHEMA
-from pipeline.split import Unit, class_targets, cover_train, run_split
+from pipeline.core.config import SplitConfig
+from pipeline.data.manifest import MANIFEST_SCHEMA
+from pipeline.data.split import Unit, class_targets, cover_train, run_split
 
 DEFAULTS: dict[str, Any] = {
     "width": 64, "height": 48, "has_damage": False, "damage_types": [], "annotations": "[]", "n_annotations": 0,

@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from pipeline.hashing import artifact_id, canonical_json
-from pipeline.lineage import render, walk
-from pipeline.phases import PhaseContext, snapshot_dataset
-from pipeline.store import LINEAGE, ArtifactNotFound, ArtifactStore
-from pipeline.tracking import RecordingTracker
+from pipeline.core.hashing import artifact_id, canonical_json
+from pipeline.core.lineage import render, walk
+from pipeline.core.phases import PhaseContext, snapshot_dataset
+from pipeline.core.store import LINEAGE, ArtifactNotFound, ArtifactStore
+from pipeline.core.tracking import RecordingTracker
 
 
 def test_artifact_id_is_canonical():

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.validate import anisotropy, damage_label, knn, precision_recall, validate
+from pipeline.retrieval.validate import anisotropy, damage_label, knn, precision_recall, validate
 
 
 def make(n_per=30, sep=4.0, seed=0, dim=16):

@@ -37,9 +37,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import EmbedConfig
-from .hashing import canonical_json, sha256_bytes
-from .models import LITE0_ARCH, Loaded, load_clip, load_sentence_model, load_timm, pick_device
+from pipeline.core.config import EmbedConfig
+from pipeline.core.hashing import canonical_json, sha256_bytes
+from pipeline.models.loading import LITE0_ARCH, Loaded, load_clip, load_sentence_model, load_timm, pick_device
 
 EMBED_VERSION = "1"
 LITE0_SIZE = 224
@@ -344,7 +344,7 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     import torch
     from tqdm.auto import tqdm
 
-    from .audit import PARQUET_OPTIONS
+    from pipeline.data.audit import PARQUET_OPTIONS
 
     t0 = time.perf_counter()
     crops_dir, out_dir = Path(crops_dir), Path(out_dir)

@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..config import DataConfig
-from ..manifest import NO_DAMAGE_LABEL, ZONES, Candidate, QuarantineEntry
-from .common import DatasetMeta, ScanResult, list_root, read_meta, within
+from pipeline.core.config import DataConfig
+from pipeline.data.manifest import NO_DAMAGE_LABEL, ZONES, Candidate, QuarantineEntry
+from pipeline.data.adapters.common import DatasetMeta, ScanResult, list_root, read_meta, within
 
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .hashing import canonical_json, sha256_bytes, sha256_file
+from pipeline.core.hashing import canonical_json, sha256_bytes, sha256_file
 
 FILES_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
 

@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from .config import DemoConfig
-from .manifest import DAMAGE_TYPES, ZONES
+from pipeline.core.config import DemoConfig
+from pipeline.data.manifest import DAMAGE_TYPES, ZONES
 
 Color = tuple[int, int, int]
 Point = tuple[float, float]

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .config import SplitConfig
-from .manifest import SPLIT_NAMES
+from pipeline.core.config import SplitConfig
+from pipeline.data.manifest import SPLIT_NAMES
 
 TRAIN, VAL, TEST = range(3)
 NULL_CLASS = "<none>"

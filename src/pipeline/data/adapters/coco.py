@@ -15,9 +15,9 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from ..config import DataConfig
-from ..manifest import NO_DAMAGE_LABEL, Annotation, Candidate, QuarantineEntry
-from .common import DatasetMeta, ScanResult, damage_types, dominant_label, is_image, list_root, parse_points, read_meta, within
+from pipeline.core.config import DataConfig
+from pipeline.data.manifest import NO_DAMAGE_LABEL, Annotation, Candidate, QuarantineEntry
+from pipeline.data.adapters.common import DatasetMeta, ScanResult, damage_types, dominant_label, is_image, list_root, parse_points, read_meta, within
 
 ANNOTATION_NAMES = ("annotations.json", "_annotations.coco.json")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .store import LINEAGE, ArtifactNotFound, ArtifactStore
+from pipeline.core.store import LINEAGE, ArtifactNotFound, ArtifactStore
 
 
 def resolve(store: ArtifactStore, id_or_path: str) -> tuple[str, str]:

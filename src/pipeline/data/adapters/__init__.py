@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import DataConfig
-from .coco import scan_coco
-from .common import METADATA_FILES, ScanResult, damage_types, dominant_label, polygon_area
-from .folders import scan_folders
-from .jsonl import scan_jsonl
-from .labelme import scan_labelme
+from pipeline.core.config import DataConfig
+from pipeline.data.adapters.coco import scan_coco
+from pipeline.data.adapters.common import METADATA_FILES, ScanResult, damage_types, dominant_label, polygon_area
+from pipeline.data.adapters.folders import scan_folders
+from pipeline.data.adapters.jsonl import scan_jsonl
+from pipeline.data.adapters.labelme import scan_labelme
 
 ADAPTERS: dict[str, Callable[[Path, DataConfig], ScanResult]] = {
     "labelme": scan_labelme,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .workspace import OFFLINE_ENV
+from pipeline.core.workspace import OFFLINE_ENV
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = ("nightly", "adhoc", "data-prep", "run-phase")
@@ -18,7 +18,7 @@ DEPLOYMENTS = ("nightly", "adhoc", "data-prep", "run-phase")
 
 def deploy(workdir: Path, dataset: Path, fmt: str, timezone: str = "UTC", names: list[str] | None = None,
            api_url: str | None = None, timeout: float = 600) -> str:
-    from .services import api_url as running_api
+    from pipeline.app.services import api_url as running_api
 
     url = api_url or running_api(workdir) or os.environ.get("PREFECT_API_URL")
     if not url:

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import fsspec
 from pydantic import BaseModel
 
-from .hashing import canonical_json, sha256_bytes, sha256_file
+from pipeline.core.hashing import canonical_json, sha256_bytes, sha256_file
 
 LINEAGE = "lineage.json"
 

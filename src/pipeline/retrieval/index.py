@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import IndexConfig
-from .embed import load_embeddings
+from pipeline.core.config import IndexConfig
+from pipeline.retrieval.embed import load_embeddings
 
 METRIC = "inner_product"
 SQ_ORDER = ("SQfp16", "SQ8")
@@ -269,7 +269,7 @@ def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: In
     import faiss
     import pyarrow.parquet as pq
 
-    from .audit import PARQUET_OPTIONS
+    from pipeline.data.audit import PARQUET_OPTIONS
 
     emb_dir, crops_dir, out_dir = Path(emb_dir), Path(crops_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

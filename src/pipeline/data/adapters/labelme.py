@@ -15,9 +15,9 @@ import posixpath
 import re
 from pathlib import Path
 
-from ..config import DataConfig
-from ..manifest import DAMAGE_TYPES, IGNORED_LABELS, NO_DAMAGE_LABEL, ZONES, Annotation, Candidate, QuarantineEntry
-from .common import ScanResult, damage_types, dominant_label, is_image, list_root, parse_points, read_meta
+from pipeline.core.config import DataConfig
+from pipeline.data.manifest import DAMAGE_TYPES, IGNORED_LABELS, NO_DAMAGE_LABEL, ZONES, Annotation, Candidate, QuarantineEntry
+from pipeline.data.adapters.common import ScanResult, damage_types, dominant_label, is_image, list_root, parse_points, read_meta
 
 IMAGE_SUFFIX = "_imageDANO_original"
 LABEL_SUFFIX = "_labelDANO_modificado"

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .index import np_search, search_params
+from pipeline.retrieval.index import np_search, search_params
 
 
 class Retriever:
@@ -50,7 +50,7 @@ class Retriever:
     def embedder(self) -> Any:
         """The embedder passed in, else the one recorded in the embeddings dir's embedder.json."""
         if self._embedder is None:
-            from .embed import embedder_from_json
+            from pipeline.retrieval.embed import embedder_from_json
 
             self._embedder = embedder_from_json(Path(self.info["emb_dir"]) / "embedder.json", self.device)
         return self._embedder

@@ -39,13 +39,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .adapters.common import polygon_area
-from .audit import PARQUET_OPTIONS, clip_polygon
-from .config import CropsConfig, DetectConfig
-from .detect import Detection, Detector, make_detector
-from .hashing import canonical_json, sha256_bytes
-from .images import ImageLoadError, load_rgb
-from .manifest import annotations_from_json
+from pipeline.data.adapters.common import polygon_area
+from pipeline.data.audit import PARQUET_OPTIONS, clip_polygon
+from pipeline.core.config import CropsConfig, DetectConfig
+from pipeline.retrieval.detect import Detection, Detector, make_detector
+from pipeline.core.hashing import canonical_json, sha256_bytes
+from pipeline.data.images import ImageLoadError, load_rgb
+from pipeline.data.manifest import annotations_from_json
 
 CROP_VERSION = "1"
 DEFECT_MIN_INSIDE = 0.5  # a defect belongs to a crop when this much of its box lies inside

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import psutil  # a hard dependency of ultralytics
 
-from .workspace import OFFLINE_ENV
+from pipeline.core.workspace import OFFLINE_ENV
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 STATE_FILE = "services.json"

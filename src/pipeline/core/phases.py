@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import PipelineConfig
-from .dataset import HashCache, snapshot, snapshot_id, write_snapshot
-from .hashing import artifact_id
-from .store import ArtifactRef, ArtifactStore
-from .tracking import NullTracker, Tracker
+from pipeline.core.config import PipelineConfig
+from pipeline.data.dataset import HashCache, snapshot, snapshot_id, write_snapshot
+from pipeline.core.hashing import artifact_id
+from pipeline.core.store import ArtifactRef, ArtifactStore
+from pipeline.core.tracking import NullTracker, Tracker
 
 RunFn = Callable[[dict[str, Path], dict[str, Any], Path, dict[str, Any]], dict[str, float]]
 
@@ -57,8 +57,8 @@ class PhaseResult(ArtifactRef):
 
 
 def _run_audit(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from .audit import run_audit
-    from .config import AuditConfig, DataConfig
+    from pipeline.data.audit import run_audit
+    from pipeline.core.config import AuditConfig, DataConfig
 
     return run_audit(
         Path(runtime["dataset_root"]), params["format"], DataConfig(**params["data"]), AuditConfig(**params["audit"]),
@@ -67,15 +67,15 @@ def _run_audit(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, r
 
 
 def _run_split(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from .config import SplitConfig
-    from .split import run_split
+    from pipeline.core.config import SplitConfig
+    from pipeline.data.split import run_split
 
     return run_split(inputs["audit"] / "manifest.parquet", SplitConfig(**params["split"]), out_dir)
 
 
 def _run_crops(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from .config import CropsConfig, DetectConfig
-    from .crops import run_crops
+    from pipeline.core.config import CropsConfig, DetectConfig
+    from pipeline.retrieval.crops import run_crops
 
     cache = runtime.get("item_cache")
     return run_crops(
@@ -86,14 +86,14 @@ def _run_crops(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, r
 
 
 def _run_contexts(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from .contexts import run_contexts
+    from pipeline.retrieval.contexts import run_contexts
 
     return run_contexts(inputs["crops"], out_dir)
 
 
 def _run_embeddings(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from .config import EmbedConfig
-    from .embed import run_embeddings
+    from pipeline.core.config import EmbedConfig
+    from pipeline.retrieval.embed import run_embeddings
 
     cache = runtime.get("item_cache")
     return run_embeddings(inputs["crops"], inputs["contexts"], EmbedConfig(**params["embed"]), out_dir,
@@ -102,8 +102,8 @@ def _run_embeddings(inputs: dict[str, Path], params: dict[str, Any], out_dir: Pa
 
 
 def _run_index(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from .config import IndexConfig
-    from .index import run_index
+    from pipeline.core.config import IndexConfig
+    from pipeline.retrieval.index import run_index
 
     return run_index(inputs["embeddings"], inputs["crops"], inputs["contexts"], IndexConfig(**params["index"]), out_dir)
 
@@ -111,9 +111,9 @@ def _run_index(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, r
 def _run_validation(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
     import pyarrow.parquet as pq
 
-    from .embed import load_embeddings
-    from .retrieve import Retriever
-    from .validate import validate
+    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.retrieve import Retriever
+    from pipeline.retrieval.validate import validate
 
     ids, x = load_embeddings(inputs["embeddings"])
     retriever = Retriever.open(inputs["index"])

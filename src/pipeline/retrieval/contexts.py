@@ -26,8 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .audit import PARQUET_OPTIONS
-from .manifest import DAMAGE_TYPES, ZONES
+from pipeline.data.audit import PARQUET_OPTIONS
+from pipeline.data.manifest import DAMAGE_TYPES, ZONES
 
 TEMPLATES: dict[str, Any] = {
     "damaged": "Damage on the {part}{location}: {summary}; {pattern}.",

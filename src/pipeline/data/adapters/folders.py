@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import DataConfig
-from ..manifest import NO_DAMAGE_LABEL, Candidate, QuarantineEntry
-from .common import ScanResult, is_image, list_root, read_meta
+from pipeline.core.config import DataConfig
+from pipeline.data.manifest import NO_DAMAGE_LABEL, Candidate, QuarantineEntry
+from pipeline.data.adapters.common import ScanResult, is_image, list_root, read_meta
 
 CLEAN_FOLDERS = frozenset({NO_DAMAGE_LABEL, "ok", "clean"})
 

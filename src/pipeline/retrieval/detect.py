@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from .config import DetectConfig
+from pipeline.core.config import DetectConfig
 
 # The 80 COCO class names (Ultralytics / YOLO order) and their ids in the 90-id TF label map.
 COCO80_NAMES: tuple[str, ...] = (

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DataConfig
-from ..dataset import list_files
-from ..manifest import DAMAGE_TYPES, AdapterResult, Annotation, QuarantineEntry
+from pipeline.core.config import DataConfig
+from pipeline.data.dataset import list_files
+from pipeline.data.manifest import DAMAGE_TYPES, AdapterResult, Annotation, QuarantineEntry
 
 # Dataset-level files at the root that describe the dataset rather than belong to an item.
 # They are not listed in `AdapterResult.files` and never quarantined.

@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .adapters import POLYGON_FORMATS, damage_types, dominant_label, polygon_area, scan
-from .config import AuditConfig, DataConfig
-from .images import DecodeError, DecompressionBomb, load_rgb, phash
-from .manifest import (
+from pipeline.data.adapters import POLYGON_FORMATS, damage_types, dominant_label, polygon_area, scan
+from pipeline.core.config import AuditConfig, DataConfig
+from pipeline.data.images import DecodeError, DecompressionBomb, load_rgb, phash
+from pipeline.data.manifest import (
     MANIFEST_SCHEMA,
     NO_DAMAGE_LABEL,
     REASONS,

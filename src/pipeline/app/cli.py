@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from .config import ConfigError, PipelineConfig, load_config, valid_keys
+from pipeline.core.config import ConfigError, PipelineConfig, load_config, valid_keys
 
 app = typer.Typer(
     help="Vehicle-damage model factory: audit, split, crop, embed, index, train, export (Prefect 3 + MLflow).",
@@ -50,7 +50,7 @@ def _use_server(workdir: Path) -> str | None:
     """Send runs to the Prefect server `pipeline up` started for this work dir, if it runs."""
     import os
 
-    from .services import api_url
+    from pipeline.app.services import api_url
 
     url = api_url(Path(workdir))
     if url and "PREFECT_API_URL" not in os.environ:
@@ -59,19 +59,19 @@ def _use_server(workdir: Path) -> str | None:
 
 
 def _run_flow(flow_name: str, as_json: bool, **kwargs: Any) -> dict[str, Any]:
-    from .workspace import setup_environment
+    from pipeline.core.workspace import setup_environment
 
     setup_environment(kwargs["workdir"])
     _use_server(Path(kwargs["workdir"]))
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         if flow_name == "data-prep":
-            from flows.data_prep import data_prep as flow_fn
+            from pipeline_flows.data_prep import data_prep as flow_fn
         elif flow_name == "retrieval":
-            from flows.retrieval import retrieval as flow_fn
+            from pipeline_flows.retrieval import retrieval as flow_fn
         elif flow_name == "factory":
-            from flows.factory import factory as flow_fn
+            from pipeline_flows.factory import factory as flow_fn
         elif flow_name == "run-phase":
-            from flows.run_phase import run_phase as flow_fn
+            from pipeline_flows.run_phase import run_phase as flow_fn
         else:  # pragma: no cover - guarded by the command definitions
             raise typer.BadParameter(f"unknown flow {flow_name}")
         return flow_fn(**kwargs)
@@ -120,7 +120,7 @@ def run_phase_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-run one phase of a finished (or failed) flow run with the input artifacts it recorded."""
-    from .phases import PHASES
+    from pipeline.core.phases import PHASES
 
     if phase not in ("dataset", *PHASES):
         typer.secho(f"error: unknown phase {phase!r}; phases: dataset, {', '.join(PHASES)}", err=True, fg="red")
@@ -138,8 +138,8 @@ def up_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
 ) -> None:
     """Start a Prefect server, an MLflow server and one worker per pool (cpu, gpu) in the background."""
-    from .services import up
-    from .workspace import setup_environment
+    from pipeline.app.services import up
+    from pipeline.core.workspace import setup_environment
 
     ws = setup_environment(workdir, prefect_home=False)
     try:
@@ -156,7 +156,7 @@ def up_cmd(
 @app.command("down")
 def down_cmd(workdir: Path = WorkdirOpt) -> None:
     """Stop exactly what `pipeline up` started for this work dir."""
-    from .services import down
+    from pipeline.app.services import down
 
     stopped = down(workdir.resolve())
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -165,7 +165,7 @@ def down_cmd(workdir: Path = WorkdirOpt) -> None:
 @app.command("status")
 def status_cmd(workdir: Path = WorkdirOpt, as_json: bool = JsonOpt) -> None:
     """Say which services of this work dir run."""
-    from .services import status
+    from pipeline.app.services import status
 
     st = status(workdir.resolve())
     if as_json:
@@ -186,7 +186,7 @@ def deploy_cmd(
     name: Optional[List[str]] = typer.Option(None, "--name", help="Deploy only these (default: all of prefect.yaml)."),
 ) -> None:
     """Register prefect.yaml's deployments (nightly, adhoc, data-prep, run-phase) non-interactively."""
-    from .deploy import deploy
+    from pipeline.app.deploy import deploy
 
     try:
         out = deploy(workdir.resolve(), dataset.resolve(), format.value, timezone, names=name)
@@ -211,7 +211,7 @@ def demo_data(
     if seed is not None:
         overrides.append(f"demo.seed={seed}")
     cfg = _config(config, overrides)
-    from .demo_data import generate_demo_data
+    from pipeline.demo.generator import generate_demo_data
 
     summary = generate_demo_data(out, cfg.demo)
     typer.echo(f"wrote {summary.get('n_images', '?')} synthetic images to {out}")
@@ -228,7 +228,7 @@ def demo(
     cfg = _config(config, set_)
     workdir = workdir.resolve()
     data_dir = workdir / "demo-data"
-    from .demo_data import generate_demo_data
+    from pipeline.demo.generator import generate_demo_data
 
     if not (data_dir / "dataset.json").is_file():
         generate_demo_data(data_dir, cfg.demo)
@@ -262,9 +262,9 @@ def lineage(
 ) -> None:
     """Print an artifact's upstream graph down to the raw files and their hashes."""
     cfg = _config(config, set_)
-    from .lineage import render, walk
-    from .store import ArtifactNotFound, ArtifactStore
-    from .workspace import Workspace
+    from pipeline.core.lineage import render, walk
+    from pipeline.core.store import ArtifactNotFound, ArtifactStore
+    from pipeline.core.workspace import Workspace
 
     ws = Workspace(workdir.resolve())
     store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
@@ -284,7 +284,7 @@ class YesNo(str, Enum):
 def _latest(store, phase: str, runs_dir: Path | None = None) -> str:
     """Id of `phase`'s artifact in the most recent run record under runs_dir (cached or not) whose artifact
     still exists; else the store's most recently created artifact of `phase`."""
-    from .store import ArtifactNotFound
+    from pipeline.core.store import ArtifactNotFound
 
     records = sorted(Path(runs_dir).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True) if runs_dir else []
     for rec in records:
@@ -320,11 +320,11 @@ def search(
         typer.secho("error: give exactly one of --image or --text", err=True, fg="red")
         raise typer.Exit(2)
     cfg = _config(config, set_)
-    from .workspace import setup_environment
+    from pipeline.core.workspace import setup_environment
 
     ws = setup_environment(workdir, prefect_home=False)
-    from .retrieve import Retriever
-    from .store import ArtifactNotFound, ArtifactStore
+    from pipeline.retrieval.retrieve import Retriever
+    from pipeline.core.store import ArtifactNotFound, ArtifactStore
 
     store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
     try:
