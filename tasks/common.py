@@ -21,7 +21,8 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run as rt_flow_run
 from pydantic import BaseModel
 
-from pipeline.core.config import ConfigError, PipelineConfig
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import PipelineError
 from pipeline.core.phases import PHASES, PhaseContext, PhaseResult, execute_phase
 from pipeline.core.store import ArtifactRef, ArtifactStore
 from pipeline.core.tracking import MlflowTracker, NullTracker
@@ -115,7 +116,7 @@ def inject_fault(workdir: str, phase: str) -> None:
 def is_transient(task, task_run, state) -> bool:
     """Retry I/O and resource errors; never configuration or input-shape errors."""
     exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError))
+    return not isinstance(exc, (PipelineError, ValueError, TypeError, KeyError, FileNotFoundError))
 
 
 def phase_task(phase: str, pool: str | None = None):

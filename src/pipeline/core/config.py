@@ -12,8 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class ConfigError(ValueError):
-    """A configuration problem; raised before any work starts. Never retried."""
+from pipeline.core.errors import ConfigError  # noqa: E402  (re-exported: pipeline.core.config.ConfigError)
 
 
 class Section(BaseModel):

@@ -14,6 +14,8 @@ Otherwise `ModelUnavailable` names the model and the three ways to provide it.
 """
 from __future__ import annotations
 
+from pipeline.core.errors import ModelUnavailable  # noqa: F401
+
 import os
 import socket
 from dataclasses import dataclass, field
@@ -25,8 +27,6 @@ LITE0_ARCH = "tf_efficientnet_lite0"
 _OFFLINE_VALUES = {"1", "true", "yes", "on"}
 
 
-class ModelUnavailable(RuntimeError):
-    """A model's weights cannot be had (a systemic error: fix the config)."""
 
 
 @dataclass

@@ -18,6 +18,8 @@ box; the caller applies cfg.on_miss.
 """
 from __future__ import annotations
 
+from pipeline.core.errors import ModelUnavailable  # noqa: F401
+
 import ast
 import math
 import os
@@ -56,8 +58,6 @@ Box = tuple[float, float, float, float]
 Scored = tuple[Box, float, str]  # (x0, y0, x1, y1) in image px, confidence, class name
 
 
-class ModelUnavailable(RuntimeError):
-    """The detector's weights cannot be had offline (a systemic error: fix the config)."""
 
 
 @dataclass(frozen=True)
