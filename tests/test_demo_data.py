@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline.core.config import DemoConfig
-from pipeline.demo.generator import generate_demo_data, polygon_area
+from pipeline.demo.generator import generate_demo_data
+from pipeline.demo.geometry import polygon_area
 from pipeline.data.manifest import DAMAGE_TYPES, REASONS
 
 NAME = re.compile(
