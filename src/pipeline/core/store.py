@@ -48,22 +48,57 @@ class ArtifactNotFound(LookupError):
     pass
 
 
+GIT_COMMIT_ENV = "PIPELINE_GIT_COMMIT"
+
+
 @lru_cache(maxsize=1)
 def code_version() -> dict[str, str | None]:
+    """The installed package version and, when it can be known, the git commit of the code.
+
+    The commit comes from $PIPELINE_GIT_COMMIT (set it when building an image from a checkout),
+    else from the install record (PEP 610 direct_url.json): the commit pip recorded for a
+    `git+...` install, or `git rev-parse HEAD` of the source tree of an editable install. A wheel
+    or a non-editable install from a folder records no commit: None.
+    """
     try:
         version = metadata.version("vdamage-pipeline")
     except metadata.PackageNotFoundError:
         version = "0+unknown"
-    commit = None
-    try:
-        repo = Path(__file__).resolve().parents[2]
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        commit = out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit = os.environ.get(GIT_COMMIT_ENV, "").strip() or _installed_commit()
     return {"package": version, "git_commit": commit}
+
+
+def _installed_commit() -> str | None:
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    import pipeline
+
+    package_dir = Path(pipeline.__file__).resolve().parent
+    for dist in metadata.distributions(name="vdamage-pipeline"):
+        try:
+            info = json.loads(dist.read_text("direct_url.json") or "null")
+        except ValueError:
+            continue
+        if not isinstance(info, dict):
+            continue
+        commit = (info.get("vcs_info") or {}).get("commit_id")
+        if commit and Path(str(dist.locate_file("pipeline"))).resolve() == package_dir:
+            return commit
+        url = urlparse(info.get("url", ""))
+        if (info.get("dir_info") or {}).get("editable") and url.scheme == "file":
+            source = Path(url2pathname(url.path)).resolve()
+            if package_dir.is_relative_to(source):
+                return _git_head(source)
+    return None
+
+
+def _git_head(repo: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def environment() -> dict[str, Any]:
