@@ -23,9 +23,10 @@ class DataConfig(Section):
     """How the raw dataset is read (adapters)."""
 
     labelme_group_by: Literal["vehicle", "image"] = Field(
-        "vehicle",
-        description="LabelMe group id: 'vehicle' groups photos named zona1_<ko|ok>_<a>_<b>_... by "
-        "<a>_<b>; 'image' makes every photo its own group.",
+        "image",
+        description="LabelMe group id: 'image' makes every photo its own group (near duplicates are still "
+        "grouped); 'vehicle' groups photos named zona1_<ko|ok>_<a>_<b>_... by <a>_<b>, only for data where "
+        "<a>_<b> really names a vehicle (in the users' data every file carries 2_3).",
     )
     image_extensions: list[str] = Field(
         default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"],
