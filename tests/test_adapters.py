@@ -112,15 +112,15 @@ def test_labelme_reads_damage_zone_group_and_ignores_label_9(tmp_path):
     c = by_path[ko]
     assert (c.label, c.has_damage, c.damage_types) == ("dent", True, ["dent", "surface_scratch"])
     assert (c.zone, c.zone_name, c.zone_area) == (7, "driver_side_door", "lateral_left")
-    assert c.group_id == "veh_1_2" and c.source_format == "labelme"
+    assert c.group_id == ko and c.source_format == "labelme"  # default: each photo its own group
     assert c.annotation_path == ko.replace("_imageDANO_original.jpg", "_labelDANO_modificado.json")
     assert c.extra_paths == [ko.replace(".jpg", ".json")]
     assert [a.label for a in c.annotations] == ["dent", "surface_scratch"]
     assert result.stats["n_shapes_ignored"] == 1
     clean = by_path[ok]
     assert (clean.label, clean.has_damage, clean.damage_types, clean.zone_area) == (NO_DAMAGE_LABEL, False, [], "posterior")
-    by_image = scan(tmp_path, "labelme", DataConfig(labelme_group_by="image"))
-    assert {c.path: c.group_id for c in by_image.candidates} == {ko: ko, ok: ok}
+    by_vehicle = scan(tmp_path, "labelme", DataConfig(labelme_group_by="vehicle"))
+    assert {c.path: c.group_id for c in by_vehicle.candidates} == {ko: "veh_1_2", ok: "veh_5_6"}
 
 
 def test_labelme_nested_folders_and_rectangles(tmp_path):
@@ -334,3 +334,103 @@ def test_folders_labels_clean_folders_and_nesting(tmp_path):
         "ok/c.jpg": (NO_DAMAGE_LABEL, False, [], "ok/c.jpg"),
     }
     assert reasons(result) == {"loose.jpg": "unsupported_file", "dent/notes.txt": "unsupported_file"}
+
+
+# -- labelme: shape types, copies, contradictions, format sniffing ------------------------------------
+
+
+def test_labelme_every_shape_type_is_a_region_with_its_area(tmp_path):
+    import math
+
+    from pipeline.core.geometry import LINE_HALF_WIDTH_PX, POINT_RADIUS_PX, polygon_area
+
+    shapes = [
+        {"label": "2", "points": [[10, 10], [50, 30]], "shape_type": "rectangle"},  # 40 x 20
+        {"label": "5", "points": [[80, 60], [80, 80]], "shape_type": "circle"},  # radius 20
+        {"label": "1", "points": [[10, 100], [110, 100]], "shape_type": "line"},  # 100 px stroke
+        {"label": "4", "points": [[10, 5], [60, 5], [60, 55]], "shape_type": "linestrip"},
+        {"label": "3", "points": [[140, 20]], "shape_type": "point"},
+        {"label": "6", "points": [[100, 40], [120, 40], [100, 50]], "shape_type": "ellipse"},  # semi-axes 20, 10
+        {"label": "7", "points": [[1, 1]], "shape_type": "mask"},
+        {"label": "8", "points": [[5, 5], [5, 5]], "shape_type": "circle"},  # zero radius
+    ]
+    name = write_labelme(tmp_path, 1, shapes)
+    result = scan(tmp_path, "labelme", DataConfig())
+    (c,) = result.candidates
+    area = {a.label: polygon_area(a.points) for a in c.annotations}
+    kinds = {a.label: a.shape_type for a in c.annotations}
+    assert kinds == {"dent": "rectangle", "crack": "circle", "surface_scratch": "line", "deep_scratch": "linestrip",
+                     "paint_peeling": "point", "missing_part": "ellipse"}
+    assert area["dent"] == 800
+    assert area["crack"] == pytest.approx(math.pi * 400, rel=0.01)
+    w = LINE_HALF_WIDTH_PX
+    assert area["surface_scratch"] == pytest.approx(100 * 2 * w + math.pi * w * w, rel=0.01)
+    assert area["deep_scratch"] == pytest.approx(100 * 2 * w + math.pi * w * w, rel=0.02)
+    assert area["paint_peeling"] == pytest.approx(math.pi * POINT_RADIUS_PX**2, rel=0.01)
+    assert area["missing_part"] == pytest.approx(math.pi * 200, rel=0.01)
+    assert c.label == "crack"  # the circle is the largest region
+    assert result.stats["n_shapes_buffered"] == 3
+    issues = {(i.reason, i.detail.split(": ", 1)[0].rsplit(" ", 1)[-1]) for i in c.issues}
+    assert issues == {("unsupported_shape", "6"), ("degenerate_polygon", "7")}
+    assert all(i.path == name and i.level == "shape" for i in c.issues)
+
+
+def test_labelme_ok_photo_with_damage_shapes_is_a_contradiction(tmp_path):
+    ok = write_labelme(tmp_path, 1, [shape("9", BIG), shape("2", BIG), {"label": "5", "points": [[0, 0], [9, 9]],
+                                                                       "shape_type": "rectangle"}], state="ok", truth=True)
+    clean = write_labelme(tmp_path, 2, [shape("9", BIG)], state="ok")  # label 9 only: not damage
+    result = scan(tmp_path, "labelme", DataConfig())
+    assert_accounted(result)
+    assert [c.path for c in result.candidates] == [clean]
+    rows = {q.path: q for q in result.quarantine if q.level == "file"}
+    assert {p: q.reason for p, q in rows.items()} == {
+        ok: "label_contradiction",
+        ok.replace("_imageDANO_original.jpg", "_labelDANO_modificado.json"): "label_contradiction",
+        ok.replace(".jpg", ".json"): "label_contradiction",
+    }
+    assert "2 damage shape(s)" in rows[ok].detail and "#1 dent (polygon)" in rows[ok].detail
+    assert "#2 crack (rectangle)" in rows[ok].detail
+
+
+def test_labelme_copies_and_non_ascii_names(tmp_path):
+    stem = labelme_stem("ok", "2", "3", 3, ts=TS)
+    clean = f"{stem}_imageDANO_original (copia) ñ.jpg"
+    save_image(tmp_path / clean, 1)
+    ko = labelme_stem("ko", "2", "3", 4, ts=TS)
+    doc = {"shapes": [shape("2", BIG)]}
+    plain_img, copy_img = f"{ko}_imageDANO_original.jpg", f"{ko}_imageDANO_original (copia).jpg"
+    save_image(tmp_path / plain_img, 2)
+    save_image(tmp_path / copy_img, 3)
+    (tmp_path / f"{ko}_labelDANO_modificado.json").write_text(json.dumps(doc))
+    # A second ko stem whose copy has its own copied label file, with a different shape.
+    ko2 = labelme_stem("ko", "2", "3", 5, ts=TS)
+    save_image(tmp_path / f"{ko2}_imageDANO_original.jpg", 4)
+    save_image(tmp_path / f"{ko2}_imageDANO_original - copia (2).JPG", 5)
+    (tmp_path / f"{ko2}_labelDANO_modificado.json").write_text(json.dumps(doc))
+    (tmp_path / f"{ko2}_labelDANO_modificado - copia (2).json").write_text(json.dumps({"shapes": [shape("5", SMALL)]}))
+    result = scan(tmp_path, "labelme", DataConfig())
+    assert_accounted(result)
+    assert result.quarantine == []
+    by_path = {c.path: c for c in result.candidates}
+    assert (by_path[clean].has_damage, by_path[clean].zone, by_path[clean].label) == (False, 3, NO_DAMAGE_LABEL)
+    assert by_path[copy_img].annotation_path == f"{ko}_labelDANO_modificado.json"  # no copy: the plain one
+    assert by_path[plain_img].annotation_path == f"{ko}_labelDANO_modificado.json"
+    copy2 = by_path[f"{ko2}_imageDANO_original - copia (2).JPG"]
+    assert copy2.annotation_path == f"{ko2}_labelDANO_modificado - copia (2).json" and copy2.label == "crack"
+    assert by_path[f"{ko2}_imageDANO_original.jpg"].label == "dent"
+    # A name that only starts like the scheme (letters glued to the suffix) is still a bad name.
+    save_image(tmp_path / f"{stem}_imageDANO_originalX.jpg", 6)
+    assert reasons(scan(tmp_path, "labelme", DataConfig()))[f"{stem}_imageDANO_originalX.jpg"] == "bad_filename"
+
+
+def test_sniff_format_recognises_each_layout(tmp_path):
+    from pipeline.data.adapters.sniff import sniff_format
+
+    write_labelme(tmp_path / "lm", 1, [shape("2", BIG)])
+    write_coco(tmp_path / "coco" / "annotations.json", [], [])
+    (tmp_path / "jl").mkdir()
+    (tmp_path / "jl" / "data.jsonl").write_text("{}\n")
+    save_image(tmp_path / "fold" / "dent" / "a.jpg", 1)
+    (tmp_path / "empty").mkdir()
+    got = {d: sniff_format(tmp_path / d, DataConfig())[0] for d in ("lm", "coco", "jl", "fold", "empty")}
+    assert got == {"lm": "labelme", "coco": "coco", "jl": "jsonl", "fold": "folders", "empty": None}

@@ -14,8 +14,12 @@ from PIL import Image
 from test_adapters import BIG, SMALL, save_image, shape, smooth_image, write_coco, write_jsonl, write_labelme
 
 from pipeline.data.adapters import scan
-from pipeline.data.audit import clip_polygon, near_duplicate_pairs, run_audit
+from pipeline.core.components import component_roots, components
 from pipeline.core.config import AuditConfig, DataConfig
+from pipeline.core.errors import DatasetError
+from pipeline.core.geometry import clip_to_image, clipped_extent, ring, valid_parts
+from pipeline.data.audit import run_audit
+from pipeline.data.near_duplicates import near_duplicate_pairs, near_duplicate_pairs_exhaustive
 from pipeline.data.images import DecodeError, DecompressionBomb, load_rgb, phash, to_rgb
 from pipeline.data.manifest import MANIFEST_SCHEMA, QUARANTINE_SCHEMA, REASONS, annotations_from_json
 
@@ -118,18 +122,56 @@ def same_ring(got: list, expected: list) -> bool:
     return len(got) == len(expected) and any(got[k:] + got[:k] == expected for k in range(len(got)))
 
 
+def clip_polygon(points: list, width: float, height: float) -> list:
+    """The single ring of a polygon clipped to the image ([] when nothing is inside)."""
+    pieces = clip_to_image(valid_parts(points), width, height)
+    assert len(pieces) <= 1
+    return ring(pieces[0]) if pieces else []
+
+
 def test_clip_polygon_against_the_image_rectangle():
     assert same_ring(clip_polygon([[-10, 10], [50, 10], [50, 50], [-10, 50]], 100, 80), [[0, 10], [50, 10], [50, 50], [0, 50]])
     assert same_ring(clip_polygon([[90, 70], [120, 70], [120, 100], [90, 100]], 100, 80), [[90, 70], [100, 70], [100, 80], [90, 80]])
     assert same_ring(clip_polygon([[50, -20], [90, 20], [10, 20]], 100, 80), [[70, 0], [90, 20], [10, 20], [30, 0]])
     assert clip_polygon([[200, 200], [300, 200], [300, 300]], 100, 80) == []
+    # A concave U crossing the bottom border twice: two pieces, the area of both.
+    u = [[0, 50], [30, 50], [30, 100], [20, 100], [20, 60], [10, 60], [10, 100], [0, 100]]
+    pieces = clip_to_image(valid_parts(u), 100, 80)
+    assert len(pieces) == 1 and pieces[0].area == 30 * 10 + 2 * 10 * 20  # still one U inside y <= 80
+    pieces = clip_to_image(valid_parts(u), 100, 55)
+    assert len(pieces) == 1 and pieces[0].area == 150
+    legs = [[0, 0], [10, 0], [10, 90], [20, 90], [20, 0], [30, 0], [30, 100], [0, 100]]  # legs cross y = 80
+    assert sorted(p.area for p in clip_to_image(valid_parts(legs), 100, 80)) == [800, 800]  # two pieces
+    assert clipped_extent(legs, 100, 80) == ((0.0, 0.0, 30.0, 80.0), 1600.0)
+
+
+def test_connected_components_name_each_by_its_smallest_member():
+    assert component_roots(6, [(5, 3), (3, 1), (2, 4)]).tolist() == [0, 1, 2, 1, 2, 1]
+    assert components(4, []) == [[0], [1], [2], [3]]
+    assert components(3, np.array([[2, 0]])) == [[0, 2], [1]]
+    with pytest.raises(ValueError):
+        component_roots(2, [(0, 2)])
 
 
 def test_near_duplicate_pairs_popcount():
     hashes = np.array([0, 0b111, 2**63, 0b1], dtype=np.uint64)  # distances: 0-1 3, 0-2 1, 0-3 1, 1-3 2, 2-3 2, 1-2 4
-    assert sorted(near_duplicate_pairs(hashes, 1, block=3)) == [(0, 2), (0, 3)]
-    assert sorted(near_duplicate_pairs(hashes, 2, block=2)) == [(0, 2), (0, 3), (1, 3), (2, 3)]
-    assert sorted(near_duplicate_pairs(hashes, 0)) == []
+    for search in (near_duplicate_pairs, near_duplicate_pairs_exhaustive):
+        assert search(hashes, 1).tolist() == [[0, 2], [0, 3]]
+        assert search(hashes, 2).tolist() == [[0, 2], [0, 3], [1, 3], [2, 3]]
+        assert search(hashes, 0).tolist() == []
+    assert near_duplicate_pairs(np.array([5, 5, 5], dtype=np.uint64), 0).tolist() == [[0, 1], [0, 2], [1, 2]]
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 4, 7, 9])
+def test_near_duplicate_index_finds_exactly_the_all_pairs_result(threshold):
+    rng = np.random.default_rng(threshold)
+    hashes = rng.integers(0, 2**64, size=2000, dtype=np.uint64, endpoint=False)
+    for k in range(200):  # plant copies with 0..threshold+1 random bits flipped (some just past the threshold)
+        bits = rng.choice(64, size=int(rng.integers(0, threshold + 2)), replace=False)
+        hashes[rng.integers(2000)] = hashes[rng.integers(2000)] ^ np.uint64(sum(1 << int(b) for b in bits))
+    expected = near_duplicate_pairs_exhaustive(hashes, threshold)
+    assert len(expected) > 50
+    assert np.array_equal(near_duplicate_pairs(hashes, threshold), expected)
 
 
 # -- audit: file-level reasons ---------------------------------------------------------------------
@@ -375,3 +417,45 @@ def test_real_coco_dataset(tmp_path):
     parts = {"headlamp", "door", "front_bumper", "hood", "rear_bumper"}
     assert sum(r["zone_name"] in parts for r in manifest) >= 0.9 * len(manifest)
     assert all(r["license"] and r["width"] >= 100 for r in manifest)
+
+
+def test_nothing_usable_is_one_dataset_error_that_names_the_format(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"0 files seen.*no candidate image at all.*do not look like any"):
+        audit(tmp_path / "empty", "labelme", tmp_path / "out1")
+    coco = tmp_path / "coco"
+    save_image(coco / "images" / "a.jpg", 1)
+    save_image(coco / "images" / "b.jpg", 2)
+    write_coco(coco / "annotations.json", [{"id": 1, "file_name": "images/a.jpg", "width": 160, "height": 120}], [])
+    with pytest.raises(DatasetError) as err:
+        audit(coco, "labelme", tmp_path / "out2")
+    msg = str(err.value)
+    assert "3 files seen" in msg and "bad_filename x2" in msg and "unsupported_file x1" in msg
+    assert "look like `coco`, not `labelme`" in msg and "--format coco" in msg
+    assert not (tmp_path / "out2" / "manifest.parquet").exists()
+    # The same files of the right format would pass; files of the right format that are all bad say so.
+    bad = tmp_path / "bad"
+    write_labelme(bad, 1, None)  # ko photo without its damage file
+    with pytest.raises(DatasetError, match=r"missing_annotation x1.*do look like `labelme`"):
+        audit(bad, "labelme", tmp_path / "out3")
+
+
+def test_non_polygon_shapes_reach_the_manifest_as_regions(tmp_path):
+    root = tmp_path / "data"
+    write_labelme(root, 1, [
+        {"label": "2", "points": [[150, 60], [190, 100]], "shape_type": "rectangle"},  # crosses x = 160: clipped
+        {"label": "5", "points": [[40, 40], [40, 50]], "shape_type": "circle"},
+        {"label": "1", "points": [[10, 10], [10, 10], [20, 20], [20, 20]], "shape_type": "polygon"},  # no area
+        shape("3", [[100, 10], [140, 50], [140, 10], [100, 50]]),  # bow-tie: two triangles of 400 px^2
+    ])
+    metrics, manifest, quarantine = audit(root, "labelme", tmp_path / "out")
+    (row,) = manifest
+    anns = annotations_from_json(row["annotations"])
+    from pipeline.core.geometry import polygon_area
+
+    got = sorted((a.label, a.shape_type, round(polygon_area(a.points))) for a in anns)
+    assert got == [("crack", "circle", 314), ("dent", "rectangle", 400), ("paint_peeling", "polygon", 400),
+                   ("paint_peeling", "polygon", 400)]
+    assert row["label"] == "paint_peeling" and row["n_annotations"] == 4
+    assert metrics["n_polygons_clipped"] == 1 and metrics["n_polygons_repaired"] == 1
+    assert [(q["reason"], q["level"]) for q in quarantine] == [("degenerate_polygon", "shape")]

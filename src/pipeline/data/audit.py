@@ -3,11 +3,15 @@
 `run_audit` scans the dataset with its adapter, decodes every candidate image (thread pool), and
 checks, in this order: decodable, not a decompression bomb, short side >= min_side, licence
 allowed, not an exact duplicate (sha256 of the bytes; the first path is kept), annotations valid
-against the decoded size (degenerate polygons dropped, polygons clipped to the image, those
-entirely outside dropped), a damaged image of a polygon format keeps a damage polygon; then near
-duplicates (64-bit pHash within a Hamming threshold, components by union-find) are grouped or
-dropped. Annotation files of a quarantined image that no accepted image uses are quarantined
-with the image's reason, so every input file lands in exactly one place.
+against the decoded size (data/annotations.py: degenerate shapes dropped, self-intersecting rings
+repaired, rings clipped to the image, those entirely outside dropped), a damaged image of a
+polygon format keeps a damage region; then near duplicates (64-bit pHash within a Hamming
+threshold, found with a faiss binary index in data/near_duplicates.py, connected components) are
+grouped or dropped. Annotation files of a quarantined image that no accepted image uses are
+quarantined with the image's reason, so every input file lands in exactly one place.
+
+A dataset with no accepted image raises `DatasetError`: how many files were seen, the quarantine
+reasons, and which format the files look like (adapters/sniff.py).
 
 Outputs (byte-identical for identical inputs): manifest.parquet, quarantine.parquet, report.md,
 class_hist.png, zone_hist.png, audit_summary.json.
@@ -21,15 +25,19 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.data.adapters import POLYGON_FORMATS, damage_types, dominant_label, polygon_area, scan
+from pipeline.core.components import component_roots
 from pipeline.core.config import AuditConfig, DataConfig
+from pipeline.core.errors import DatasetError
+from pipeline.core.tables import MANIFEST, QUARANTINE, write_table
+from pipeline.data.adapters import POLYGON_FORMATS, damage_types, dominant_label, scan
+from pipeline.data.adapters.sniff import sniff_format
+from pipeline.data.annotations import check_annotations
 from pipeline.data.images import DecodeError, DecompressionBomb, load_rgb, phash
+from pipeline.data.near_duplicates import near_duplicate_pairs
 from pipeline.data.manifest import (
     MANIFEST_SCHEMA,
     NO_DAMAGE_LABEL,
@@ -40,8 +48,6 @@ from pipeline.data.manifest import (
     annotations_to_json,
     quarantine_table,
 )
-
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
 
 
 @dataclass
@@ -82,109 +88,6 @@ def decode(path: Path, max_pixels: int) -> Decoded:
     return Decoded(item_id, info["width"], info["height"], info["orig_mode"], info["exif_rotated"], phash(img))
 
 
-# -- geometry ------------------------------------------------------------------------------------
-
-
-def _crossing(a: list[float], b: list[float], axis: int, bound: float) -> list[float]:
-    t = (bound - a[axis]) / (b[axis] - a[axis])
-    p = [0.0, 0.0]
-    p[axis] = bound
-    p[1 - axis] = a[1 - axis] + t * (b[1 - axis] - a[1 - axis])
-    return p
-
-
-def clip_polygon(points: list[list[float]], width: float, height: float) -> list[list[float]]:
-    """Sutherland-Hodgman clip of a polygon to the rectangle [0, width] x [0, height]."""
-    out = [list(map(float, p)) for p in points]
-    for axis, bound, keep_above in ((0, 0.0, True), (0, float(width), False), (1, 0.0, True), (1, float(height), False)):
-        if not out:
-            break
-        pts, out = out, []
-        prev = pts[-1]
-        for cur in pts:
-            cur_in = cur[axis] >= bound if keep_above else cur[axis] <= bound
-            prev_in = prev[axis] >= bound if keep_above else prev[axis] <= bound
-            if cur_in != prev_in:
-                out.append(_crossing(prev, cur, axis, bound))
-            if cur_in:
-                out.append(cur)
-            prev = cur
-    return [p for i, p in enumerate(out) if p != out[i - 1]] if len(out) > 1 else out
-
-
-def check_annotations(
-    anns: list[Annotation], width: int, height: int, cfg: AuditConfig
-) -> tuple[list[Annotation], list[tuple[str, str]], int]:
-    """Valid annotations (clipped when cfg.clip_polygons), dropped ones as (reason, detail), and the clip count."""
-    kept: list[Annotation] = []
-    dropped: list[tuple[str, str]] = []
-    n_clipped = 0
-    for i, ann in enumerate(anns):
-        tag = f"{ann.kind} {ann.label!r} #{i}"
-        area = polygon_area(ann.points)
-        if len(ann.points) < 3:
-            dropped.append(("degenerate_polygon", f"{tag}: {len(ann.points)} points"))
-            continue
-        if area <= 0 or area < cfg.min_polygon_area:
-            dropped.append(("degenerate_polygon", f"{tag}: area {area:g} < min_polygon_area {cfg.min_polygon_area:g}"))
-            continue
-        if all(0 <= x <= width and 0 <= y <= height for x, y in ann.points):
-            kept.append(ann)
-            continue
-        clipped = clip_polygon(ann.points, width, height)
-        inside = polygon_area(clipped)
-        if len(clipped) < 3 or inside <= 0:
-            dropped.append(("polygon_outside_image", f"{tag}: entirely outside the {width}x{height} image"))
-        elif inside < cfg.min_polygon_area:
-            dropped.append(("degenerate_polygon", f"{tag}: area {inside:g} inside the image < min_polygon_area"))
-        elif cfg.clip_polygons:
-            kept.append(replace(ann, points=clipped))
-            n_clipped += 1
-        else:
-            kept.append(ann)
-    return kept, dropped, n_clipped
-
-
-# -- near duplicates ---------------------------------------------------------------------------------
-
-_POPCOUNT8 = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1)
-
-
-def near_duplicate_pairs(hashes: np.ndarray, threshold: int, block: int = 256) -> list[tuple[int, int]]:
-    """Index pairs (i < j) of uint64 hashes within `threshold` bits, in row-block chunks."""
-    pairs: list[tuple[int, int]] = []
-    for start in range(0, len(hashes), block):
-        dist = _popcount(hashes[start : start + block, None] ^ hashes[None, start:])
-        i, j = np.nonzero(dist <= threshold)
-        keep = j > i  # j is offset by `start` like i, so this is the upper triangle
-        pairs.extend(zip((i[keep] + start).tolist(), (j[keep] + start).tolist()))
-    return pairs
-
-
-class UnionFind:
-    """Disjoint sets over 0..n-1 whose root is always the smallest member."""
-
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 # -- the phase ---------------------------------------------------------------------------------------
 
 
@@ -206,27 +109,21 @@ def _apply_near_duplicates(items: list[Item], cfg: AuditConfig) -> tuple[list[It
     """
     hashes = np.array([it.dec.phash for it in items], dtype=np.uint64)
     pairs = near_duplicate_pairs(hashes, cfg.near_duplicate_threshold)
-    dup = UnionFind(len(items))
-    for i, j in pairs:
-        dup.union(i, j)
-    n_groups = len({dup.find(i) for i, _ in pairs})
+    roots = component_roots(len(items), pairs).tolist()
+    n_groups = len({roots[i] for i in pairs[:, 0].tolist()})
     for k, it in enumerate(items):
-        if dup.find(k) != k:
-            it.near_duplicate_of = items[dup.find(k)].cand.path
+        if roots[k] != k:
+            it.near_duplicate_of = items[roots[k]].cand.path
     if cfg.near_duplicate_policy == "drop":
         return [it for it in items if it.near_duplicate_of is None], [it for it in items if it.near_duplicate_of], n_groups
-    merged = UnionFind(len(items))
-    for i, j in pairs:
-        merged.union(i, j)
     first_of_group: dict[str | None, int] = {}
-    for k, it in enumerate(items):
-        merged.union(first_of_group.setdefault(it.cand.group_id, k), k)
-    bridged = {merged.find(i) for i, _ in pairs}
+    same_group = [(first_of_group.setdefault(it.cand.group_id, k), k) for k, it in enumerate(items)]
+    merged = component_roots(len(items), np.concatenate([pairs, np.array(same_group, dtype=np.int64).reshape(-1, 2)]))
+    bridged = {int(merged[i]) for i in pairs[:, 0].tolist()}
     group_of_root = {r: items[r].cand.group_id for r in bridged}
     for k, it in enumerate(items):
-        root = merged.find(k)
-        if root in bridged:
-            it.cand.group_id = group_of_root[root]
+        if int(merged[k]) in bridged:
+            it.cand.group_id = group_of_root[int(merged[k])]
     return items, [], n_groups
 
 
@@ -307,16 +204,17 @@ def run_audit(
     items: list[Item] = []
     rejected: list[tuple[Candidate, str]] = []
     first_path: dict[str, str] = {}
-    n_clipped = 0
+    n_clipped = n_repaired = 0
     for cand, dec in zip(scanned.candidates, decoded):
         quarantine.extend(replace(issue, item_id=dec.item_id) for issue in cand.issues)
         problem = _file_problem(cand, dec, cfg, first_path)
         if problem is None and dec.item_id is not None:
             first_path[dec.item_id] = cand.path
-            anns, dropped, clipped = check_annotations(cand.annotations, dec.width, dec.height, cfg)
-            n_clipped += clipped
-            quarantine.extend(QuarantineEntry(cand.path, r, d, "shape", dec.item_id) for r, d in dropped)
-            problem = _relabel(cand, anns)
+            checked = check_annotations(cand.annotations, dec.width, dec.height, cfg)
+            n_clipped += checked.n_clipped
+            n_repaired += checked.n_repaired
+            quarantine.extend(QuarantineEntry(cand.path, r, d, "shape", dec.item_id) for r, d in checked.dropped)
+            problem = _relabel(cand, checked.kept)
         if problem is None:
             items.append(Item(cand, dec))
         else:
@@ -335,10 +233,30 @@ def run_audit(
         n_near_duplicate_groups=n_dup_groups,
         n_near_duplicates=sum(it.near_duplicate_of is not None for it in items),
         n_polygons_clipped=n_clipped,
+        n_polygons_repaired=n_repaired,
         n_shapes_ignored=scanned.stats.get("n_shapes_ignored", 0),
+        n_shapes_buffered=scanned.stats.get("n_shapes_buffered", 0),
     )
+    if not items:
+        raise DatasetError(nothing_usable(root, fmt, data_cfg, metrics, quarantine))
     _write_outputs(Path(out_dir), fmt, cfg, items, quarantine, metrics)
     return metrics
+
+
+def nothing_usable(root: Path, fmt: str, data_cfg: DataConfig, metrics: dict[str, int],
+                   quarantine: list[QuarantineEntry]) -> str:
+    """The one message for a dataset without a single accepted image."""
+    reasons = Counter(q.reason for q in quarantine if q.level == "file")
+    why = ", ".join(f"{r} x{n}" for r, n in reasons.most_common()) or "no candidate image at all"
+    guess, evidence = sniff_format(root, data_cfg)
+    if guess is None:
+        hint = f"the files do not look like any supported format ({evidence})"
+    elif guess == fmt:
+        hint = f"the files do look like `{fmt}` ({evidence}), so the files themselves are the problem"
+    else:
+        hint = f"the files look like `{guess}`, not `{fmt}` ({evidence}): try --format {guess}"
+    return (f"nothing usable in {root} as format `{fmt}`: {metrics['n_files']} files seen, "
+            f"{metrics['n_candidates']} candidate images, all rejected; quarantined files by reason: {why}. {hint}.")
 
 
 def _metrics(files: list[str], items: list[Item], quarantine: list[QuarantineEntry]) -> dict[str, int]:
@@ -432,7 +350,9 @@ def _report(fmt: str, cfg: AuditConfig, quarantine: list[QuarantineEntry], metri
         ),
         (
             f"- annotations kept: {metrics['n_annotations']}; polygons clipped to the image: "
-            f"{metrics['n_polygons_clipped']}; label-9 shapes ignored: {metrics['n_shapes_ignored']}"
+            f"{metrics['n_polygons_clipped']}; self-intersecting rings repaired: {metrics['n_polygons_repaired']}; "
+            f"lines/points buffered to regions: {metrics['n_shapes_buffered']}; label-9 shapes ignored: "
+            f"{metrics['n_shapes_ignored']}"
         ),
         f"- groups: {metrics['n_groups']}",
         "",
@@ -443,8 +363,8 @@ def _report(fmt: str, cfg: AuditConfig, quarantine: list[QuarantineEntry], metri
 def _write_outputs(out_dir: Path, fmt: str, cfg: AuditConfig, items: list[Item],
                    quarantine: list[QuarantineEntry], metrics: dict[str, int]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(_manifest_table(items), out_dir / "manifest.parquet", **PARQUET_OPTIONS)
-    pq.write_table(quarantine_table(quarantine), out_dir / "quarantine.parquet", **PARQUET_OPTIONS)
+    write_table(_manifest_table(items), out_dir / MANIFEST)
+    write_table(quarantine_table(quarantine), out_dir / QUARANTINE)
     classes, zones = _histograms(items)
     _bar_png(classes, "Images per class", out_dir / "class_hist.png")
     _bar_png(zones, "Images per zone", out_dir / "zone_hist.png")

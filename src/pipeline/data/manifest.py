@@ -50,9 +50,11 @@ REASONS: dict[str, str] = {
     "license_rejected": "licence not in audit.allowed_licenses",
     "malformed_annotation": "annotation file is not valid JSON or not the expected structure",
     "unknown_label": "annotation label outside the known vocabulary (shape dropped)",
-    "degenerate_polygon": "polygon with fewer than 3 points or no area (shape dropped)",
+    "degenerate_polygon": "a shape with no area: polygon under 3 points, zero-size box or circle, area below audit.min_polygon_area (shape dropped)",
     "polygon_outside_image": "polygon lies entirely outside the image (shape dropped)",
     "missing_annotation": "a damaged (ko) image without its damage annotation file",
+    "label_contradiction": "a clean (ok) photo whose annotation file holds damage shapes (detail lists them)",
+    "unsupported_shape": "a shape type that gives no image region, e.g. a LabelMe mask (shape dropped)",
     "no_valid_annotation": "a damaged image whose damage shapes were all rejected",
     "path_escape": "the path resolves outside the dataset root",
     "missing_file": "a record names a file that does not exist",
@@ -69,7 +71,7 @@ class Annotation:
     label: str  # damage type name (e.g. "dent") or part name (COCO parts)
     points: list[list[float]]  # [[x, y], ...] in original image pixel coordinates
     kind: str = "damage"  # "damage" | "part"
-    shape_type: str = "polygon"
+    shape_type: str = "polygon"  # the source shape type (LabelMe: rectangle, circle, line...); points are always a ring
 
 
 @dataclass

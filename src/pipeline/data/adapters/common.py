@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import DataConfig
+from pipeline.core.geometry import polygon_area
 from pipeline.data.dataset import list_files
 from pipeline.data.manifest import DAMAGE_TYPES, AdapterResult, Annotation, QuarantineEntry
 
@@ -112,19 +113,6 @@ def parse_points(raw: Any) -> list[list[float]] | None:
             return None
         points.append([x, y])
     return points
-
-
-def polygon_area(points: list[list[float]]) -> float:
-    """Absolute shoelace area of a polygon given as [[x, y], ...]."""
-    n = len(points)
-    if n < 3:
-        return 0.0
-    s = 0.0
-    for i in range(n):
-        x1, y1 = points[i]
-        x2, y2 = points[(i + 1) % n]
-        s += x1 * y2 - x2 * y1
-    return abs(s) / 2.0
 
 
 def dominant_label(annotations: list[Annotation], kind: str = "damage") -> str | None:
