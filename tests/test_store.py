@@ -112,3 +112,60 @@ def test_lineage_walk_reaches_raw_files(tmp_path):
     assert walk(store, str(store.dir_path("child", child_id)))["artifact_id"] == child_id
     with pytest.raises(ArtifactNotFound):
         walk(store, "ffffffffff")
+
+
+def _tag(pid: int, start: float) -> str:
+    from pipeline.core.store import _host_tag
+
+    return f"{_host_tag()}-{pid}-{int(start)}"
+
+
+def test_staging_dir_is_named_after_its_owner(tmp_path):
+    import psutil
+
+    from pipeline.core.store import owner_dead, staging_owner
+
+    store = ArtifactStore(tmp_path / "store")
+    with store.staging("data-prep") as tmp:
+        host, pid, start = staging_owner(tmp.name)
+        assert tmp.name.startswith("data-prep-") and pid == os.getpid()
+        assert abs(start - psutil.Process().create_time()) <= 1.0
+        assert not owner_dead(tmp)
+
+
+def test_dead_runs_staging_is_removed_live_ones_kept(tmp_path):
+    import sys
+    import time
+
+    import psutil
+
+    store = ArtifactStore(tmp_path / "store")
+    base = store.staging_root
+    live = psutil.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    dead = psutil.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    dead_tag = _tag(dead.pid, dead.create_time())
+    dead.kill()
+    dead.wait(timeout=30)
+    try:
+        dirs = {
+            "dead": base / f"crops-{dead_tag}-abc123",  # a killed run
+            "recycled": base / f"crops-{_tag(os.getpid(), 1000)}-abc123",  # our pid, another start
+            "live": base / f"crops-{_tag(live.pid, live.create_time())}-abc123",  # another live run
+            "other_host": base / f"crops-0badc0de-{os.getpid()}-1000-abc123",
+            "legacy": base / "crops-k2j4h5g6",  # no owner in the name
+        }
+        for d in dirs.values():
+            d.mkdir(parents=True)
+            (d / "part.bin").write_bytes(b"x" * 10)
+        old = time.time() - 7200
+        os.utime(dirs["legacy"], (old, old))
+        with store.staging("embed") as mine:  # opening a staging dir cleans the dead runs' ones
+            left = {p.name for p in base.iterdir()}
+            assert left == {dirs[k].name for k in ("live", "other_host", "legacy")} | {mine.name}
+        removed = store.clean_staging(min_age_s=3600)  # gc: unowned and older than an hour too
+        assert [(p.name, size) for p, size in removed] == [(dirs["legacy"].name, 10)]
+        assert {p.name for p in base.iterdir()} == {dirs["live"].name, dirs["other_host"].name}
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    assert store.clean_staging() == [(dirs["live"], 10)]  # its owner is gone now

@@ -4,16 +4,24 @@ Layout: `<root>/<phase>/<artifact_id>/` holds the artifact's files and `lineage.
 last. A directory without `lineage.json` is incomplete and never reused. Artifacts are built in a
 local staging directory and committed atomically (a rename on a local store; on a remote fsspec
 store the files are uploaded first and `lineage.json` last).
+
+Staging directories are named `<phase>-<host>-<pid>-<start>-<random>` after the process that
+builds in them (host tag, pid and process start time, so a recycled pid is not mistaken for the
+owner). Opening a staging directory first removes those of this host whose owner has died: a
+killed run leaves nothing behind for long, and a live run's directory is never touched.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import shutil
 import subprocess
+import socket
 import sys
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -23,11 +31,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
+import psutil
 from pydantic import BaseModel
 
 from pipeline.core.hashing import canonical_json, sha256_bytes, sha256_file
 
 LINEAGE = "lineage.json"
+STAGING = ".staging"
 
 
 class ArtifactRef(BaseModel):
@@ -127,6 +137,69 @@ def file_listing(directory: Path) -> list[dict[str, Any]]:
     return out
 
 
+@lru_cache(maxsize=1)
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owner_tag() -> str:
+    """`<host>-<pid>-<start>` of this process: names what it owns (staging dirs, run markers)."""
+    return _owner_tag(os.getpid())
+
+
+@lru_cache(maxsize=4)
+def _owner_tag(pid: int) -> str:  # keyed by pid, so a forked child gets its own
+    return f"{_host_tag()}-{pid}-{int(psutil.Process(pid).create_time())}"
+
+
+def staging_owner(name: str) -> tuple[str, int, int] | None:
+    """(host tag, pid, process start time) from a name `<prefix>-<owner_tag>-<suffix>`; None if it
+    has none (the prefix may hold dashes, the suffix may not)."""
+    parts = name.rsplit("-", 4)
+    if len(parts) != 5 or len(parts[1]) != 8 or not (parts[2].isdigit() and parts[3].isdigit()):
+        return None
+    return parts[1], int(parts[2]), int(parts[3])
+
+
+def process_alive(pid: int, start_time: float) -> bool:
+    """Whether process `pid` runs and is the one that started at `start_time` (not a recycled pid)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - start_time) <= 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # exists, but we may not inspect it: assume it is the owner
+        return True
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the files under `path` (files that vanish meanwhile count as 0)."""
+    total = 0
+    for f in path.rglob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def owner_dead(path: Path, min_age_s: float | None = None) -> bool:
+    """Whether the process named in `path`'s name (see `staging_owner`) is gone. Paths without an
+    owner in their name, or owned on another host, count only when `min_age_s` is given and they
+    are older than that."""
+    owner = staging_owner(path.name)
+    if owner is not None and owner[0] == _host_tag():
+        return not process_alive(owner[1], owner[2])
+    if min_age_s is None:
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > min_age_s
+    except FileNotFoundError:
+        return False
+
+
 class ArtifactStore:
     """Artifacts under a root that is a local path or any fsspec URI."""
 
@@ -209,13 +282,37 @@ class ArtifactStore:
             os.replace(tmp, local) if not local.exists() else shutil.rmtree(tmp)
         return local
 
+    def dir_for(self, phase: str, artifact_id: str) -> Path:
+        """The local directory of the complete artifact `phase/artifact_id` (downloaded once from a remote
+        store); ArtifactNotFound if there is none. How artifacts refer to each other: by id, never by path."""
+        return self.local_path(self.ref(phase, artifact_id))
+
     # -- writing ---------------------------------------------------------------------------
+    @property
+    def staging_root(self) -> Path:
+        return Path(self.root) / STAGING if self.is_local else self.cache_dir / STAGING
+
+    def clean_staging(self, min_age_s: float | None = None) -> list[tuple[Path, int]]:
+        """Remove the staging directories whose owner process is dead (see `owner_dead`);
+        returns each removed directory with its size in bytes."""
+        if not self.staging_root.is_dir():
+            return []
+        removed = []
+        for path in sorted(self.staging_root.iterdir()):
+            if path.is_dir() and owner_dead(path, min_age_s):
+                size = tree_size(path)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append((path, size))
+        return removed
+
     @contextmanager
     def staging(self, phase: str) -> Iterator[Path]:
-        """A fresh local directory to build an artifact in; removed if the build fails."""
-        base = Path(self.root) / ".staging" if self.is_local else self.cache_dir / ".staging"
+        """A fresh local directory to build an artifact in, named after this process; removed when
+        the block ends. Dead processes' leftovers are removed first."""
+        base = self.staging_root
         base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{phase}-", dir=base))
+        self.clean_staging()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{phase}-{owner_tag()}-", dir=base))
         try:
             yield tmp
         finally:
