@@ -29,7 +29,7 @@ def main() -> None:
     from pipeline_flows.data_prep import data_prep
     from pipeline.core.config import DemoConfig, PipelineConfig
     from pipeline.demo.generator import generate_demo_data
-    from pipeline.core.phases import PhaseContext, execute_phase, snapshot_dataset
+    from pipeline.core.runner import PhaseContext, execute_phase, snapshot_dataset
     from pipeline.core.store import ArtifactStore
 
     data = base / "demo-data"

@@ -1,21 +1,17 @@
-"""factory: the whole DAG as it exists today (nightly schedule and ad-hoc runs from the UI).
-
-Today: dataset -> audit -> split -> crops -> contexts -> embeddings -> index -> validation.
-Training, distillation, calibration and export are added here as they land.
-"""
+"""factory: the whole DAG (nightly schedule and ad-hoc runs from the UI)."""
 from __future__ import annotations
 
 from typing import Any
 
 from prefect import flow
 
-from pipeline_flows.data_prep import DatasetFormat
-from pipeline_flows.retrieval import retrieval_phases
 from pipeline.core.config import PipelineConfig
-from pipeline_tasks.common import run_pipeline
+from pipeline.core.phases import flow_targets
+from pipeline_flows.data_prep import DatasetFormat
+from pipeline_tasks.flowrun import run_pipeline
 
 
-@flow(name="factory", log_prints=True)
+@flow(name="factory", log_prints=True, persist_result=True, result_serializer="json")
 def factory(
     dataset: str,
     format: DatasetFormat = "labelme",
@@ -24,4 +20,4 @@ def factory(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run every phase of the model factory on DATASET (unchanged inputs recompute nothing)."""
-    return run_pipeline("factory", config, workdir, dataset, format, progress, retrieval_phases)
+    return run_pipeline("factory", config, workdir, dataset, format, progress, flow_targets("factory"))

@@ -1,9 +1,10 @@
-"""What every phase task shares: the artifact-id cache policy, the run context, retries, reports.
+"""One Prefect task per declared phase, derived from its `PhaseSpec`.
 
 The Prefect cache key of a phase task IS its artifact id (`<phase>-<artifact_id>`), computed from
 the phase name, its code version, the config slice it reads and the ids of its input artifacts,
 never from the run id. When the artifact is not complete in the store, the result record under
-that key is dropped first, so a cached reference to a deleted artifact is never trusted.
+that key is dropped first, so a cached reference to a deleted artifact is never trusted. Source
+phases (the dataset) and uncacheable ones (promotion) are never Prefect cache hits.
 """
 from __future__ import annotations
 
@@ -16,17 +17,20 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import CachePolicy
+from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run as rt_flow_run
 from pydantic import BaseModel
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
-from pipeline.core.phases import PHASES, PhaseContext, PhaseResult, execute_phase
+from pipeline.core.phases import PHASES, PhaseNode
+from pipeline.core.runner import PhaseContext, PhaseResult, execute_phase, node_for, phase_id
 from pipeline.core.store import ArtifactRef, ArtifactStore
 from pipeline.core.tracking import MlflowTracker, NullTracker
 from pipeline.core.workspace import Workspace
+
+RETRY_DELAYS = [2, 10]
 
 
 class RunInfo(BaseModel):
@@ -41,6 +45,14 @@ class RunInfo(BaseModel):
 
     def options(self) -> dict[str, Any]:
         return {"format": self.format}
+
+    def runtime(self, cfg: PipelineConfig, phase: str) -> dict[str, Any]:
+        ws = Workspace(Path(self.workdir))
+        return {
+            "dataset_root": self.dataset_root, "workdir": self.workdir, "device": cfg.runtime.device,
+            "item_cache": str(ws.cache / "items"), "hash_cache": str(ws.cache / "file-hashes.json"),
+            "weights_dir": str(ws.cache / "weights"), "checkpoints": str(ws.cache / "checkpoints"),
+        }
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,27 +88,44 @@ def phase_context(cfg: PipelineConfig, run: RunInfo) -> PhaseContext:
 class ArtifactIdPolicy(CachePolicy):
     """Cache key = the phase's artifact id, offered only while that artifact is complete."""
 
-    phase: str = ""
-
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
         cfg: PipelineConfig = inputs["cfg"]
         run: RunInfo = inputs["run"]
+        name: str = inputs["phase"]
         if run.force:
             return None
         refs: dict[str, ArtifactRef] = inputs.get("inputs") or {}
-        spec = PHASES[self.phase]
-        aid = spec.artifact_id(cfg, refs, run.options())
-        key = f"{self.phase}-{aid}"
-        if not store_for(cfg, run.workdir).is_complete(self.phase, aid):
+        aid, _ = phase_id(name, cfg, {k: r.artifact_id for k, r in refs.items()}, run.options())
+        key = f"{name}-{aid}"
+        if not store_for(cfg, run.workdir).is_complete(name, aid):
             drop_result_record(cfg, run.workdir, key)  # its artifact is gone: the record must not be trusted
         return key
 
 
+@functools.lru_cache(maxsize=4)
+def _limit_exists(api_url: str, name: str) -> bool:
+    """Whether the server has the global concurrency limit `name` (asked once per process)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_global_concurrency_limit_by_name(name)
+        return True
+    except Exception:
+        return False
+
+
 def gpu_slot():
-    """The per-host GPU concurrency limit `gpu-host-<hostname>` (created by `pipeline up`, 1 slot)."""
+    """The per-host GPU slot `gpu-host-<hostname>` when the server has it (`pipeline up` creates it)."""
+    import os
+
     from prefect.concurrency.sync import concurrency
 
-    return concurrency(f"gpu-host-{socket.gethostname()}", occupy=1, strict=False)
+    name = f"gpu-host-{socket.gethostname()}"
+    api = os.environ.get("PREFECT_API_URL", "")
+    if not api or not _limit_exists(api, name):
+        return contextlib.nullcontext()  # no server or no limit: nothing to queue on, and no warning
+    return concurrency(name, occupy=1, strict=False)
 
 
 class InjectedFault(RuntimeError):
@@ -114,38 +143,42 @@ def inject_fault(workdir: str, phase: str) -> None:
 
 
 def is_transient(task, task_run, state) -> bool:
-    """Retry I/O and resource errors; never configuration or input-shape errors."""
+    """Retry I/O and resource errors; never configuration, model or input errors."""
     exc = state.result(raise_on_failure=False)
     return not isinstance(exc, (PipelineError, ValueError, TypeError, KeyError, FileNotFoundError))
 
 
-def phase_task(phase: str, pool: str | None = None):
-    """A Prefect task running library phase `phase`, cached by its artifact id."""
-    spec = PHASES[phase]
+def _run_phase(phase: str, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo) -> PhaseResult:
+    spec = node_for(phase, cfg).spec
+    # GPU phases hold the host's GPU slot (when the local stack made one), so two runs queue instead of OOM.
+    with gpu_slot() if spec.pool == "gpu" else contextlib.nullcontext():
+        inject_fault(run.workdir, phase)
+        return execute_phase(phase, cfg, inputs, phase_context(cfg, run), options=run.options(),
+                             runtime=run.runtime(cfg, phase), force=run.force)
 
-    def run_phase(cfg: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo) -> PhaseResult:
-        # GPU phases hold the host's GPU slot, so two runs on one GPU machine queue instead of OOM.
-        guard = gpu_slot() if (pool or spec.pool) == "gpu" else contextlib.nullcontext()
-        with guard:
-            inject_fault(run.workdir, phase)
-            return execute_phase(
-                phase, cfg, inputs, phase_context(cfg, run), options=run.options(),
-                runtime={"dataset_root": run.dataset_root, "device": cfg.runtime.device,
-                         "item_cache": str(Workspace(Path(run.workdir)).cache / "items")},
-                force=run.force,
-            )
 
-    run_phase.__name__ = f"{phase}_task"
+@functools.lru_cache(maxsize=None)
+def phase_task(spec_name: str):
+    """The Prefect task of a declared phase (family members share their spec's task)."""
+    spec = PHASES[spec_name]
+    cached = spec.cacheable and spec.source is None
+
+    def run_phase(phase: str, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo) -> PhaseResult:
+        return _run_phase(phase, cfg, inputs, run)
+
+    run_phase.__name__ = f"{spec_name}_task"
+    run_phase.__doc__ = spec.description
     return task(
         run_phase,
-        name=phase,
-        cache_policy=ArtifactIdPolicy(phase=phase),
+        name=spec_name,
+        task_run_name="{phase}",
+        cache_policy=ArtifactIdPolicy() if cached else NO_CACHE,
         persist_result=True,
         result_serializer="json",
         retries=2,
-        retry_delay_seconds=[2, 10],
+        retry_delay_seconds=RETRY_DELAYS,
         retry_condition_fn=is_transient,
-        tags=[f"pool:{pool or spec.pool}"],
+        tags=[f"pool:{spec.pool}"],
     )
 
 
@@ -159,6 +192,7 @@ def report_markdown(result: PhaseResult, tracker, report_name: str = "report.md"
         f"- path: `{result.path}`",
         f"- status: **{status}**",
         f"- MLflow run: {f'[{result.mlflow_run_id}]({url})' if url and url.startswith('http') else (url or 'tracking off')}",
+        *[f"- {k}: {v}" for k, v in sorted(result.info.items())],
         "",
         "| metric | value |",
         "|---|---|",
@@ -170,22 +204,24 @@ def report_markdown(result: PhaseResult, tracker, report_name: str = "report.md"
     return "\n".join(lines)
 
 
-def finish_phase(state, phase: str, cfg: PipelineConfig, run: RunInfo) -> PhaseResult:
+def finish_phase(state, node: PhaseNode, cfg: PipelineConfig, run: RunInfo) -> PhaseResult:
     """Result of a phase task state; a Prefect cache hit is tracked here (its task body never ran)."""
+    from pipeline_tasks.flowrun import record_phase
+
     result: PhaseResult = state.result()
     if state.name == "Cached":
         tracker = tracker_for(cfg, run.workdir)
-        run_id = tracker.log_phase(run.parent_run_id, phase, result.artifact_id, True,
-                                   PHASES[phase].params(cfg, run.options()), result.metrics)
+        run_id = tracker.log_phase(run.parent_run_id, node.name, result.artifact_id, True,
+                                   node.spec.params(cfg, run.options(), node.instance or None), result.metrics)
         result = result.model_copy(update={"cache_hit": True, "mlflow_run_id": run_id})
     try:
         create_markdown_artifact(
             report_markdown(result, tracker_for(cfg, run.workdir)),
-            key=f"{phase.replace('_', '-')}-report",
-            description=f"{phase}: {result.artifact_id[:12]}",
+            key=f"{node.name.replace('_', '-').lower()}-report",
+            description=f"{node.name}: {result.artifact_id[:12]}",
         )
     except Exception as exc:  # the UI summary must never fail a run
-        print(f"warning: could not create the Prefect artifact for {phase}: {exc}")
+        print(f"warning: could not create the Prefect artifact for {node.name}: {exc}")
     record_phase(run, result)
     return result
 
@@ -211,93 +247,10 @@ def results_storage(cfg: PipelineConfig, workdir: str):
     return Path(uri.removeprefix("file://"))
 
 
-
-def begin_flow(name: str, cfg: PipelineConfig, workdir: str, dataset_root: str | None, fmt: str | None,
-               progress: bool = True) -> RunInfo:
-    """Prepare the work dir and the MLflow parent run (re-attached when the flow run is retried)."""
-    from pipeline.core.workspace import setup_environment
-
-    ws = setup_environment(workdir)
-    flow_run_id = str(rt_flow_run.id) if rt_flow_run.id else "local"
-    tracker = tracker_for(cfg, str(ws.root))
-    parent = tracker.start_flow_run(
-        flow_run_id, name,
-        {"dataset": dataset_root, "format": fmt, "workdir": str(ws.root), **cfg.model_dump(mode="json")},
-    )
-    run = RunInfo(workdir=str(ws.root), dataset_root=str(Path(dataset_root).resolve()) if dataset_root else None,
-                  format=fmt, parent_run_id=parent, progress=progress)
-    record = RunRecord.load(run.workdir, flow_run_id) or RunRecord(flow_run_id=flow_run_id, flow=name,
-                                                                    config=cfg.model_dump(mode="json"))
-    record.run = run.model_dump()
-    record.save(run.workdir)
-    return run
-
-
-class RunRecord(BaseModel):
-    """What a flow run used and produced, phase by phase: the input of `pipeline run-phase`."""
-
-    flow_run_id: str
-    flow: str
-    config: dict[str, Any]
-    run: dict[str, Any] = {}
-    phases: dict[str, dict[str, Any]] = {}
-
-    @staticmethod
-    def path(workdir: str, flow_run_id: str) -> Path:
-        return Workspace(Path(workdir)).runs / f"{flow_run_id}.json"
-
-    @classmethod
-    def load(cls, workdir: str, flow_run_id: str) -> "RunRecord | None":
-        p = cls.path(workdir, flow_run_id)
-        return cls.model_validate_json(p.read_text()) if p.is_file() else None
-
-    def save(self, workdir: str) -> None:
-        p = self.path(workdir, self.flow_run_id)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(self.model_dump_json(indent=2))
-        tmp.replace(p)
-
-
-def record_phase(run: RunInfo, result: PhaseResult) -> None:
-    flow_run_id = str(rt_flow_run.id) if rt_flow_run.id else "local"
-    record = RunRecord.load(run.workdir, flow_run_id)
-    if record is not None:
-        record.phases[result.phase] = ArtifactRef.model_validate(result.model_dump()).model_dump()
-        record.save(run.workdir)
-
-
-def end_flow(cfg: PipelineConfig, run: RunInfo, results: dict[str, PhaseResult], ok: bool = True) -> dict[str, Any]:
-    """Close the MLflow parent run and build the summary the CLI prints with --json."""
-    tracker_for(cfg, run.workdir).end_flow_run(run.parent_run_id, "FINISHED" if ok else "FAILED")
-    return {
-        "flow_run_id": str(rt_flow_run.id) if rt_flow_run.id else None,
-        "mlflow_run_id": run.parent_run_id,
-        "workdir": run.workdir,
-        "tracking_uri": Workspace(Path(run.workdir)).tracking_uri(cfg) if cfg.tracking.enabled else None,
-        "phases": {
-            name: {"artifact_id": r.artifact_id, "path": r.path, "cache_hit": r.cache_hit, "metrics": r.metrics,
-                   "mlflow_run_id": r.mlflow_run_id}
-            for name, r in results.items()
-        },
-    }
-
-
-def run_pipeline(name: str, cfg: PipelineConfig, workdir: str, dataset: str | None, fmt: str | None,
-                 progress: bool, phases) -> dict[str, Any]:
-    """The body every flow shares: open the tracking, run `phases(cfg, run)`, close it (FAILED on error)."""
-    run = begin_flow(name, cfg, workdir, dataset, fmt, progress)
-    try:
-        results = phases(cfg, run)
-    except BaseException:
-        end_flow(cfg, run, {}, ok=False)
-        raise
-    return end_flow(cfg, run, results)
-
-
-def run_cached(task_obj, phase: str, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo) -> PhaseResult:
-    """Call a phase task with the configured result storage; mark and track Prefect cache hits."""
-    configured = task_obj.with_options(result_storage=results_storage(cfg, run.workdir),
-                                       retries=cfg.runtime.task_retries)
-    state = configured(cfg=cfg, inputs=inputs, run=run, return_state=True)
-    return finish_phase(state, phase, cfg, run)
+def run_node(node: PhaseNode, cfg: PipelineConfig, results: dict[str, PhaseResult], run: RunInfo) -> PhaseResult:
+    """Run one node of the DAG as its Prefect task, with the results of its inputs."""
+    inputs = {k: ArtifactRef.model_validate(results[dep].model_dump()) for k, dep in node.inputs.items()}
+    configured = phase_task(node.spec.name).with_options(
+        result_storage=results_storage(cfg, run.workdir), retries=cfg.runtime.task_retries)
+    state = configured(phase=node.name, cfg=cfg, inputs=inputs, run=run, return_state=True)
+    return finish_phase(state, node, cfg, run)

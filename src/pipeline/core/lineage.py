@@ -43,7 +43,7 @@ def _node(store: ArtifactStore, phase: str, aid: str, max_files: int | None) -> 
         local = Path(store.dir_path(phase, aid)) if store.is_local else None
         files_path = local / "files.parquet" if local else None
         rows = pq.read_table(files_path).to_pylist() if files_path and files_path.is_file() else []
-        node["root"] = rec.get("params", {}).get("root")
+        node["root"] = rec.get("runtime", {}).get("dataset_root")
         node["n_files"] = len(rows)
         node["files"] = rows if max_files is None else rows[:max_files]
     for inp in rec.get("inputs", []):

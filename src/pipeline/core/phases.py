@@ -1,285 +1,173 @@
-"""Phase registry and the phase runner shared by Prefect tasks, benchmarks and tests.
+"""Phase declarations: the one place a phase is described.
 
-A phase is (name, code version, the config slice it depends on, its input phases, a run
-function). `execute_phase` computes the artifact id, reuses a complete artifact (a cache hit) or
-runs the phase into a staging directory, commits it with its lineage, and tracks it.
+A phase is declared once, as a `PhaseSpec` in its stage's `phases.py` (data, retrieval, training):
+its name, code version, input artifacts, output files, the config sections its output depends on
+(they make the artifact id), the config keys it only reads at run time (batch size, workers,
+device, download permission: never in the id), its pool and its report files. The Prefect task
+table, the flows' wiring, `pipeline plan` and `pipeline run-phase` are all derived from these
+declarations, so adding a phase is one entry plus its module.
+
+Families: a spec with `instances` expands into one phase per configured instance (one regional
+teacher per `regional_teachers` entry); an input written `family*` takes every instance of it.
 """
 from __future__ import annotations
 
-import json
-import time
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.core.config import PipelineConfig
-from pipeline.data.dataset import HashCache, snapshot, snapshot_id, write_snapshot
 from pipeline.core.hashing import artifact_id
-from pipeline.core.store import ArtifactRef, ArtifactStore
-from pipeline.core.tracking import NullTracker, Tracker
 
-RunFn = Callable[[dict[str, Path], dict[str, Any], Path, dict[str, Any]], dict[str, float]]
+# The stage modules that declare phases (discovered in this order, like Kedro's pipeline registry).
+STAGE_MODULES = ("pipeline.data.phases", "pipeline.retrieval.phases", "pipeline.training.phases")
+
+# Flows: the phases each flow must produce; everything upstream of them is run too.
+FLOWS: dict[str, tuple[str, ...]] = {
+    "data-prep": ("split",),
+    "retrieval": ("validation",),
+    "train": ("promotion",),
+    "factory": ("validation", "promotion"),
+}
+
+
+@dataclass
+class PhaseRun:
+    """Everything a phase's run function gets."""
+
+    inputs: dict[str, Path]  # local directories of the input artifacts, by input name
+    cfg: PipelineConfig  # the run's config: a phase reads only its sections and runtime keys
+    params: dict[str, Any]  # exactly what went into the artifact id
+    out_dir: Path  # staging directory: write the outputs here
+    runtime: dict[str, Any]  # dataset_root, workdir, item_cache, checkpoints, device, progress
+    store: Any = None  # the ArtifactStore, to resolve artifacts by id
+    instance: dict[str, Any] = field(default_factory=dict)  # a family member's own settings
+
+    @property
+    def progress(self) -> bool:
+        return bool(self.runtime.get("progress", True))
+
+
+RunFn = Callable[[PhaseRun], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class PhaseSpec:
     name: str
-    version: str  # bump when the phase's code changes its output
+    version: str  # bump when the phase's code changes its output (tests/golden catches a missed bump)
     inputs: tuple[str, ...]
-    params: Callable[[PipelineConfig, dict[str, Any]], dict[str, Any]]
-    run: RunFn  # (input dirs, params, out_dir, runtime) -> metrics
-    report_files: tuple[str, ...] = ()  # logged to MLflow; the first .md one is the phase report
+    outputs: tuple[str, ...]  # files the phase must write (checked after the run)
+    sections: tuple[str, ...]  # config sections its output depends on
+    run: RunFn  # returns metrics (numbers) and info (strings)
+    runtime_keys: tuple[str, ...] = ()  # dotted config keys read at run time but not in the id
+    extra_params: Callable[[PipelineConfig, dict[str, Any]], dict[str, Any]] | None = None
+    reports: tuple[str, ...] = ()  # logged to MLflow; the first .md one is the phase report
     pool: str = "cpu"
+    cacheable: bool = True  # False: always recomputed (it depends on state outside the store)
+    instances: Callable[[PipelineConfig], list[dict[str, Any]]] | None = None  # a family's members
+    source: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # a source phase's content fingerprint
+    description: str = ""
 
-    def artifact_id(self, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], options: dict[str, Any]) -> str:
-        return artifact_id(self.name, self.version, self.params(cfg, options), [r.artifact_id for r in inputs.values()])
+    def params(self, cfg: PipelineConfig, options: dict[str, Any] | None = None,
+               instance: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The id-relevant parameters: the declared sections minus the runtime keys, plus extras."""
+        out: dict[str, Any] = {}
+        for section in self.sections:
+            skip = {k.split(".", 1)[1] for k in self.runtime_keys if k.startswith(section + ".")}
+            out[section] = getattr(cfg, section).model_dump(mode="json", exclude=skip)
+        if self.extra_params is not None:
+            out.update(self.extra_params(cfg, options or {}))
+        if instance:
+            out["instance"] = instance
+        return out
 
-
-@dataclass
-class PhaseContext:
-    """Where a phase runs: store, tracker and the ids that go into lineage."""
-
-    store: ArtifactStore
-    tracker: Tracker = field(default_factory=NullTracker)
-    parent_run_id: str | None = None
-    flow_run_id: str | None = None
-    task_run_id: str | None = None
-    progress: bool = True
-
-
-class PhaseResult(ArtifactRef):
-    metrics: dict[str, float] = {}
-    mlflow_run_id: str | None = None
-    path: str = ""
-
-
-# -- phase run functions (import heavy modules lazily) -------------------------------------------
+    def artifact_id(self, cfg: PipelineConfig, input_ids: list[str], options: dict[str, Any] | None = None,
+                    instance: dict[str, Any] | None = None) -> str:
+        return artifact_id(self.name, self.version, self.params(cfg, options, instance), input_ids)
 
 
-def _run_audit(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from pipeline.data.audit import run_audit
-    from pipeline.core.config import AuditConfig, DataConfig
+@dataclass(frozen=True)
+class PhaseNode:
+    """A phase as it runs in one flow: a spec, or one member of a family."""
 
-    return run_audit(
-        Path(runtime["dataset_root"]), params["format"], DataConfig(**params["data"]), AuditConfig(**params["audit"]),
-        out_dir, progress=runtime.get("progress", True),
-    )
-
-
-def _run_split(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from pipeline.core.config import SplitConfig
-    from pipeline.data.split import run_split
-
-    return run_split(inputs["audit"] / "manifest.parquet", SplitConfig(**params["split"]), out_dir)
+    name: str  # the artifact name: spec name, or `<spec>_<instance name>` for a family member
+    spec: PhaseSpec
+    inputs: dict[str, str]  # input name -> node name
+    instance: dict[str, Any] = field(default_factory=dict)
 
 
-def _run_crops(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from pipeline.core.config import CropsConfig, DetectConfig
-    from pipeline.retrieval.crops import run_crops
-
-    cache = runtime.get("item_cache")
-    return run_crops(
-        inputs["split"] / "split.parquet", Path(runtime["dataset_root"]), DetectConfig(**params["detect"]),
-        CropsConfig(**params["crops"]), out_dir, Path(cache) / "crops" if cache else None,
-        progress=runtime.get("progress", True), max_pixels=params["max_pixels"],
-    )
+PHASES: dict[str, PhaseSpec] = {}  # every declared phase by name (filled by the stage modules below)
 
 
-def _run_contexts(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from pipeline.retrieval.contexts import run_contexts
-
-    return run_contexts(inputs["crops"], out_dir)
-
-
-def _run_embeddings(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from pipeline.core.config import EmbedConfig
-    from pipeline.retrieval.embed import run_embeddings
-
-    cache = runtime.get("item_cache")
-    return run_embeddings(inputs["crops"], inputs["contexts"], EmbedConfig(**params["embed"]), out_dir,
-                          item_cache=Path(cache) / "embeddings" if cache else None,
-                          device=runtime.get("device", "auto"), progress=runtime.get("progress", True))
+def register(*specs: PhaseSpec) -> None:
+    for spec in specs:
+        if spec.name in PHASES and PHASES[spec.name] is not spec:
+            raise ValueError(f"phase {spec.name!r} is declared twice")
+        PHASES[spec.name] = spec
 
 
-def _run_index(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    from pipeline.core.config import IndexConfig
-    from pipeline.retrieval.index import run_index
-
-    return run_index(inputs["embeddings"], inputs["crops"], inputs["contexts"], IndexConfig(**params["index"]), out_dir)
-
-
-def _run_validation(inputs: dict[str, Path], params: dict[str, Any], out_dir: Path, runtime: dict[str, Any]) -> dict:
-    import pyarrow.parquet as pq
-
-    from pipeline.retrieval.embed import load_embeddings
-    from pipeline.retrieval.retrieve import Retriever
-    from pipeline.retrieval.validate import validate
-
-    ids, x = load_embeddings(inputs["embeddings"])
-    retriever = Retriever.open(inputs["index"])
-    meta = {r["crop_id"]: r for r in retriever.metadata}
-    defects = dict(zip(*pq.read_table(inputs["crops"] / "crops.parquet", columns=["crop_id", "defects"]).to_pydict().values()))
-    rows = [{**meta[c], "defects": defects.get(c)} for c in ids]
-    emb = json.loads((inputs["embeddings"] / "embedder.json").read_text(encoding="utf-8"))
-    concat = emb.get("fusion", {}).get("mode") == "concat"
-    return validate(x, rows, out_dir, k=params["k"], search=retriever.search, seed=params["seed"],
-                    image_dims=emb.get("image_dim") if concat else None)
+def _members(spec: PhaseSpec, cfg: PipelineConfig) -> list[PhaseNode]:
+    if spec.instances is None:
+        return [PhaseNode(spec.name, spec, {})]
+    return [PhaseNode(f"{spec.name}_{inst['name']}", spec, {}, dict(inst)) for inst in spec.instances(cfg)]
 
 
-PHASES: dict[str, PhaseSpec] = {
-    "audit": PhaseSpec(
-        name="audit",
-        version="1",
-        inputs=("dataset",),
-        params=lambda cfg, opt: {
-            "format": opt["format"],
-            "data": cfg.data.model_dump(mode="json"),
-            "audit": cfg.audit.model_dump(mode="json", exclude={"workers"}),
-        },
-        run=_run_audit,
-        report_files=("report.md", "class_hist.png", "zone_hist.png", "quarantine.parquet"),
-    ),
-    "split": PhaseSpec(
-        name="split",
-        version="1",
-        inputs=("audit",),
-        params=lambda cfg, opt: {"split": cfg.split.model_dump(mode="json")},
-        run=_run_split,
-        report_files=("report.md",),
-    ),
-    "crops": PhaseSpec(
-        name="crops",
-        version="1",
-        inputs=("split",),
-        params=lambda cfg, opt: {
-            "detect": cfg.detect.model_dump(mode="json"),
-            "crops": cfg.crops.model_dump(mode="json"),
-            "max_pixels": cfg.audit.max_pixels,
-        },
-        run=_run_crops,
-        report_files=("report.md", "contact_sheet.png", "skipped.parquet"),
-        pool="gpu",
-    ),
-    "contexts": PhaseSpec(
-        name="contexts",
-        version="1",
-        inputs=("crops",),
-        params=lambda cfg, opt: {},
-        run=_run_contexts,
-        report_files=("report.md",),
-    ),
-    "embeddings": PhaseSpec(
-        name="embeddings",
-        version="1",
-        inputs=("crops", "contexts"),
-        params=lambda cfg, opt: {"embed": cfg.embed.model_dump(mode="json")},
-        run=_run_embeddings,
-        report_files=("report.md", "embedder.json"),
-        pool="gpu",
-    ),
-    "index": PhaseSpec(
-        name="index",
-        version="2",  # 2: IVF-PQ is 4-bit fast-scan PQ with a refine stage
-        inputs=("embeddings", "crops", "contexts"),
-        params=lambda cfg, opt: {"index": cfg.index.model_dump(mode="json")},
-        run=_run_index,
-        report_files=("report.md", "index.json"),
-    ),
-    "validation": PhaseSpec(
-        name="validation",
-        version="2",  # 2: image_only_* metrics for concatenated embeddings
-        inputs=("index", "embeddings", "crops"),
-        params=lambda cfg, opt: {"k": 5, "seed": 0},
-        run=_run_validation,
-        report_files=("report.md", "metrics.json", "pca.png", "tsne.png", "examples.png"),
-    ),
-}
+def nodes(cfg: PipelineConfig) -> dict[str, PhaseNode]:
+    """Every phase of the DAG for this config, families expanded, inputs bound to node names."""
+    members = {spec.name: _members(spec, cfg) for spec in PHASES.values()}
+    out: dict[str, PhaseNode] = {}
+    for spec in PHASES.values():
+        for node in members[spec.name]:
+            bound: dict[str, str] = {}
+            for inp in spec.inputs:
+                if inp.endswith("*"):
+                    for m in members.get(inp[:-1], []):
+                        bound[m.name] = m.name
+                else:
+                    if inp not in members:
+                        raise ValueError(f"phase {spec.name} reads {inp!r}, which no phase declares")
+                    bound[inp] = members[inp][0].name
+            out[node.name] = PhaseNode(node.name, spec, bound, node.instance)
+    return out
 
 
-def _result(ref: ArtifactRef, store: ArtifactStore, metrics: dict, run_id: str | None) -> PhaseResult:
-    path = str(store.local_path(ref)) if store.is_local else ref.uri
-    return PhaseResult(**ref.model_dump(), metrics=metrics, mlflow_run_id=run_id, path=path)
+def plan_order(cfg: PipelineConfig, targets: tuple[str, ...] | list[str]) -> list[PhaseNode]:
+    """The nodes needed for `targets`, in topological order (inputs first); rejects cycles."""
+    graph = nodes(cfg)
+    order: list[PhaseNode] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            raise ValueError(f"phase cycle: {' -> '.join((*path, name))}")
+        if name not in graph:
+            raise ValueError(f"unknown phase {name!r}; phases: {', '.join(graph)}")
+        state[name] = "active"
+        for dep in graph[name].inputs.values():
+            visit(dep, (*path, name))
+        state[name] = "done"
+        order.append(graph[name])
+
+    for t in targets:
+        visit(t, ())
+    return order
 
 
-def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+def flow_targets(flow: str) -> tuple[str, ...]:
+    """The phases flow `flow` must produce; phases of stages not installed are left out."""
+    return tuple(t for t in FLOWS[flow] if t in PHASES)
 
 
-def snapshot_dataset(root: Path, ctx: PhaseContext, hash_cache: Path | None = None) -> PhaseResult:
-    """The raw dataset as an artifact: its id is the hash of its file list."""
-    t0 = time.perf_counter()
-    rows = snapshot(Path(root), HashCache(hash_cache), progress=ctx.progress)
-    aid = snapshot_id(rows)
-    metrics = {"n_files": float(len(rows)), "bytes": float(sum(max(r["size"], 0) for r in rows))}
-    hit = ctx.store.is_complete("dataset", aid)
-    if hit:
-        ref = ctx.store.ref("dataset", aid, cache_hit=True)
-    else:
-        with ctx.store.staging("dataset") as tmp:
-            write_snapshot(rows, tmp)
-            (tmp / "source.json").write_text(json.dumps({"root": str(Path(root).resolve())}, indent=2))
-            ref = ctx.store.commit(tmp, _lineage("dataset", aid, {"root": str(Path(root).resolve())}, {}, metrics, ctx))
-    metrics["seconds"] = time.perf_counter() - t0
-    run_id = ctx.tracker.log_phase(ctx.parent_run_id, "dataset", aid, hit, {"root": str(root)}, metrics)
-    return _result(ref, ctx.store, metrics, run_id)
+def _load_stages() -> None:
+    for mod in STAGE_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:  # a stage that is not there (yet)
+            if exc.name != mod:
+                raise
 
 
-def _lineage(phase: str, aid: str, params: dict, inputs: dict[str, ArtifactRef], metrics: dict,
-             ctx: PhaseContext, version: str = "1", mlflow_run_id: str | None = None) -> dict[str, Any]:
-    return {
-        "phase": phase,
-        "artifact_id": aid,
-        "phase_version": version,
-        "params": params,
-        "inputs": [{"name": k, "phase": r.phase, "artifact_id": r.artifact_id} for k, r in sorted(inputs.items())],
-        "metrics": metrics,
-        "prefect": {"flow_run_id": ctx.flow_run_id, "task_run_id": ctx.task_run_id},
-        "mlflow_run_id": mlflow_run_id,
-    }
-
-
-def execute_phase(
-    name: str,
-    cfg: PipelineConfig,
-    inputs: dict[str, ArtifactRef],
-    ctx: PhaseContext,
-    options: dict[str, Any] | None = None,
-    runtime: dict[str, Any] | None = None,
-    force: bool = False,
-) -> PhaseResult:
-    """Run phase `name` on `inputs`, or reuse its artifact when one with the same id exists.
-
-    `options` are id-relevant parameters that are not in the config (e.g. the dataset format);
-    `runtime` are id-irrelevant ones (e.g. where the dataset lies on this machine).
-    """
-    spec = PHASES[name]
-    missing = set(spec.inputs) - set(inputs)
-    if missing:
-        raise ValueError(f"phase {name} needs inputs {sorted(missing)}")
-    options = options or {}
-    params = spec.params(cfg, options)
-    aid = artifact_id(spec.name, spec.version, params, [r.artifact_id for r in inputs.values()])
-    store = ctx.store
-
-    if not force and store.is_complete(name, aid):
-        lineage = store.read_lineage(name, aid)
-        metrics = _numeric(lineage.get("metrics", {}))
-        run_id = ctx.tracker.log_phase(ctx.parent_run_id, name, aid, True, params, metrics)
-        return _result(store.ref(name, aid, cache_hit=True), store, metrics, run_id)
-
-    input_dirs = {k: store.local_path(r) for k, r in inputs.items()}
-    t0 = time.perf_counter()
-    with store.staging(name) as tmp:
-        metrics = _numeric(spec.run(input_dirs, params, tmp, {"progress": ctx.progress, **(runtime or {})}) or {})
-        metrics["seconds"] = round(time.perf_counter() - t0, 3)
-        dataset = None
-        if (tmp / "manifest.parquet").is_file() or (tmp / "split.parquet").is_file():
-            table = tmp / ("split.parquet" if (tmp / "split.parquet").is_file() else "manifest.parquet")
-            dataset = {"table_path": str(table), "name": f"{name}-{aid[:12]}", "digest": aid,
-                       "source": str(store.dir_uri(name, aid)), "context": name}
-        run_id = ctx.tracker.log_phase(
-            ctx.parent_run_id, name, aid, False, params, metrics,
-            artifact_dir=tmp, artifact_files=list(spec.report_files), dataset=dataset,
-        )
-        ref = store.commit(tmp, _lineage(name, aid, params, inputs, metrics, ctx, spec.version, run_id), replace=force)
-    return _result(ref, store, metrics, run_id)
+_load_stages()

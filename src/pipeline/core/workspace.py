@@ -50,6 +50,11 @@ class Workspace:
         return self.root / ".cache"
 
     @property
+    def weights(self) -> Path:
+        """Model weights the pipeline finds by name (Ultralytics `detect.weights`): <workdir>/.cache/weights."""
+        return self.cache / "weights"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 
@@ -90,6 +95,8 @@ def setup_environment(workdir: str | Path, prefect_home: bool = True) -> Workspa
         if key not in os.environ:
             path.mkdir(parents=True, exist_ok=True)
             os.environ[key] = str(path)
+    ws.weights.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(ws.results))
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    os.environ.setdefault("PREFECT_RESULTS_DEFAULT_SERIALIZER", "json")  # nothing in the results store is a pickle
     return ws

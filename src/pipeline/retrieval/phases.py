@@ -1,0 +1,106 @@
+"""Declarations of the retrieval phases: crops, contexts, embeddings, index, validation."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.phases import PhaseRun, PhaseSpec, register
+
+
+def _item_cache(run: PhaseRun, name: str) -> Path | None:
+    cache = run.runtime.get("item_cache")
+    return Path(cache) / name if cache else None
+
+
+def _run_crops(run: PhaseRun) -> dict[str, Any]:
+    from pipeline.retrieval.crops import run_crops
+
+    kwargs = {"weights_dir": Path(run.runtime["weights_dir"])} if run.runtime.get("weights_dir") else {}
+    return run_crops(
+        run.inputs["split"] / "split.parquet", Path(run.runtime["dataset_root"]), run.cfg.detect, run.cfg.crops,
+        run.out_dir, _item_cache(run, "crops"), progress=run.progress, max_pixels=run.params["max_pixels"], **kwargs,
+    )
+
+
+def _run_contexts(run: PhaseRun) -> dict[str, Any]:
+    from pipeline.retrieval.contexts import run_contexts
+
+    return run_contexts(run.inputs["crops"], run.out_dir)
+
+
+def _run_embeddings(run: PhaseRun) -> dict[str, Any]:
+    from pipeline.retrieval.embed import run_embeddings
+
+    return run_embeddings(run.inputs["crops"], run.inputs["contexts"], run.cfg.embed, run.out_dir,
+                          item_cache=_item_cache(run, "embeddings"), device=run.runtime.get("device", "auto"),
+                          progress=run.progress)
+
+
+def _run_index(run: PhaseRun) -> dict[str, Any]:
+    from pipeline.retrieval.index import run_index
+
+    return run_index(run.inputs["embeddings"], run.inputs["crops"], run.inputs["contexts"], run.cfg.index, run.out_dir)
+
+
+def _run_validation(run: PhaseRun) -> dict[str, Any]:
+    try:
+        from pipeline.retrieval.validate import run_validation
+    except ImportError:  # TEMP until validate.run_validation lands
+        return _legacy_validation(run)
+    return run_validation(run.inputs["index"], run.inputs["embeddings"], run.inputs["crops"], run.out_dir,
+                          k=run.params["k"], seed=run.params["seed"], store=run.store)
+
+
+def _legacy_validation(run: PhaseRun) -> dict[str, Any]:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.retrieve import Retriever
+    from pipeline.retrieval.validate import validate
+
+    inputs = run.inputs
+    ids, x = load_embeddings(inputs["embeddings"])
+    retriever = Retriever.open(inputs["index"])
+    meta = {r["crop_id"]: r for r in retriever.metadata}
+    defects = dict(zip(*pq.read_table(inputs["crops"] / "crops.parquet", columns=["crop_id", "defects"]).to_pydict().values()))
+    rows = [{**meta[c], "defects": defects.get(c)} for c in ids]
+    emb = json.loads((inputs["embeddings"] / "embedder.json").read_text(encoding="utf-8"))
+    concat = emb.get("fusion", {}).get("mode") == "concat"
+    return validate(x, rows, run.out_dir, k=run.params["k"], search=retriever.search, seed=run.params["seed"],
+                    image_dims=emb.get("image_dim") if concat else None)
+
+
+register(
+    PhaseSpec(
+        name="crops", version="2", inputs=("split",), outputs=("crops.parquet",), sections=("detect", "crops"),
+        run=_run_crops, extra_params=lambda cfg, opt: {"max_pixels": cfg.audit.max_pixels},
+        reports=("report.md", "contact_sheet.png", "skipped.parquet"), pool="gpu",
+        description="vehicle box, grid crops of clean surfaces, damage crops from polygons",
+    ),
+    PhaseSpec(
+        name="contexts", version="1", inputs=("crops",), outputs=("contexts.parquet",), sections=(),
+        run=_run_contexts, reports=("report.md",),
+        description="deterministic text context of each crop",
+    ),
+    PhaseSpec(
+        name="embeddings", version="2", inputs=("crops", "contexts"), outputs=("embeddings.parquet", "embedder.json"),
+        sections=("embed",), runtime_keys=("embed.batch_size", "embed.num_workers", "embed.allow_download"),
+        run=_run_embeddings, reports=("report.md", "embedder.json"), pool="gpu",
+        description="image + text embeddings of the crops, sharded, cached per crop",
+    ),
+    PhaseSpec(
+        name="index", version="3", inputs=("embeddings", "crops", "contexts"),
+        outputs=("index.faiss", "metadata.parquet", "index.json"), sections=("index",), runtime_keys=("index.use_gpu",),
+        run=_run_index, reports=("report.md", "index.json"),
+        description="FAISS index with a self-check and recall against exact search",
+    ),
+    PhaseSpec(
+        name="validation", version="3", inputs=("index", "embeddings", "crops"),
+        outputs=("report.md", "metrics.json"), sections=(), run=_run_validation,
+        extra_params=lambda cfg, opt: {"k": 5, "seed": 0},
+        reports=("report.md", "metrics.json", "pca.png", "tsne.png", "examples.png"),
+        description="retrieval figures (image-only headline), plots, filter checks",
+    ),
+)
