@@ -194,3 +194,41 @@ def test_without_bad_examples(tmp_path: Path) -> None:
     for p in files:
         if p.suffix == ".jpg":
             Image.open(io.BytesIO(p.read_bytes())).load()
+
+
+def test_users_naming_constant_2_3_splits_into_three_non_empty_parts(tmp_path: Path, caplog) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.core.config import AuditConfig, DataConfig, SplitConfig
+    from pipeline.data.audit import run_audit
+    from pipeline.data.split import LABELME_NO_VEHICLE, run_split
+    from pipeline.demo.generator import USERS_VEHICLE_ID
+
+    root = tmp_path / "users"
+    summary = generate_demo_data(root, DemoConfig(n_images=81, seed=5, width=160, height=120, bad_examples=False),
+                                 progress=False, vehicle_id=USERS_VEHICLE_ID)
+    images = [p.name for p in root.iterdir() if p.suffix == ".jpg"]
+    assert len(images) == 81 and summary["n_vehicles"] == 1
+    assert all(NAME.match(n) and n.split("_")[2:4] == ["2", "3"] for n in images)
+
+    def split_of(group_by: str) -> tuple[dict, str]:
+        out = tmp_path / group_by
+        run_audit(root, "labelme", DataConfig(labelme_group_by=group_by), AuditConfig(workers=2), out / "audit",
+                  progress=False)
+        metrics = run_split(out / "audit" / "manifest.parquet", SplitConfig(), out / "split")
+        return metrics, (out / "split" / "report.md").read_text()
+
+    metrics, report = split_of("image")  # the default
+    assert metrics["n_items"] == 81 and metrics["n_groups"] >= 80  # near duplicates aside, one group per photo
+    assert min(metrics["n_train"], metrics["n_val"], metrics["n_test"]) > 0
+    assert metrics["n_warnings"] == 0 and metrics["largest_group_share"] < 0.05
+    assert LABELME_NO_VEHICLE in report and "WARNING" not in report
+
+    with caplog.at_level("WARNING", logger="pipeline.data.split"):
+        metrics, report = split_of("vehicle")  # every photo in the one group "veh_2_3"
+    assert metrics["n_groups"] == 1 and metrics["largest_group_share"] == 1.0
+    assert metrics["n_train"] == 81 and metrics["n_val"] == metrics["n_test"] == 0
+    assert metrics["n_warnings"] == 3 and metrics["n_empty_splits"] == 2
+    assert "one group holds 81 of 81 items" in report and "split `val` is empty" in report
+    assert sum("split:" in r.getMessage() for r in caplog.records) == 3
+    assert pq.read_table(tmp_path / "vehicle" / "split" / "split.parquet")["split"].unique().to_pylist() == ["train"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -36,11 +37,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.core.components import component_roots
 from pipeline.core.config import SplitConfig
+from pipeline.core.tables import SPLIT, write_table
 from pipeline.data.manifest import SPLIT_NAMES
 
 TRAIN, VAL, TEST = range(3)
 NULL_CLASS = "<none>"
+DOMINANT_GROUP_SHARE = 0.5  # a group holding more than this share of the items is warned about
+LABELME_NO_VEHICLE = (
+    "LabelMe names carry no usable vehicle id (`<a>_<b>` is the same `2_3` on every file of the users' data), so "
+    "each photo is its own group (near duplicates aside): photos of one car may fall in two splits, and val/test "
+    "scores may be optimistic. Set data.labelme_group_by: vehicle only where `<a>_<b>` really names a vehicle."
+)
+log = logging.getLogger(__name__)
 
 
 def class_targets(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -81,31 +91,20 @@ def _digest(seed: int, group_id: str) -> str:
 def build_units(paths: list[str], item_ids: list[str | None], groups: list[str],
                 near_of: list[str | None], classes: list[str], seed: int) -> list[Unit]:
     """Union items by group, item_id and near_duplicate_of; units sorted by digest."""
-    parent = list(range(len(paths)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
     first: dict[tuple[str, str], int] = {}
     by_path = {p: i for i, p in enumerate(paths)}
+    pairs: list[tuple[int, int]] = []
     for i in range(len(paths)):
-        union(i, first.setdefault(("group", groups[i]), i))
+        pairs.append((i, first.setdefault(("group", groups[i]), i)))
         if item_ids[i] is not None:
-            union(i, first.setdefault(("item", item_ids[i]), i))  # type: ignore[arg-type]
+            pairs.append((i, first.setdefault(("item", item_ids[i]), i)))  # type: ignore[arg-type]
         if near_of[i] is not None and near_of[i] in by_path:
-            union(i, by_path[near_of[i]])  # type: ignore[index]
+            pairs.append((i, by_path[near_of[i]]))  # type: ignore[index]
+    roots = component_roots(len(paths), pairs).tolist()
     units: dict[int, Unit] = {}
     for i in range(len(paths)):
         digest = _digest(seed, groups[i])
-        unit = units.setdefault(find(i), Unit(digest))
+        unit = units.setdefault(roots[i], Unit(digest))
         unit.digest = min(unit.digest, digest)
         unit.items.append(i)
         unit.counts[classes[i]] += 1
@@ -179,6 +178,30 @@ def _checks(split: list[str], groups: list[str], item_ids: list[str | None], pat
     }
 
 
+def split_warnings(groups: list[str], sizes: dict[str, int], ratios: tuple[float, float, float]) -> tuple[list[str], float]:
+    """Loud problems of a split (a group holding most of the data, an empty split) and the largest group's share."""
+    name, n_top = Counter(groups).most_common(1)[0]
+    share = n_top / len(groups)
+    warns = []
+    if share > DOMINANT_GROUP_SHARE:
+        warns.append(f"one group holds {n_top} of {len(groups)} items ({share:.0%}): group `{name}`. A group lands whole "
+                     "in one split, so the split cannot follow the ratios; check how group_id is formed "
+                     "(data.labelme_group_by, the JSONL `group` field).")
+    for s, r in zip(SPLIT_NAMES, ratios):
+        if r > 0 and sizes[s] == 0:
+            warns.append(f"split `{s}` is empty although its ratio is {r}: too few items or groups to fill it.")
+    for w in warns:
+        log.warning("split: %s", w)
+    return warns, share
+
+
+def _notes(table: pa.Table, groups: list[str]) -> list[str]:
+    formats = set(table["source_format"].to_pylist()) if "source_format" in table.column_names else set()
+    if "labelme" in formats and not any(g.startswith("veh_") for g in groups):
+        return [LABELME_NO_VEHICLE]
+    return []
+
+
 def _report(summary: dict[str, Any]) -> str:
     p = summary["params"]
     sizes = summary["sizes"]
@@ -187,6 +210,8 @@ def _report(summary: dict[str, Any]) -> str:
         "# Split report", "",
         f"Stratified by `{p['stratify_by']}`, ratios {'/'.join(str(r) for r in p['ratios'])}, seed {p['seed']}; "
         f"group-aware (group_id, exact and near duplicates stay together).", "",
+        *[f"> **WARNING:** {w}\n" for w in summary["warnings"]],
+        *[f"> Note: {n}\n" for n in summary["notes"]],
         f"- items: {summary['n_items']} in {summary['n_groups']} groups ({summary['n_units']} split units)",
         f"- excluded by the subset filter: {summary['n_excluded']} "
         f"(zones: {p['subset_zones'] if p['subset_zones'] is not None else 'all'}, "
@@ -244,7 +269,7 @@ def run_split(manifest_path: Path, cfg: SplitConfig, out_dir: Path) -> dict[str,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.append_column("split", pa.array(split, pa.string())), out_dir / "split.parquet")
+    write_table(table.append_column("split", pa.array(split, pa.string())), out_dir / SPLIT)
 
     per_class: dict[str, Counter[str]] = defaultdict(Counter)
     for c, s in zip(classes, split):
@@ -257,7 +282,11 @@ def run_split(manifest_path: Path, cfg: SplitConfig, out_dir: Path) -> dict[str,
     known = set(paths)
     sizes = {s: split.count(s) for s in SPLIT_NAMES}
     deviation = sum(abs(row[s] - t) for row in class_rows.values() for s, t in zip(SPLIT_NAMES, row["target"]))
+    warns, top_share = split_warnings(groups, sizes, cfg.ratios)
     summary: dict[str, Any] = {
+        "warnings": warns,
+        "notes": _notes(table, groups),
+        "largest_group_share": round(top_share, 6),
         "params": cfg.model_dump(mode="json"),
         "n_items": len(paths),
         "n_excluded": n_total - len(paths),
@@ -278,6 +307,8 @@ def run_split(manifest_path: Path, cfg: SplitConfig, out_dir: Path) -> dict[str,
         "n_items": len(paths), "n_excluded": summary["n_excluded"], "n_groups": summary["n_groups"],
         "n_units": len(units), "n_classes": len(class_rows), "units_moved_to_train": len(moved),
         "target_deviation": deviation, "near_duplicates_unresolved": summary["near_duplicates_unresolved"],
+        "n_warnings": len(warns), "largest_group_share": round(top_share, 6),
+        "n_empty_splits": sum(sizes[s] == 0 for s in SPLIT_NAMES),
     }
     for s in SPLIT_NAMES:
         metrics[f"n_{s}"] = sizes[s]

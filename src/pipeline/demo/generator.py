@@ -70,8 +70,29 @@ def _vehicle_color(rng: np.random.Generator) -> Color:
     return tuple(int(np.clip(v + rng.integers(-10, 11), 0, 255)) for v in base)  # type: ignore[return-value]
 
 
-def plan_photos(n: int, seed: int, extra_vehicles: int = 0) -> tuple[list[Photo], list[str]]:
-    """The photos to render (balanced ko/ok, zones and dominant types), plus unused vehicle ids."""
+USERS_VEHICLE_ID = "2_3"  # the `<a>_<b>` every file of the users' real data carries
+
+
+def _same_vehicle_id(photos: list[Photo], vehicle_id: str) -> list[Photo]:
+    """Every photo named with `vehicle_id`; a timestamp that would repeat a name moves on by a second."""
+    seen: set[str] = set()
+    out = []
+    for p in photos:
+        p = replace(p, vehicle=vehicle_id)
+        while p.stem in seen:
+            when = datetime.strptime(p.timestamp, "%Y%m%dT%H%M%S") + timedelta(seconds=1)
+            p = replace(p, timestamp=when.strftime("%Y%m%dT%H%M%S"))
+        seen.add(p.stem)
+        out.append(p)
+    return out
+
+
+def plan_photos(n: int, seed: int, extra_vehicles: int = 0, vehicle_id: str | None = None) -> tuple[list[Photo], list[str]]:
+    """The photos to render (balanced ko/ok, zones and dominant types), plus unused vehicle ids.
+
+    With `vehicle_id` (e.g. USERS_VEHICLE_ID) every name carries it instead of a per-vehicle
+    `<a>_<b>`, as in the users' data; the photos are otherwise the same.
+    """
     rng = np.random.default_rng([seed, 0])
     sizes = _vehicle_sizes(n, rng)
     ids = (rng.choice(9000, size=len(sizes) + extra_vehicles, replace=False) + 1000).tolist()
@@ -94,6 +115,8 @@ def plan_photos(n: int, seed: int, extra_vehicles: int = 0) -> tuple[list[Photo]
                 index=i, vehicle=vehicle, timestamp=when.strftime("%Y%m%dT%H%M%S"),
                 zone=zone_perm[i % len(ZONES)], damaged=is_ko, dominant=dominant.pop() if is_ko else None, color=color,
             ))
+    if vehicle_id is not None:
+        return _same_vehicle_id(photos, vehicle_id), [vehicle_id] * extra_vehicles
     return photos, vehicles[len(sizes):]
 
 
@@ -176,15 +199,19 @@ def _write_bad_examples(root: Path, photos: list[Photo], spare: list[str], image
 # -- entry point ------------------------------------------------------------------------------------
 
 
-def generate_demo_data(out_dir: Path, cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    """Write the synthetic dataset to out_dir (which must not exist or be empty); return counts."""
+def generate_demo_data(out_dir: Path, cfg: DemoConfig, progress: bool = True, vehicle_id: str | None = None) -> dict[str, Any]:
+    """Write the synthetic dataset to out_dir (which must not exist or be empty); return counts.
+
+    `vehicle_id`: name every photo `zona1_<ko|ok>_<vehicle_id>_...` (USERS_VEHICLE_ID = "2_3" gives
+    the users' naming, where the name tells no vehicle apart).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not an empty folder; remove it or choose another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        summary = _generate(tmp, cfg, progress)
+        summary = _generate(tmp, cfg, progress, vehicle_id)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)
@@ -194,8 +221,8 @@ def generate_demo_data(out_dir: Path, cfg: DemoConfig, progress: bool = True) ->
     return summary
 
 
-def _generate(root: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-    photos, spare = plan_photos(cfg.n_images, cfg.seed, extra_vehicles=9)
+def _generate(root: Path, cfg: DemoConfig, progress: bool, vehicle_id: str | None = None) -> dict[str, Any]:
+    photos, spare = plan_photos(cfg.n_images, cfg.seed, extra_vehicles=9, vehicle_id=vehicle_id)
     images: dict[str, bytes] = {}
     shape_counts = {name: 0 for name in DAMAGE_TYPES.values()}
     stickers = ok_with_label = 0
