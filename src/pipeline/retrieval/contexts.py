@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.audit import PARQUET_OPTIONS
+from pipeline.core.tables import CONTEXTS, write_table
 from pipeline.data.manifest import DAMAGE_TYPES, ZONES
 
 TEMPLATES: dict[str, Any] = {
@@ -254,7 +254,7 @@ def run_contexts(crops_dir: Path, out_dir: Path) -> dict[str, float]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([{k: r[k] for k in CONTEXTS_SCHEMA.names} for r in rows], schema=CONTEXTS_SCHEMA)
-    pq.write_table(table, out_dir / "contexts.parquet", **PARQUET_OPTIONS)
+    write_table(table, out_dir / CONTEXTS)
     patterns = Counter(r["pattern"] for r in rows)
     words = [r["n_words"] for r in rows]
     metrics: dict[str, float] = {

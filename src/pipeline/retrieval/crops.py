@@ -39,8 +39,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.data.adapters.common import polygon_area
-from pipeline.data.audit import PARQUET_OPTIONS, clip_polygon
+from pipeline.core.components import components
+from pipeline.core.geometry import BoxF, BoxI, box_area, clipped_extent, intersection, polygon_box
+from pipeline.core.tables import CROPS, SKIPPED, write_table
 from pipeline.core.config import CropsConfig, DetectConfig
 from pipeline.retrieval.detect import Detection, Detector, make_detector
 from pipeline.core.hashing import canonical_json, sha256_bytes
@@ -99,25 +100,9 @@ SKIP_REASONS: dict[str, str] = {
 # Row fields that decide the crops besides the pixels (part of the per-item cache key).
 _ROW_KEY_FIELDS = ("has_damage", "annotations", "damage_types", "zone", "zone_name", "zone_area", "source_format")
 
-BoxF = tuple[float, float, float, float]
-BoxI = tuple[int, int, int, int]
 
 
 # -- geometry --------------------------------------------------------------------------------------
-
-
-def polygon_box(points: list[list[float]]) -> BoxF:
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    return (min(xs), min(ys), max(xs), max(ys))
-
-
-def box_area(b: BoxF) -> float:
-    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-
-
-def intersection(a: BoxF, b: BoxF) -> float:
-    """Area of the overlap of two boxes (0 when they only touch)."""
-    return box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
 
 
 def _axis_starts(b0: int, b1: int, limit: int, size: int, stride: int) -> list[int]:
@@ -147,23 +132,10 @@ def grid_windows(vbox: BoxI, image_size: tuple[int, int], cfg: CropsConfig) -> l
 
 def cluster_boxes(boxes: list[BoxF], max_distance: float) -> list[list[int]]:
     """Single-linkage clusters of boxes whose centres are within max_distance; lists of indices."""
-    parent = list(range(len(boxes)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
-    for i in range(len(boxes)):
-        for j in range(i + 1, len(boxes)):
-            if math.dist(centres[i], centres[j]) <= max_distance:
-                parent[find(j)] = find(i)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(boxes)):
-        groups.setdefault(find(i), []).append(i)
-    return sorted(groups.values())
+    pairs = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+             if math.dist(centres[i], centres[j]) <= max_distance]
+    return components(len(boxes), pairs)
 
 
 def cluster_crop_box(boxes: list[BoxF], margin: float, image_size: tuple[int, int]) -> BoxI:
@@ -197,14 +169,14 @@ def crop_defects(damage: list[tuple[str, list[list[float]]]], box: BoxI, out_siz
         inside = intersection(pbox, box)
         if inside <= 0 or inside < DEFECT_MIN_INSIDE * box_area(pbox):
             continue
-        clipped = clip_polygon([[(x - x0) * sx, (y - y0) * sy] for x, y in points], cw, ch)
-        if len(clipped) < 3:
+        extent = clipped_extent([[(x - x0) * sx, (y - y0) * sy] for x, y in points], cw, ch)
+        if extent is None:
             continue
-        bx0, by0, bx1, by1 = polygon_box(clipped)
+        (bx0, by0, bx1, by1), area = extent
         defects.append({
             "type": label,
             "box": [max(0, math.floor(bx0)), max(0, math.floor(by0)), min(cw, math.ceil(bx1)), min(ch, math.ceil(by1))],
-            "area_px": round(polygon_area(clipped)),
+            "area_px": round(area),
         })
     return defects
 
@@ -421,8 +393,8 @@ def run_crops(
 
     crops.sort(key=lambda r: r["crop_id"])
     skipped.sort(key=lambda r: (r["path"], r["item_id"]))
-    pq.write_table(pa.Table.from_pylist(crops, schema=CROPS_SCHEMA), out_dir / "crops.parquet", **PARQUET_OPTIONS)
-    pq.write_table(pa.Table.from_pylist(skipped, schema=SKIPPED_SCHEMA), out_dir / "skipped.parquet", **PARQUET_OPTIONS)
+    write_table(pa.Table.from_pylist(crops, schema=CROPS_SCHEMA), out_dir / CROPS)
+    write_table(pa.Table.from_pylist(skipped, schema=SKIPPED_SCHEMA), out_dir / SKIPPED)
     metrics = _metrics(rows, crops, skipped, found, n_cached, n_processed)
     _contact_sheet(out_dir, crops, out_dir / "contact_sheet.png")
     (out_dir / "report.md").write_text(_report(metrics, crops, skipped, described, det_cfg), encoding="utf-8")

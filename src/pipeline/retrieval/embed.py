@@ -344,7 +344,7 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     import torch
     from tqdm.auto import tqdm
 
-    from pipeline.data.audit import PARQUET_OPTIONS
+    from pipeline.core.tables import EMBEDDINGS, write_table
 
     t0 = time.perf_counter()
     crops_dir, out_dir = Path(crops_dir), Path(out_dir)
@@ -390,7 +390,7 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     table = pa.table({"crop_id": pa.array([c["crop_id"] for c in crops], pa.string()),
                       "shard": pa.array([s for s, _ in writer.index], pa.int32()),
                       "row": pa.array([r for _, r in writer.index], pa.int32())})
-    pq.write_table(table, out_dir / "embeddings.parquet", **PARQUET_OPTIONS)
+    write_table(table, out_dir / EMBEDDINGS)
     desc = emb.describe()
     (out_dir / "embedder.json").write_text(json.dumps({**desc, "config": cfg.model_dump(mode="json"),
                                                        "embed_version": EMBED_VERSION}, indent=2), encoding="utf-8")

@@ -269,7 +269,7 @@ def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: In
     import faiss
     import pyarrow.parquet as pq
 
-    from pipeline.data.audit import PARQUET_OPTIONS
+    from pipeline.core.tables import METADATA, write_table
 
     emb_dir, crops_dir, out_dir = Path(emb_dir), Path(crops_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: In
     index = build_index(x, cfg, kind, built)
     build_seconds = time.perf_counter() - t0
     faiss.write_index(index, str(out_dir / "index.faiss"))
-    pq.write_table(_metadata(ids, crops_dir, contexts_dir), out_dir / "metadata.parquet", **PARQUET_OPTIONS)
+    write_table(_metadata(ids, crops_dir, contexts_dir), out_dir / METADATA)
     params = index_params(kind, n, dim, cfg)
     info = {"kind": kind, "dim": dim, "n": n, "metric": METRIC, "params": params, "gpu_trained": built["gpu_trained"],
             "crops_dir": str(crops_dir.resolve()), "emb_dir": str(emb_dir.resolve()),
