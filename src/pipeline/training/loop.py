@@ -1,0 +1,301 @@
+"""One fit loop for every training phase (teacher, regional teacher, student, fine-tune).
+
+`fit(model, train_loader, val_loader, recipe, ...)`: timm's optimizer factory (AdamW / Adam /
+SGD, no weight decay on norms and biases), timm's cosine scheduler with linear warmup stepped
+per optimizer update, gradient accumulation, gradient-norm clipping, label smoothing, timm
+Mixup/CutMix with SoftTargetCrossEntropy, early stopping on val top-1 after `patience` epochs
+without gain, AMP (bf16, or fp16 with a GradScaler) and channels_last on CUDA.
+
+Checkpoints: `<checkpoint_dir>/last/` after every epoch (model.safetensors + state.pt with the
+optimizer, scheduler, scaler, history and best figures, written with torch.save of tensors and
+plain values, read back with weights_only=True) and `<checkpoint_dir>/best/model.safetensors`.
+A call that finds `last/` resumes after that epoch. Every epoch reseeds torch, numpy and the
+loader's generator from (seed, epoch), so on CPU a resumed run equals an uninterrupted one and
+the same seed gives the same weights.
+
+Fault injection for tests: `fail_after_steps=N` (or env PIPELINE_FAIL_AFTER_STEPS) raises
+`InjectedFault` after N optimizer steps, once per checkpoint dir (a marker file remembers it).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.core.config import PhaseTrainConfig
+
+FAULT_ENV = "PIPELINE_FAIL_AFTER_STEPS"
+FAULT_MARKER = "fault_injected"
+LossFn = Callable[[Any, Any, Any], Any]  # (logits, targets, row indices) -> scalar loss
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection hook; transient, so a retried task resumes."""
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_top1: float
+    epochs_run: int
+    resumed_from: int | None  # the last finished epoch found in checkpoint_dir, else None
+    stopped_early: bool
+    steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def amp_dtype(device: str, amp: str) -> Any:
+    import torch
+
+    if not str(device).startswith("cuda") or amp == "off":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def _seed_epoch(seed: int, epoch: int, loader: Any) -> None:
+    import torch
+
+    s = (seed * 1_000_003 + epoch) % (2**31)
+    torch.manual_seed(s)
+    np.random.seed(s)  # timm Mixup draws from numpy
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(s)
+
+
+def _state_save(model: Any, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(ckpt: Path, model: Any, opt: Any, sched: Any, scaler: Any, extra: dict[str, Any]) -> None:
+    import torch
+
+    last = ckpt / "last"
+    _state_save(model, last / "model.safetensors")
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None else {}, **extra}
+    tmp = last / "state.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, last / "state.pt")
+
+
+def _load_checkpoint(ckpt: Path, model: Any, opt: Any, sched: Any, scaler: Any) -> dict[str, Any] | None:
+    import torch
+    from safetensors.torch import load_file
+
+    last = ckpt / "last"
+    if not (last / "state.pt").is_file() or not (last / "model.safetensors").is_file():
+        return None
+    state = torch.load(last / "state.pt", map_location="cpu", weights_only=True)
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.to(device) for k, v in load_file(str(last / "model.safetensors")).items()})
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return state
+
+
+def _fault_budget(ckpt: Path, fail_after_steps: int | None) -> int | None:
+    n = fail_after_steps if fail_after_steps is not None else int(os.environ.get(FAULT_ENV, "0") or 0) or None
+    return None if n is None or (ckpt / FAULT_MARKER).exists() else n
+
+
+def _make_optim(model: Any, recipe: PhaseTrainConfig, epochs: int, updates_per_epoch: int) -> tuple[Any, Any]:
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    opt = create_optimizer_v2(model, opt=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    warmup = min(recipe.warmup_epochs, max(epochs - 1, 0))
+    sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=epochs, warmup_epochs=warmup,
+                                   warmup_lr=recipe.lr * 0.01 if warmup else 0.0, min_lr=recipe.min_lr,
+                                   decay_epochs=epochs, step_on_epochs=False,
+                                   updates_per_epoch=max(updates_per_epoch, 1))
+    return opt, sched
+
+
+def default_loss(recipe: PhaseTrainConfig) -> LossFn:
+    """CE with label smoothing on class indices; SoftTargetCrossEntropy on mixed (soft) targets."""
+    import torch.nn.functional as F
+    from timm.loss import SoftTargetCrossEntropy
+
+    soft = SoftTargetCrossEntropy()
+
+    def loss(logits: Any, target: Any, rows: Any) -> Any:
+        if target.ndim == 2:
+            return soft(logits, target)
+        return F.cross_entropy(logits, target, label_smoothing=recipe.label_smoothing)
+
+    return loss
+
+
+@dataclass
+class _Run:
+    model: Any
+    opt: Any
+    sched: Any
+    scaler: Any
+    device: str
+    dtype: Any
+    channels_last: bool
+    loss_fn: LossFn
+    mixup: Any
+    recipe: PhaseTrainConfig
+    fault: int | None
+    ckpt: Path
+    steps: int = 0
+
+
+def _to_device(run: _Run, x: Any) -> Any:
+    import torch
+
+    x = x.to(run.device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if run.channels_last else x
+
+
+def _train_epoch(run: _Run, loader: Any, epoch: int) -> float:
+    import torch
+
+    run.model.train()
+    accum, total, count = run.recipe.accum_steps, 0.0, 0
+    n_batches = len(loader)
+    run.opt.zero_grad(set_to_none=True)
+    for i, (x, y, rows) in enumerate(loader):
+        x, y = _to_device(run, x), y.to(run.device, non_blocking=True)
+        target = y
+        if run.mixup is not None and x.shape[0] % 2 == 0:
+            x, target = run.mixup(x, y)
+        with torch.autocast(device_type="cuda", dtype=run.dtype, enabled=run.dtype is not None):
+            logits = run.model(x)
+        loss = run.loss_fn(logits.float(), target, rows)
+        scaled = loss / accum
+        (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        total, count = total + float(loss.detach()) * x.shape[0], count + x.shape[0]
+        if (i + 1) % accum == 0 or i + 1 == n_batches:
+            _optimizer_step(run, epoch, n_batches)
+    return total / max(count, 1)
+
+
+def _optimizer_step(run: _Run, epoch: int, n_batches: int) -> None:
+    import torch
+
+    if run.scaler is not None:
+        run.scaler.unscale_(run.opt)
+    if run.recipe.clip_grad:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.recipe.clip_grad)
+    if run.scaler is not None:
+        run.scaler.step(run.opt)
+        run.scaler.update()
+    else:
+        run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    run.steps += 1
+    per_epoch = math.ceil(n_batches / run.recipe.accum_steps)
+    run.sched.step_update(epoch * per_epoch + (run.steps - 1) % per_epoch + 1)
+    if run.fault is not None and run.steps >= run.fault:
+        (run.ckpt / FAULT_MARKER).write_text(f"fault injected after {run.steps} optimizer steps in epoch {epoch}\n")
+        raise InjectedFault(f"injected fault after {run.steps} optimizer steps (epoch {epoch})")
+
+
+def evaluate_loader(model: Any, loader: Any, device: str, dtype: Any = None, channels_last: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(logits float32 [N, C], labels int64 [N]) in loader order."""
+    import torch
+
+    model.eval()
+    out, labels = [], []
+    with torch.inference_mode():
+        for x, y, _ in loader:
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type="cuda", dtype=dtype, enabled=dtype is not None):
+                out.append(model(x).float().cpu())
+            labels.append(y)
+    if not out:
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
+    return torch.cat(out).numpy(), torch.cat(labels).numpy().astype(np.int64)
+
+
+def _val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    if len(labels) == 0:
+        return {"val_loss": float("nan"), "val_top1": 0.0, "val_top5": 0.0}
+    t, y = torch.from_numpy(logits), torch.from_numpy(labels)
+    top = t.topk(min(5, t.shape[1]), dim=1).indices
+    return {"val_loss": float(F.cross_entropy(t, y)), "val_top1": float((top[:, 0] == y).float().mean()),
+            "val_top5": float((top == y[:, None]).any(dim=1).float().mean())}
+
+
+def _early_stop(history: list[dict[str, float]], patience: int | None) -> bool:
+    if not patience or len(history) <= patience:
+        return False
+    best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -i))
+    return len(history) - 1 - best >= patience
+
+
+def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig, *, epochs: int, seed: int,
+        checkpoint_dir: str | Path, device: str = "cpu", amp: str = "auto", channels_last: bool = True,
+        loss_fn: LossFn | None = None, mixup: Any = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        fail_after_steps: int | None = None) -> FitResult:
+    """Train `model` in place (see the module docstring); it ends holding the best epoch's weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    ckpt = Path(checkpoint_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    cuda = str(device).startswith("cuda")
+    dtype = amp_dtype(device, amp)
+    model.to(device)
+    if cuda and channels_last:
+        model.to(memory_format=torch.channels_last)
+    per_epoch = math.ceil(len(train_loader) / recipe.accum_steps)
+    opt, sched = _make_optim(model, recipe, epochs, per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    run = _Run(model, opt, sched, scaler, device, dtype, cuda and channels_last, loss_fn or default_loss(recipe),
+               mixup, recipe, _fault_budget(ckpt, fail_after_steps), ckpt)
+    state = _load_checkpoint(ckpt, model, opt, sched, scaler)
+    history: list[dict[str, float]] = list(state["history"]) if state else []
+    resumed = int(state["epoch"]) if state else None
+    start = resumed + 1 if state else 0
+    stopped = bool(state and state.get("stopped_early"))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(not cuda, warn_only=True)
+    try:
+        for epoch in range(start, epochs):
+            if stopped:
+                break
+            _seed_epoch(seed, epoch, train_loader)
+            train_loss = _train_epoch(run, train_loader, epoch)
+            sched.step(epoch + 1)
+            logits, labels = evaluate_loader(model, val_loader, device, dtype, run.channels_last)
+            row = {"train_loss": train_loss, **_val_metrics(logits, labels), "lr": float(opt.param_groups[0]["lr"])}
+            history.append(row)
+            best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -i))
+            if best == len(history) - 1:
+                _state_save(model, ckpt / "best" / "model.safetensors")
+            stopped = _early_stop(history, recipe.patience) and epoch + 1 < epochs
+            _save_checkpoint(ckpt, model, opt, sched, scaler, {"epoch": epoch, "history": history,
+                                                               "stopped_early": stopped})
+            if on_epoch is not None:
+                on_epoch(epoch, row)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    if not history:
+        raise ValueError("fit: no epoch ran (epochs must be >= 1)")
+    best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -i))
+    model.load_state_dict({k: v.to(device) for k, v in load_file(str(ckpt / "best" / "model.safetensors")).items()})
+    return FitResult(history, best, history[best]["val_top1"], len(history), resumed, stopped, run.steps)

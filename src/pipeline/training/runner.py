@@ -1,0 +1,148 @@
+"""What every training phase shares: loaders, fit, test metrics, the model directory and the report.
+
+`train_and_report(...)` runs `loop.fit`, scores the test split, writes the model directory
+(model.safetensors + model.json) plus report.md, curves.png and confusion.png into out_dir, and
+returns the phase metrics (numbers only; no timings, so a CPU artifact is reproducible).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.core.config import PhaseTrainConfig, PipelineConfig
+from pipeline.training.augment import eval_transform, make_mixup, norm_stats, resize_size, train_transform
+from pipeline.training.data import ImageDataset, TrainingData, make_loader
+from pipeline.training.evaluate import classification_metrics, plot_confusion, plot_curves
+from pipeline.training.loop import FitResult, LossFn, amp_dtype, evaluate_loader, fit
+from pipeline.training.modeling import model_meta, save_classifier
+
+GROUP_COLUMNS = ("region", "zone_area")
+REPORT_FILES = ("report.md", "curves.png", "confusion.png")
+MODEL_FILES = ("model.safetensors", "model.json")
+
+
+@dataclass
+class PhaseRuntime:
+    """Run-time knobs (never part of an artifact id)."""
+
+    device: str = "cpu"
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    fail_after_steps: int | None = None
+
+
+@dataclass
+class Loaders:
+    train: Any
+    val: Any
+    test: Any
+    frames: dict[str, Any]
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    labels: dict[str, list[int]] = field(default_factory=dict)
+
+
+def make_loaders(data: TrainingData, recipe: PhaseTrainConfig, cfg: PipelineConfig, pretrained_cfg: dict[str, Any],
+                 device: str, train_aug: bool = True) -> Loaders:
+    """Train loader with the recipe's augmentation (seeded, optional balanced sampler), val/test in order."""
+    t = cfg.train
+    image_size = int(recipe.image_size or t.image_size)
+    mean, std = norm_stats(recipe.augment, pretrained_cfg)
+    tf_train = train_transform(recipe.augment, image_size, mean, std) if train_aug else None
+    tf_eval = eval_transform(recipe.augment, image_size, mean, std)
+    frames = {s: data.part(s) for s in ("train", "val", "test")}
+    labels = {s: data.labels(f) for s, f in frames.items()}
+
+    def ds(split: str, tf: Any) -> ImageDataset:
+        return ImageDataset(list(frames[split]["path"]), labels[split], tf)
+
+    bs = int(recipe.batch_size or t.batch_size)
+    train = make_loader(ds("train", tf_train or tf_eval), bs, train=True, seed=t.seed, workers=t.num_workers,
+                        device=device, balanced=t.balanced_sampler)
+    val = make_loader(ds("val", tf_eval), t.eval_batch_size, train=False, workers=t.num_workers, device=device)
+    test = make_loader(ds("test", tf_eval), t.eval_batch_size, train=False, workers=t.num_workers, device=device)
+    return Loaders(train, val, test, frames, mean, std, image_size, labels)
+
+
+def _groups(frame: Any) -> dict[str, list[Any]]:
+    return {c: list(frame[c]) for c in GROUP_COLUMNS if c in frame.columns and frame[c].notna().any()}
+
+
+def score(model: Any, loader: Any, frame: Any, class_names: list[str], device: str, cfg: PipelineConfig,
+          prefix: str = "test") -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    logits, labels = evaluate_loader(model, loader, device, amp_dtype(device, cfg.train.amp))
+    return classification_metrics(logits, labels, class_names, prefix, _groups(frame)), logits, labels
+
+
+def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loaders: Loaders, recipe: PhaseTrainConfig,
+                     cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, rt: PhaseRuntime, *, title: str,
+                     loss_fn: LossFn | None = None, use_mixup: bool = True, meta_extra: dict[str, Any] | None = None,
+                     baseline_lines: list[str] | None = None, baseline: dict[str, float] | None = None) -> dict[str, Any]:
+    """Fit, test, save the model directory and the report; return the phase metrics."""
+    t = cfg.train
+    epochs = int(recipe.epochs or t.epochs)
+    mixup = make_mixup(recipe, len(data.class_names)) if use_mixup else None
+    result = fit(model, loaders.train, loaders.val, recipe, epochs=epochs, seed=t.seed, checkpoint_dir=checkpoint_dir,
+                 device=rt.device, amp=t.amp, channels_last=t.channels_last, loss_fn=loss_fn, mixup=mixup,
+                 on_epoch=rt.on_epoch, fail_after_steps=rt.fail_after_steps)
+    test, logits, labels = score(model, loaders.test, loaders.frames["test"], data.class_names, rt.device, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = model_meta(recipe.arch if not meta_extra or "arch" not in meta_extra else meta_extra["arch"],
+                      data.class_names, loaders.image_size, resize_size(loaders.image_size, recipe.augment),
+                      loaders.mean, loaders.std, info)
+    meta.update({k: v for k, v in (meta_extra or {}).items() if k != "arch"})
+    meta.update({"source": data.source, "target": data.target})
+    save_classifier(model.to("cpu"), meta, out_dir)
+    plot_curves(result.history, out_dir / "curves.png", title)
+    preds = logits.argmax(axis=1) if len(labels) else labels
+    plot_confusion(labels, preds, data.class_names, out_dir / "confusion.png", f"{title}: test")
+    metrics = _headline(result, test, info, data, baseline or {})
+    (out_dir / "report.md").write_text(_report(title, metrics, test, result, data, recipe, info, baseline_lines or []))
+    return metrics
+
+
+def _headline(result: FitResult, test: dict[str, Any], info: dict[str, Any], data: TrainingData,
+              baseline: dict[str, float]) -> dict[str, Any]:
+    counts = data.counts()
+    return {"val_top1": result.best_val_top1, "best_epoch": float(result.best_epoch + 1),
+            "epochs_run": float(result.epochs_run), "stopped_early": float(result.stopped_early),
+            "resumed_from_epoch": float(result.resumed_from + 1 if result.resumed_from is not None else 0),
+            "test_top1": test["test_top1"], "test_top5": test["test_top5"], "test_n": test["test_n"],
+            "n_classes": float(len(data.class_names)), "random_init": float(bool(info["random_init"])),
+            **{f"n_{s}": float(sum(counts.get(s, {}).values())) for s in ("train", "val", "test")}, **baseline}
+
+
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |" for r in rows]
+    return lines + [""]
+
+
+def _report(title: str, m: dict[str, Any], test: dict[str, Any], result: FitResult, data: TrainingData,
+            recipe: PhaseTrainConfig, info: dict[str, Any], baseline_lines: list[str]) -> str:
+    lines = []
+    if info["random_init"]:
+        lines += [f"**Random-initialised backbone** ({recipe.arch}: no pretrained weights available; "
+                  "figures are not those of a pretrained model).", ""]
+    lines += [f"# {title}", "", f"Source: {data.source}, target `{data.target}`, {len(data.class_names)} classes; "
+              f"weights: {info['weights_source']}.", ""]
+    counts = data.counts()
+    lines += ["## Data", ""] + _table([(c, *(counts.get(s, {}).get(c, 0) for s in ("train", "val", "test")))
+                                       for c in data.class_names], ("class", "train", "val", "test"))
+    lines += ["## Recipe", "", "```", *(f"{k}: {v}" for k, v in recipe.model_dump(exclude={"batch_size"}).items()), "```", ""]
+    lines += baseline_lines
+    lines += ["## Training", "", f"Epochs run {result.epochs_run}, best epoch {result.best_epoch + 1} "
+              f"(val top-1 {result.best_val_top1:.3f}){', stopped early' if result.stopped_early else ''}.", "",
+              "![curves](curves.png)", ""]
+    lines += _table([(i + 1, h["train_loss"], h["val_loss"], h["val_top1"], h["val_top5"], h["lr"])
+                     for i, h in enumerate(result.history)], ("epoch", "train loss", "val loss", "val top-1",
+                                                              "val top-5", "lr"))
+    lines += ["## Test", "", f"top-1 {m['test_top1']:.3f}, top-5 {m['test_top5']:.3f} on {int(m['test_n'])} items.", ""]
+    lines += _table(sorted(test["per_class_recall"].items()), ("class", "recall"))
+    for column, accs in test["per_group"].items():
+        lines += [f"Accuracy per {column}:", ""] + _table(list(accs.items()), (column, "accuracy"))
+    lines += ["![confusion](confusion.png)", ""]
+    return "\n".join(lines)
