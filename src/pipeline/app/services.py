@@ -10,11 +10,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,33 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil  # a hard dependency of ultralytics
-
+from pipeline.app.process import ServiceError, bin_path, live_process, log_tail, spawn, stop, wait_until
 from pipeline.core.workspace import OFFLINE_ENV
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 STATE_FILE = "services.json"
-STOP_TIMEOUT = 15.0
 
 Log = Callable[[str], Any]
-# Keeps the Popen objects of this process's children referenced (no "still running" warnings).
-_CHILDREN: dict[int, subprocess.Popen] = {}
 # urllib without proxies: the servers are local.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class ServiceError(RuntimeError):
-    """A service could not be started (port taken, crash, timeout)."""
-
-
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _bin(name: str) -> str:
-    """The console script `name` next to this interpreter (the venv's), else on PATH."""
-    local = Path(sys.executable).with_name(name)
-    return str(local) if local.exists() else (shutil.which(name) or name)
 
 
 def _url_host(host: str) -> str:
@@ -104,14 +86,6 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _tail(path: str | Path, lines: int = 40) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
 def _state_path(workdir: Path) -> Path:
     return Path(workdir) / STATE_FILE
 
@@ -129,110 +103,6 @@ def _entries(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for pool, info in (state.get("workers") or {}).items():
         out[f"worker-{pool}"] = info
     return out
-
-
-def _process(entry: dict[str, Any]) -> psutil.Process | None:
-    """The live process an entry names, or None if gone, a zombie, or a different program."""
-    try:
-        proc = psutil.Process(int(entry["pid"]))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        args = list(entry.get("cmd") or [])[1:]  # argv[0] may show up as `python <script>`
-        cmdline = proc.cmdline()
-        if not args or cmdline[-len(args):] != args:
-            return None
-        created = entry.get("create_time")
-        if created is not None and abs(proc.create_time() - float(created)) > 1.0:
-            return None
-        return proc
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
-# starting and stopping processes
-
-
-def _spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path, cwd: Path) -> dict[str, Any]:
-    """Start `cmd` in its own session, output to logs/<name>.log; return its state entry."""
-    log_path = logs / f"{name}.log"
-    with open(log_path, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                env=env, cwd=str(cwd), start_new_session=True)
-    _CHILDREN[proc.pid] = proc
-    try:
-        created: float | None = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        created = None
-    return {"pid": proc.pid, "cmd": cmd, "create_time": created, "log": str(log_path)}
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _stop(entries: dict[str, dict[str, Any]], timeout: float = STOP_TIMEOUT) -> list[str]:
-    """SIGTERM each verified process group (and descendants), wait, then SIGKILL what is left."""
-    stopped: list[str] = []
-    procs: list[psutil.Process] = []
-    for name, entry in entries.items():
-        leader = _process(entry)
-        if leader is None:
-            continue
-        try:
-            family = [leader, *leader.children(recursive=True)]
-        except psutil.Error:
-            family = [leader]
-        grouped: set[int] = set()
-        try:
-            if os.getpgid(leader.pid) == leader.pid:
-                os.killpg(leader.pid, signal.SIGTERM)
-                grouped = {p.pid for p in family if _pgid(p.pid) == leader.pid}
-        except OSError:
-            pass
-        for p in family:  # one SIGTERM each: a second one makes a Prefect worker SIGKILL itself
-            if p.pid not in grouped:
-                try:
-                    p.terminate()  # psutil refuses if the PID was reused meanwhile
-                except psutil.Error:
-                    pass
-        procs.extend(family)
-        stopped.append(name)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    for entry in entries.values():
-        child = _CHILDREN.pop(int(entry.get("pid", -1)), None)
-        if child is not None:
-            try:
-                child.wait(timeout=1)
-            except (subprocess.TimeoutExpired, OSError):
-                pass
-    return stopped
-
-
-def _wait_until(ready: Callable[[], bool], entry: dict[str, Any], what: str, timeout: float) -> float:
-    """Poll `ready` until true; raise with the log tail if the process exits or time runs out."""
-    t0 = time.monotonic()
-    while True:
-        if ready():
-            return time.monotonic() - t0
-        child = _CHILDREN.get(entry["pid"])
-        code = child.poll() if child is not None else None
-        if code is not None or (child is None and _process(entry) is None):
-            raise ServiceError(f"{what} exited (code {code}) before it was ready; "
-                               f"last lines of {entry['log']}:\n{_tail(entry['log'])}")
-        if time.monotonic() - t0 > timeout:
-            raise ServiceError(f"{what} not ready after {timeout:.0f} s; "
-                               f"last lines of {entry['log']}:\n{_tail(entry['log'])}")
-        time.sleep(0.5)
 
 
 def _parse_time(value: str | None) -> float:
@@ -263,7 +133,7 @@ def _ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], logs: P
         out_path = logs / f"work-pool-{pool}.log"
         with open(out_path, "wb") as fh:  # the creations run side by side: each CLI call takes ~2 s
             running[pool] = (subprocess.Popen(
-                [_bin("prefect"), "--no-prompt", "work-pool", "create", pool, "--type", "process"],
+                [bin_path("prefect"), "--no-prompt", "work-pool", "create", pool, "--type", "process"],
                 env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT), out_path)
     for pool, (proc, out_path) in running.items():
         try:
@@ -271,7 +141,7 @@ def _ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], logs: P
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
-        out = _tail(out_path)
+        out = log_tail(out_path)
         if code != 0 and "already exists" not in out and _http("GET", f"{api}/work_pools/{pool}")[0] != 200:
             raise ServiceError(f"creating work pool {pool!r} failed (exit {code}); last lines of {out_path}:\n{out}")
         log(f"work pool {pool!r} created")
@@ -295,29 +165,26 @@ def _ensure_gpu_limit(api: str, log: Log) -> str:
 # public API
 
 
-def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: tuple[str, ...] = ("cpu", "gpu"),
-       host: str = "127.0.0.1", timeout: float = 180, log: Log = print) -> dict[str, Any]:
-    """Start the Prefect server, the MLflow server and one process worker per pool; return the state.
-
-    If this work dir's services already run, report them and start nothing. A taken port, or any
-    service not ready within `timeout` seconds, raises ServiceError (a RuntimeError) and leaves
-    nothing running that this call started.
-    """
-    workdir = Path(workdir).resolve()
+def _running(workdir: Path, log: Log) -> dict[str, Any] | None:
+    """This work dir's state if every service it names runs; otherwise stop what is left, None."""
     existing = _read_state(workdir)
-    if existing:
-        entries = _entries(existing)
-        live = {name for name, entry in entries.items() if _process(entry) is not None}
-        if entries and live == set(entries):
-            log(f"already running for {workdir}: {', '.join(sorted(live))} "
-                f"(Prefect {existing['prefect']['url']}, MLflow {existing['mlflow']['url']}); "
-                f"`pipeline down` stops them")
-            return existing
-        if live:
-            log(f"partly running ({', '.join(sorted(live))} alive): stopping them and starting afresh")
-        _stop(entries)
-        _state_path(workdir).unlink(missing_ok=True)
+    if not existing:
+        return None
+    entries = _entries(existing)
+    live = {name for name, entry in entries.items() if live_process(entry) is not None}
+    if entries and live == set(entries):
+        log(f"already running for {workdir}: {', '.join(sorted(live))} "
+            f"(Prefect {existing['prefect']['url']}, MLflow {existing['mlflow']['url']}); "
+            f"`pipeline down` stops them")
+        return existing
+    if live:
+        log(f"partly running ({', '.join(sorted(live))} alive): stopping them and starting afresh")
+    stop(entries)
+    _state_path(workdir).unlink(missing_ok=True)
+    return None
 
+
+def _check_ports(host: str, prefect_port: int, mlflow_port: int) -> None:
     if prefect_port == mlflow_port:
         raise ServiceError(f"--prefect-port and --mlflow-port are both {prefect_port}: pick two different ports")
     for port, flag, what in ((prefect_port, "--prefect-port", "Prefect server"),
@@ -326,12 +193,9 @@ def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: 
             raise ServiceError(f"port {port} on {host} is already in use (wanted for the {what}); "
                                f"free it or choose another port with {flag}")
 
-    logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    url_host = _url_host(host)
-    prefect_url = f"http://{url_host}:{prefect_port}"
-    api = f"{prefect_url}/api"
-    mlflow_url = f"http://{url_host}:{mlflow_port}"
+
+def _environments(workdir: Path, api: str, mlflow_url: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """The environments of the Prefect server, the MLflow server and the workers."""
     base = {**OFFLINE_ENV, **os.environ}  # the caller's settings win, as in setup_environment
     server_home = workdir / ".prefect-server"
     server_home.mkdir(exist_ok=True)
@@ -344,45 +208,75 @@ def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: 
                   "MLFLOW_TRACKING_URI": mlflow_url}
     client_env.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(workdir / "prefect-results"))
     client_env.pop("PREFECT_API_KEY", None)
+    return server_env, mlflow_env, client_env
+
+
+def _start_workers(api: str, pools: tuple[str, ...], env: dict[str, str], logs: Path, workdir: Path,
+                   since: float, timeout: float, started: dict[str, dict[str, Any]], log: Log) -> dict[str, dict[str, Any]]:
+    """One process worker per pool, started in the work dir (deployments set their own working
+    directory in their pull step); returns once each sent a heartbeat."""
+    workers: dict[str, dict[str, Any]] = {}
+    hostname = socket.gethostname()
+    for pool in pools:
+        name = f"{pool}-{hostname}"
+        entry = spawn(f"worker-{pool}", [
+            bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
+            "--install-policy", "never", "--no-create-pool-if-not-found"], env, logs, workdir)
+        entry.update(pool=pool, name=name)
+        workers[pool] = started[f"worker-{pool}"] = entry
+    for pool, entry in workers.items():
+        wait_until(lambda p=pool, e=entry: _worker_online(api, p, e["name"], since), entry,
+                   f"worker for pool {pool!r}", timeout)
+        log(f"worker for pool {pool!r} online")
+    return workers
+
+
+def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: tuple[str, ...] = ("cpu", "gpu"),
+       host: str = "127.0.0.1", timeout: float = 180, log: Log = print) -> dict[str, Any]:
+    """Start the Prefect server, the MLflow server and one process worker per pool; return the state.
+
+    If this work dir's services already run, report them and start nothing. A taken port, or any
+    service not ready within `timeout` seconds, raises ServiceError (a RuntimeError) and leaves
+    nothing running that this call started.
+    """
+    workdir = Path(workdir).resolve()
+    existing = _running(workdir, log)
+    if existing:
+        return existing
+    _check_ports(host, prefect_port, mlflow_port)
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    url_host = _url_host(host)
+    prefect_url = f"http://{url_host}:{prefect_port}"
+    api = f"{prefect_url}/api"
+    mlflow_url = f"http://{url_host}:{mlflow_port}"
+    server_env, mlflow_env, client_env = _environments(workdir, api, mlflow_url)
 
     started: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
     since = time.time()
     try:
         log(f"starting Prefect server on {prefect_url} and MLflow server on {mlflow_url} (logs in {logs})")
-        prefect = _spawn("prefect-server", [_bin("prefect"), "server", "start", "--host", host,
-                                            "--port", str(prefect_port)], server_env, logs, workdir)
+        prefect = spawn("prefect-server", [bin_path("prefect"), "server", "start", "--host", host,
+                                           "--port", str(prefect_port)], server_env, logs, workdir)
         started["prefect"] = prefect
-        mlflow = _spawn("mlflow-server", [
-            _bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        mlflow = spawn("mlflow-server", [
+            bin_path("mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
             "--artifacts-destination", str(workdir / "mlartifacts"), "--host", host,
             "--port", str(mlflow_port), "--workers", "1"], mlflow_env, logs, workdir)
         started["mlflow"] = mlflow
-        took = _wait_until(lambda: _healthy(f"{api}/health"), prefect, "Prefect server", timeout)
+        took = wait_until(lambda: _healthy(f"{api}/health"), prefect, "Prefect server", timeout)
         log(f"Prefect server ready ({took:.0f} s)")
-        _wait_until(lambda: _healthy(f"{mlflow_url}/health"), mlflow, "MLflow server", timeout)
+        wait_until(lambda: _healthy(f"{mlflow_url}/health"), mlflow, "MLflow server", timeout)
         log("MLflow server ready")
         prefect.update(url=prefect_url, api_url=api)
         mlflow.update(url=mlflow_url)
 
         _ensure_pools(api, pools, client_env, logs, log)
         gpu_limit = _ensure_gpu_limit(api, log)
-
-        workers: dict[str, dict[str, Any]] = {}
-        hostname = socket.gethostname()
-        for pool in pools:
-            name = f"{pool}-{hostname}"
-            entry = _spawn(f"worker-{pool}", [
-                _bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
-                "--install-policy", "never", "--no-create-pool-if-not-found"], client_env, logs, PROJECT_DIR)
-            entry.update(pool=pool, name=name)
-            workers[pool] = started[f"worker-{pool}"] = entry
-        for pool, entry in workers.items():
-            _wait_until(lambda p=pool, e=entry: _worker_online(api, p, e["name"], since), entry,
-                        f"worker for pool {pool!r}", timeout)
-            log(f"worker for pool {pool!r} online")
+        workers = _start_workers(api, pools, client_env, logs, workdir, since, timeout, started, log)
     except BaseException:
-        _stop(started)
+        stop(started)
         raise
 
     state = {"prefect": prefect, "mlflow": mlflow, "workers": workers, "pools": list(pools),
@@ -404,7 +298,7 @@ def down(workdir: Path) -> list[str]:
     entries = _entries(state)
     workers = {k: v for k, v in entries.items() if k.startswith("worker-")}
     servers = {k: v for k, v in entries.items() if k not in workers}
-    stopped = _stop(workers) + _stop(servers)  # workers first, while their server still answers
+    stopped = stop(workers) + stop(servers)  # workers first, while their server still answers
     _state_path(Path(workdir)).unlink(missing_ok=True)
     return stopped
 
@@ -416,7 +310,7 @@ def status(workdir: Path) -> dict[str, dict[str, Any]]:
         return {}
     out: dict[str, dict[str, Any]] = {}
     for name, entry in _entries(state).items():
-        alive = _process(entry) is not None
+        alive = live_process(entry) is not None
         info: dict[str, Any] = {"pid": entry.get("pid"), "alive": alive, "url": entry.get("url"), "log": entry.get("log")}
         if name == "prefect":
             info["healthy"] = alive and _healthy(f"{entry['api_url']}/health")
@@ -432,6 +326,6 @@ def api_url(workdir: Path) -> str | None:
     """The Prefect API URL of this work dir's running server (from services.json), else None."""
     state = _read_state(Path(workdir))
     prefect = (state or {}).get("prefect")
-    if not isinstance(prefect, dict) or _process(prefect) is None:
+    if not isinstance(prefect, dict) or live_process(prefect) is None:
         return None
     return prefect.get("api_url")

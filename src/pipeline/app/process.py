@@ -1,0 +1,140 @@
+"""Background processes of `pipeline up`: start one in its own session with its output in a log,
+recognise it later (PID, command line and start time, so a recycled PID is never taken for it),
+wait until it is ready, and stop it with its process group and descendants."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil  # a hard dependency of ultralytics
+
+STOP_TIMEOUT = 15.0
+
+# Keeps the Popen objects of this process's children referenced (no "still running" warnings).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started (port taken, crash, timeout)."""
+
+
+def bin_path(name: str) -> str:
+    """The console script `name` next to this interpreter (the venv's), else on PATH."""
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def log_tail(path: str | Path, lines: int = 40) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def live_process(entry: dict[str, Any]) -> psutil.Process | None:
+    """The live process an entry names, or None if gone, a zombie, or a different program."""
+    try:
+        proc = psutil.Process(int(entry["pid"]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        args = list(entry.get("cmd") or [])[1:]  # argv[0] may show up as `python <script>`
+        cmdline = proc.cmdline()
+        if not args or cmdline[-len(args):] != args:
+            return None
+        created = entry.get("create_time")
+        if created is not None and abs(proc.create_time() - float(created)) > 1.0:
+            return None
+        return proc
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return None
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path, cwd: Path) -> dict[str, Any]:
+    """Start `cmd` in its own session, output to logs/<name>.log; return its state entry."""
+    log_path = logs / f"{name}.log"
+    with open(log_path, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                env=env, cwd=str(cwd), start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    try:
+        created: float | None = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        created = None
+    return {"pid": proc.pid, "cmd": cmd, "create_time": created, "log": str(log_path)}
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def stop(entries: dict[str, dict[str, Any]], timeout: float = STOP_TIMEOUT) -> list[str]:
+    """SIGTERM each verified process group (and descendants), wait, then SIGKILL what is left."""
+    stopped: list[str] = []
+    procs: list[psutil.Process] = []
+    for name, entry in entries.items():
+        leader = live_process(entry)
+        if leader is None:
+            continue
+        try:
+            family = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            family = [leader]
+        grouped: set[int] = set()
+        try:
+            if os.getpgid(leader.pid) == leader.pid:
+                os.killpg(leader.pid, signal.SIGTERM)
+                grouped = {p.pid for p in family if _pgid(p.pid) == leader.pid}
+        except OSError:
+            pass
+        for p in family:  # one SIGTERM each: a second one makes a Prefect worker SIGKILL itself
+            if p.pid not in grouped:
+                try:
+                    p.terminate()  # psutil refuses if the PID was reused meanwhile
+                except psutil.Error:
+                    pass
+        procs.extend(family)
+        stopped.append(name)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    for entry in entries.values():
+        child = _CHILDREN.pop(int(entry.get("pid", -1)), None)
+        if child is not None:
+            try:
+                child.wait(timeout=1)
+            except (subprocess.TimeoutExpired, OSError):
+                pass
+    return stopped
+
+
+def wait_until(ready: Callable[[], bool], entry: dict[str, Any], what: str, timeout: float) -> float:
+    """Poll `ready` until true; raise with the log tail if the process exits or time runs out."""
+    t0 = time.monotonic()
+    while True:
+        if ready():
+            return time.monotonic() - t0
+        child = _CHILDREN.get(entry["pid"])
+        code = child.poll() if child is not None else None
+        if code is not None or (child is None and live_process(entry) is None):
+            raise ServiceError(f"{what} exited (code {code}) before it was ready; "
+                               f"last lines of {entry['log']}:\n{log_tail(entry['log'])}")
+        if time.monotonic() - t0 > timeout:
+            raise ServiceError(f"{what} not ready after {timeout:.0f} s; "
+                               f"last lines of {entry['log']}:\n{log_tail(entry['log'])}")
+        time.sleep(0.5)
+
+
