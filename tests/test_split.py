@@ -231,3 +231,15 @@ def test_stratify_by_other_columns(tmp_path: Path, column: str, classes: set[str
     summary = json.loads((out / "split_summary.json").read_text())
     assert set(summary["classes"]) == classes
     assert metrics["leak_group_overlap"] == 0
+
+
+def test_split_warnings_name_the_dominant_group_and_empty_splits(caplog):
+    from pipeline.data.split import split_warnings
+
+    with caplog.at_level("WARNING", logger="pipeline.data.split"):
+        warns, share = split_warnings(["g1"] * 6 + ["g2", "g3", "g4"], {"train": 9, "val": 0, "test": 0}, (0.8, 0.2, 0.0))
+    assert share == pytest.approx(6 / 9)
+    assert len(warns) == 2 and "6 of 9 items (67%): group `g1`" in warns[0] and "`val` is empty" in warns[1]
+    assert len(caplog.records) == 2  # the test split's ratio is 0: being empty is no problem
+    warns, share = split_warnings(["a", "b", "b", "c"], {"train": 2, "val": 1, "test": 1}, (0.5, 0.25, 0.25))
+    assert warns == [] and share == 0.5  # exactly half is not "most"

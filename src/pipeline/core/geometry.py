@@ -5,7 +5,7 @@ type becomes such a region with its real area (`shape_polygons`):
 
 | shape_type | points | region |
 |---|---|---|
-| polygon | >= 3 | the polygon (a self-intersecting one is repaired with shapely's make_valid) |
+| polygon | >= 3 | kept as drawn; the audit repairs a self-intersecting one (make_valid) and clips it |
 | rectangle | 2 opposite corners (or 4 corners) | the box |
 | circle | centre, a point on the rim | a 64-gon disc |
 | ellipse | centre + the ends of both semi-axes (3), or 2 box corners | a 64-gon ellipse |
