@@ -36,6 +36,8 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see con
 SetOpt = typer.Option(None, "--set", help="Override a config key: section.key=value (repeatable).")
 WorkdirOpt = typer.Option(Path("work"), "--workdir", "-w", help="Work dir: artifacts, MLflow, Prefect state.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
+DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False)
+FormatOpt = typer.Option(Format.labelme, "--format", "-f", help="Dataset format.")
 
 
 def _config(config: Optional[Path], overrides: Optional[List[str]]) -> PipelineConfig:
@@ -99,8 +101,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def _flow_command(flow_name: str, help_text: str):
     def command(
-        dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False),
-        format: Format = typer.Option(Format.labelme, "--format", "-f", help="Dataset format."),
+        dataset: Path = DatasetOpt,
+        format: Format = FormatOpt,
         workdir: Path = WorkdirOpt,
         config: Optional[Path] = ConfigOpt,
         set_: Optional[List[str]] = SetOpt,
@@ -148,9 +150,9 @@ def run_phase_cmd(
 @app.command("plan")
 def plan_cmd(
     flow: str = typer.Argument("factory", help="Flow to plan: data-prep, retrieval, train, factory."),
-    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset root folder.", exists=True, file_okay=False),
-    format: Format = typer.Option(Format.labelme, "--format", "-f", help="Dataset format."),
     workdir: Path = WorkdirOpt,
+    dataset: Path = DatasetOpt,
+    format: Format = FormatOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     as_json: bool = JsonOpt,
@@ -314,6 +316,31 @@ def lineage(
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
     typer.echo(json.dumps(tree, indent=2, sort_keys=True) if as_json else render(tree).rstrip())
+
+
+@app.command("diff")
+def diff_cmd(
+    run_a: str = typer.Argument(..., help="Flow run id (or unique prefix, `latest`, `previous`) of the old run."),
+    run_b: str = typer.Argument(..., help="Flow run id (or unique prefix, `latest`, `previous`) of the new run."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """What changed between two runs: dataset files, config keys, recomputed artifacts and why, metric deltas."""
+    cfg = _config(config, set_)
+    from pipeline.core.diff import RunNotFound, diff_runs, render
+    from pipeline.core.store import ArtifactStore
+    from pipeline.core.workspace import Workspace
+
+    ws = Workspace(workdir.resolve())
+    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    try:
+        result = diff_runs(ws.root, run_a, run_b, store)
+    except RunNotFound as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))
 
 
 class YesNo(str, Enum):
