@@ -177,8 +177,76 @@ def test_missing_weights_names_three_ways():
         make_embedder(EmbedConfig(backend="clip", clip_model="ViT-B-32", clip_pretrained="openai"), "cpu")
     msg = str(err.value)
     assert "ViT-B-32 (openai)" in msg
-    for way in ("embed.clip_pretrained", "local cache", "embed.allow_download"):
+    for way in ("embed.clip_pretrained", "library cache", "embed.allow_download=true", "embed.allow_random_init=true"):
         assert way in msg
+    assert "Tried: (1) HF hub cache: timm/vit_base_patch32_clip_224.openai" in msg
+    assert "download: not attempted (embed.allow_download=false; runs are offline by default)" in msg
+
+
+def test_allow_download_lifts_the_hub_offline_switch_for_that_load_only(tmp_path, monkeypatch):
+    """Through the environment the CLI sets (HF_HUB_OFFLINE=1): the switch is off during the download, back after."""
+    import os
+
+    import huggingface_hub.constants as hub_constants
+    import timm.models._hub as timm_hub
+
+    import pipeline.models.hub as hub
+    from pipeline.core.workspace import setup_environment
+    from pipeline.models.loading import ModelUnavailable, load_timm
+
+    setup_environment(tmp_path / "work")
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and hub_constants.is_offline_mode()
+    seen = []
+
+    def fake_hub_download(repo_id, filename, **kw):  # what timm calls to fetch weights from the hub
+        seen.append((repo_id, os.environ["HF_HUB_OFFLINE"], os.environ["TRANSFORMERS_OFFLINE"],
+                     hub_constants.is_offline_mode()))
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(timm_hub, "hf_hub_download", fake_hub_download)
+    monkeypatch.setattr(hub, "probe", lambda host, **kw: None)  # pretend the hub answers
+    with pytest.raises(ModelUnavailable) as err:
+        load_timm("resnet18", None, allow_download=True)
+    assert seen and seen[0] == ("timm/resnet18.a1_in1k", "0", "0", False)
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and hub_constants.is_offline_mode()  # restored
+    msg = str(err.value)
+    assert msg.startswith("weights for 'resnet18' are not available. Tried: (1) embed.image_weights: not set; "
+                          "(2) HF hub cache: timm/resnet18.a1_in1k not in ")
+    assert ("download from huggingface.co with HF_HUB_OFFLINE lifted for this load (embed.allow_download=true): "
+            "failed (ConnectionError: no route to host)") in msg
+    for way in ("set embed.image_weights", "library cache", "embed.allow_download=true", "embed.allow_random_init=true"):
+        assert way in msg
+
+
+def test_allow_download_on_an_unreachable_hub_says_so_and_falls_back_to_random_init_only_when_allowed(monkeypatch):
+    import os
+
+    import pipeline.models.hub as hub
+    from pipeline.models.loading import ModelUnavailable, load_timm
+
+    monkeypatch.setattr(hub, "probe", lambda host, **kw: f"{host}:443 unreachable (gaierror: no such host)")
+    with pytest.raises(ModelUnavailable, match=r"huggingface.co:443 unreachable \(gaierror: no such host\)"):
+        load_timm("resnet18", None, allow_download=True)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    loaded = load_timm("resnet18", None, allow_download=True, allow_random_init=True)
+    assert loaded.source == "random" and loaded.random_init
+
+
+def test_hub_online_restores_unset_variables_even_after_an_error(monkeypatch):
+    import os
+
+    import huggingface_hub.constants as hub_constants
+
+    from pipeline.models.hub import hub_online
+
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError), hub_online():
+        assert os.environ["TRANSFORMERS_OFFLINE"] == "0" and not hub_constants.is_offline_mode()
+        raise RuntimeError("load failed")
+    assert "TRANSFORMERS_OFFLINE" not in os.environ and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert hub_constants.HF_HUB_OFFLINE is True
 
 
 def test_clip_random_init_end_to_end(tmp_path):

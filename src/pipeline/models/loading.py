@@ -9,8 +9,8 @@ Weights resolve in this order (ARCHITECTURE.md, "Models and the network"):
 3. a download, only when the config allows it (`embed.allow_download`). Runs are offline by
    default (`core.workspace.OFFLINE_ENV` sets HF_HUB_OFFLINE=1); `hub_online()` lifts the hub's
    offline switch (the environment variables and huggingface_hub's constant) for that one load
-   and restores it afterwards. The host is probed first, so an unreachable hub fails in
-   milliseconds instead of a minute of retries;
+   and restores it afterwards (`models.hub`). The host is probed first, so an unreachable hub
+   fails in milliseconds instead of a minute of retries;
 4. a random initialisation, only when the config opts in (tests, demo). It is seeded, so the same
    architecture always gets the same weights, and flagged (`Loaded.random_init`).
 
@@ -20,22 +20,17 @@ provide the weights (local path, library cache, allow_download) plus random init
 from __future__ import annotations
 
 import os
-import socket
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.core.errors import ModelUnavailable  # noqa: F401  (re-exported)
+from pipeline.models.hub import HUB_HOST, host_of, hub_online, probe, try_download  # noqa: F401
 
 RANDOM_INIT_SEED = 0
 LITE0_ARCH = "tf_efficientnet_lite0"
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
-HUB_HOST = "huggingface.co"
-HUB_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-PROBE_TIMEOUT_S = 3.0
-T = TypeVar("T")
 
 
 @dataclass
@@ -52,8 +47,16 @@ class Loaded:
     def random_init(self) -> bool:
         return self.source == "random"
 
+    @property
+    def weights_label(self) -> str | None:
+        """The weights by file name (a local file or directory) or hub id: no install or cache paths."""
+        if self.weights and Path(self.weights).exists():
+            return Path(self.weights).name
+        return self.weights
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "weights": self.weights, "random_init": self.random_init}
+        """Written into artifacts (embedder.json): nothing that depends on where things are installed."""
+        return {"name": self.name, "source": self.source, "weights": self.weights_label, "random_init": self.random_init}
 
     def identity(self) -> dict[str, Any]:
         """What makes the outputs reproducible: name, source and the weights file's name and size."""
@@ -104,10 +107,6 @@ def _hf_cached(repo_id: str, filenames: list[str]) -> str | None:
         if isinstance(hit, str):
             return hit
     return None
-
-
-def _host(url: str | None) -> str:
-    return urlparse(url).hostname or HUB_HOST if url else HUB_HOST
 
 
 def _seeded():
@@ -212,7 +211,7 @@ def load_timm(name: str, weights: str | None, num_classes: int = 0, *, allow_dow
     if cached:
         return Loaded(build(pretrained=True, pretrained_cfg_overlay={"file": cached}), name, "cache", cached)
     if cfg is not None:
-        host = HUB_HOST if cfg.hf_hub_id else _host(cfg.url)
+        host = HUB_HOST if cfg.hf_hub_id else host_of(cfg.url)
         if (model := try_download(host, lambda: build(pretrained=True), tried, allow_download)) is not None:
             return Loaded(model, name, "download", None)
     if allow_random_init:
@@ -344,7 +343,7 @@ def load_clip(name: str, pretrained: str | None, device: str, *, allow_download:
             )
         if cached:
             return build(cached, tag_cfg, "cache")
-        host = HUB_HOST if tag_cfg.get("hf_hub") else _host(tag_cfg.get("url"))
+        host = HUB_HOST if tag_cfg.get("hf_hub") else host_of(tag_cfg.get("url"))
         if (path := try_download(host, lambda: _clip_download(tag_cfg), tried, allow_download)) is not None:
             return build(path, tag_cfg, "download")
     else:
