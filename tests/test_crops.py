@@ -201,7 +201,8 @@ def test_run_crops_writes_the_tables_and_crops_inherit_their_photo_split(tmp_pat
             assert im.size == (c["width"], c["height"])
     assert (tmp_path / "out" / "contact_sheet.png").is_file()
     report = (tmp_path / "out" / "report.md").read_text()
-    assert report.startswith("# Crops report\n") and "backend=none" in report
+    assert report.startswith("# Crops report\n") and "Detector: `none`. detect.backend=none: the whole image" in report
+    assert m["detector"] == "none" and m["detector_reason"].startswith("detect.backend=none")
 
 
 def test_the_per_item_cache_reuses_every_item_and_processes_only_new_ones(tmp_path, monkeypatch):
@@ -211,7 +212,7 @@ def test_the_per_item_cache_reuses_every_item_and_processes_only_new_ones(tmp_pa
     assert m1["n_items_processed"] == 4 and m1["n_items_cached"] == 0
 
     built = []
-    monkeypatch.setattr(crops_mod, "make_detector", lambda cfg: built.append(cfg) or WholeImageDetector(cfg))
+    monkeypatch.setattr(crops_mod, "make_detector", lambda cfg, *_: built.append(cfg) or WholeImageDetector(cfg))
     m2 = run_crops(split, data, NONE, CFG, tmp_path / "run2", cache, progress=False)
     assert m2["n_items_cached"] == m2["n_items"] == 4 and m2["n_items_processed"] == 0
     assert not built  # no detector when nothing misses the cache
@@ -240,7 +241,7 @@ def test_a_cached_crop_takes_the_current_split(tmp_path):
 
 
 class _Blind:
-    """A detector that never finds a vehicle and says it is random-initialised."""
+    """A detector that never finds a vehicle (stands in for a random-initialised YOLO)."""
 
     def detect(self, img):
         return Detection.miss(img.size, "fake")
@@ -252,20 +253,70 @@ class _Blind:
 def test_misses_skip_or_take_the_whole_image_and_bad_photos_are_skipped_with_a_reason(tmp_path, monkeypatch):
     data = tmp_path / "data"
     split = _dataset(data, 2, corrupt=True)
-    monkeypatch.setattr(crops_mod, "make_detector", lambda cfg: _Blind())
-    m = run_crops(split, data, DetectConfig(on_miss="skip"), CFG, tmp_path / "skip", tmp_path / "cache", progress=False)
+    monkeypatch.setattr(crops_mod, "make_detector", lambda cfg, *_: _Blind())
+    random = DetectConfig(backend="ultralytics", allow_random_init=True, on_miss="skip")  # resolved, never loaded
+    m = run_crops(split, data, random, CFG, tmp_path / "skip", tmp_path / "cache", progress=False)
     skipped = pq.read_table(tmp_path / "skip" / "skipped.parquet").to_pylist()
     assert sorted(s["reason"] for s in skipped) == ["decode_error", "no_vehicle", "no_vehicle"]
     assert m["n_crops"] == 0 and m["detection_rate"] == 0.0 and m["n_skipped_no_vehicle"] == 2
     assert (tmp_path / "skip" / "report.md").read_text().splitlines()[0].startswith("# Crops report (RANDOM-INITIALISED")
 
-    again = run_crops(split, data, DetectConfig(on_miss="skip"), CFG, tmp_path / "skip2", tmp_path / "cache", progress=False)
+    again = run_crops(split, data, random, CFG, tmp_path / "skip2", tmp_path / "cache", progress=False)
     assert again["n_items_cached"] == 2 and again["n_items_processed"] == 1  # decode errors are retried
     assert (tmp_path / "skip2" / "report.md").read_text().startswith("# Crops report (RANDOM-INITIALISED")
 
     m = run_crops(split, data, DetectConfig(on_miss="whole_image"), CFG, tmp_path / "whole", None, progress=False)
     crops = pq.read_table(tmp_path / "whole" / "crops.parquet").to_pylist()
     assert m["n_crops"] > 0 and all(not c["det_found"] and c["vehicle_box"] == [0, 0, 320, 240] for c in crops)
+
+
+# -- the default config, offline; what the artifact holds ------------------------------------------
+
+
+def test_the_default_config_crops_offline_and_says_which_detector_and_why(tmp_path):
+    from pipeline.core.config import PipelineConfig
+    from pipeline.core.workspace import Workspace
+
+    cfg = PipelineConfig()  # detect.backend auto; no YOLO weights in the (empty) work-dir weights dir
+    split = _dataset(tmp_path / "data", 3)
+    m = run_crops(split, tmp_path / "data", cfg.detect, cfg.crops, tmp_path / "out", tmp_path / "cache",
+                  progress=False, weights_dir=Workspace(tmp_path / "work").weights)
+    assert m["detector"] == "none" and "detector_weights" not in m
+    assert m["detector_reason"] == ("detect.backend=auto, no Ultralytics weights ('yolov8n.pt' is not in the weights "
+                                    "dir) and no detect.dnn_model: the whole image is the vehicle box")
+    assert (m["n_items"], m["n_skipped"], m["detection_rate"]) == (3, 0, 1.0)
+    assert m["n_damage_crops"] == 4 and m["n_clean_crops"] > 0  # 2 damaged photos with 2 far-apart defects each
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"Detector: `none`. {m['detector_reason']}." in report
+
+
+def test_the_artifact_holds_no_cache_counts_and_is_byte_identical_from_the_cache(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    split = _dataset(data, 3)
+    m1 = run_crops(split, data, DetectConfig(), CFG, tmp_path / "run1", cache, progress=False)
+    m2 = run_crops(split, data, DetectConfig(), CFG, tmp_path / "run2", cache, progress=False)
+    assert (m1["n_items_processed"], m1["n_items_cached"], m2["n_items_processed"], m2["n_items_cached"]) == (3, 0, 0, 3)
+    report = (tmp_path / "run1" / "report.md").read_text()
+    assert "cache" not in report.lower() and "processed" not in report and str(tmp_path) not in report
+    for name in ("report.md", "contact_sheet.png", "crops.parquet", "skipped.parquet"):
+        assert (tmp_path / "run1" / name).read_bytes() == (tmp_path / "run2" / name).read_bytes(), name
+
+
+def test_weights_arriving_in_the_weights_dir_switch_auto_to_ultralytics_and_miss_the_item_cache(tmp_path, monkeypatch):
+    data, cache, weights = tmp_path / "data", tmp_path / "cache", tmp_path / "weights"
+    weights.mkdir()
+    split = _dataset(data, 2)
+    assert run_crops(split, data, DetectConfig(), CFG, tmp_path / "run1", cache, progress=False,
+                     weights_dir=weights)["detector"] == "none"
+    (weights / "yolov8n.pt").write_bytes(b"not loaded: make_detector is replaced below")
+    built = []
+    monkeypatch.setattr(crops_mod, "make_detector", lambda cfg, wd, choice: built.append(choice) or WholeImageDetector(cfg))
+    m = run_crops(split, data, DetectConfig(), CFG, tmp_path / "run2", cache, progress=False, weights_dir=weights)
+    assert (m["detector"], m["detector_weights"], m["n_items_cached"], m["n_items_processed"]) == ("ultralytics", "yolov8n.pt", 0, 2)
+    assert [c.weights for c in built] == [weights / "yolov8n.pt"]
+    report = (tmp_path / "run2" / "report.md").read_text()
+    assert "Detector: `ultralytics`. detect.backend=auto: Ultralytics weights 'yolov8n.pt' found" in report
+    assert "Model files: `yolov8n.pt` (sha256 " in report and str(weights) not in report
 
 
 # -- real data ---------------------------------------------------------------------------------------
@@ -318,7 +369,7 @@ def test_real_coco_photos_with_the_opencv_dnn_ssd_detector(coco_dir, tmp_path):
     rows = _coco_split(coco_dir, 8)
     split = tmp_path / "split.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=SPLIT_SCHEMA), split)
-    det = DetectConfig(backend="opencv_dnn", weights=str(pb), config_file=str(pbtxt), conf=0.3)
+    det = DetectConfig(backend="opencv_dnn", dnn_model=str(pb), dnn_config=str(pbtxt), conf=0.3)
     m = run_crops(split, coco_dir, det, CropsConfig(grid_size=256), tmp_path / "out", None, progress=False)
     crops = pq.read_table(tmp_path / "out" / "crops.parquet").to_pylist()
     assert m["n_skipped"] == 0 and {c["item_id"] for c in crops} == {r["item_id"] for r in rows}

@@ -1,4 +1,4 @@
-"""Vehicle detection: backends, class filter, largest box, margin, offline weight resolution."""
+"""Vehicle detection: backends, the auto choice, class filter, largest box, margin, offline weight resolution."""
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +14,7 @@ from pipeline.retrieval.detect import (
     expand_box,
     make_detector,
     parse_ssd,
+    resolve_detector,
     parse_yolo,
     resolve_yolo_weights,
     select_vehicle,
@@ -82,24 +83,25 @@ def test_ultralytics_output_parsing_with_a_fake_results_object():
 def test_ultralytics_random_init_runs_the_real_predict_path():
     """Random-initialised YOLOv8n (no weights offline): real loading, preprocessing, NMS and parsing."""
     img = _noise(320, 240)
-    det = make_detector(DetectConfig(allow_random_init=True, classes=["person"], conf=0.0, imgsz=64))
+    det = make_detector(DetectConfig(backend="ultralytics", allow_random_init=True, classes=["person"], conf=0.0,
+                                     imgsz=64))
     assert det.describe()["random_init"] is True
     d = det.detect(img)
     # a random head scores every class alike and argmax picks class 0 ('person'): boxes exist
     assert d.found and d.backend == "ultralytics" and d.class_name == "person"
     assert 0 <= d.x0 < d.x1 <= 320 and 0 <= d.y0 < d.y1 <= 240
-    cars = make_detector(DetectConfig(allow_random_init=True, conf=0.0, imgsz=64))
+    cars = make_detector(DetectConfig(backend="ultralytics", allow_random_init=True, conf=0.0, imgsz=64))
     assert cars.detect(img).box == (0, 0, 320, 240)  # no car among them: a miss, not an error
 
 
-def test_ultralytics_missing_weights_fail_with_the_three_ways_to_provide_them():
+def test_ultralytics_missing_weights_fail_with_the_three_ways_to_provide_them(tmp_path):
     with pytest.raises(ModelUnavailable) as err:
-        make_detector(DetectConfig(weights="yolov8n-nowhere.pt"))
+        make_detector(DetectConfig(backend="ultralytics", weights="yolov8n-nowhere.pt"), tmp_path)
     msg = str(err.value)
-    assert "yolov8n-nowhere.pt" in msg and "local file path" in msg and "weights dir" in msg
+    assert "yolov8n-nowhere.pt" in msg and "local file path" in msg and f"weights dir {tmp_path}" in msg
     assert "detect.allow_random_init=true" in msg
     with pytest.raises(ModelUnavailable, match="best.yaml"):  # random init needs a known architecture name
-        make_detector(DetectConfig(weights="best.pt", allow_random_init=True))
+        make_detector(DetectConfig(backend="ultralytics", weights="best.pt", allow_random_init=True))
 
 
 def test_yolo_weights_resolve_from_a_path_or_the_weights_dir(tmp_path):
@@ -113,6 +115,14 @@ def test_yolo_weights_resolve_from_a_path_or_the_weights_dir(tmp_path):
     assert resolve_yolo_weights("yolov8s.pt", cache) is None
     assert resolve_yolo_weights(str(tmp_path / "elsewhere" / "yolov8n.pt"), cache) is None  # a path is not a name
     assert resolve_yolo_weights("yolov8n.yaml", cache) is None
+    assert resolve_yolo_weights("yolov8n.pt", None) is None  # no weights dir: only paths resolve
+
+
+def test_a_bare_weights_name_never_resolves_from_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "yolov8n.pt").write_bytes(b"x")
+    assert resolve_yolo_weights("yolov8n.pt", tmp_path / "weights") is None
+    assert resolve_yolo_weights("./yolov8n.pt", tmp_path / "weights") == Path("yolov8n.pt")
 
 
 def test_ssd_output_parsing_uses_the_coco_90_id_labels():
@@ -151,7 +161,7 @@ def test_opencv_dnn_runs_a_yolov8_onnx_export_of_a_random_model(tmp_path):
             module.export, module.format = True, "onnx"
     path = tmp_path / "yolov8n-random.onnx"
     torch.onnx.export(model, torch.zeros(1, 3, 64, 64), str(path), dynamo=False, opset_version=17)
-    det = make_detector(DetectConfig(backend="opencv_dnn", weights=str(path), classes=["person"], conf=0.0, imgsz=64))
+    det = make_detector(DetectConfig(backend="opencv_dnn", dnn_model=str(path), classes=["person"], conf=0.0, imgsz=64))
     d = det.detect(_noise(320, 240))
     assert det.describe()["model_kind"] == "yolo_onnx"
     assert d.found and d.backend == "opencv_dnn" and d.class_name == "person"
@@ -159,12 +169,14 @@ def test_opencv_dnn_runs_a_yolov8_onnx_export_of_a_random_model(tmp_path):
 
 
 def test_opencv_dnn_needs_local_files(tmp_path):
+    with pytest.raises(ModelUnavailable, match="needs detect.dnn_model"):
+        make_detector(DetectConfig(backend="opencv_dnn"))
     with pytest.raises(ModelUnavailable, match="not a local file"):
-        make_detector(DetectConfig(backend="opencv_dnn", weights=str(tmp_path / "none.pb")))
+        make_detector(DetectConfig(backend="opencv_dnn", dnn_model=str(tmp_path / "none.pb")))
     pb = tmp_path / "graph.pb"
     pb.write_bytes(b"x")
-    with pytest.raises(ModelUnavailable, match="config_file"):
-        make_detector(DetectConfig(backend="opencv_dnn", weights=str(pb)))
+    with pytest.raises(ModelUnavailable, match="dnn_config"):
+        make_detector(DetectConfig(backend="opencv_dnn", dnn_model=str(pb)))
 
 
 @pytest.mark.parametrize("photo", ["licenseplate_motion.jpg", "building.jpg"])
@@ -175,7 +187,7 @@ def test_opencv_dnn_ssd_finds_the_car_in_real_photos(photo):
     from pipeline.data.images import load_rgb
 
     img, _ = load_rgb(PHOTOS / photo, 89_478_485)
-    det = make_detector(DetectConfig(backend="opencv_dnn", weights=str(pb), config_file=str(pbtxt), conf=0.4))
+    det = make_detector(DetectConfig(backend="opencv_dnn", dnn_model=str(pb), dnn_config=str(pbtxt), conf=0.4))
     d = det.detect(img)
     assert d.found and d.class_name == "car" and d.conf > 0.5
     assert 0 <= d.x0 < d.x1 <= img.width and 0 <= d.y0 < d.y1 <= img.height
@@ -183,3 +195,52 @@ def test_opencv_dnn_ssd_finds_the_car_in_real_photos(photo):
         assert d.area_ratio < 0.05 and d.y0 > img.height * 0.7
     else:  # the rear of a car filling the frame
         assert d.area_ratio > 0.5
+
+
+# -- backend 'auto' (the default) --------------------------------------------------------------------
+
+
+def test_auto_is_the_default_and_takes_the_whole_image_when_no_model_is_there(tmp_path):
+    assert DetectConfig().backend == "auto"
+    choice = resolve_detector(DetectConfig(), tmp_path / "weights")
+    assert choice.backend == "none" and not choice.random_init and choice.weights is None
+    assert choice.reason == ("detect.backend=auto, no Ultralytics weights ('yolov8n.pt' is not in the weights dir) "
+                             "and no detect.dnn_model: the whole image is the vehicle box")
+    assert str(tmp_path) not in choice.reason  # the reason goes into the artifact: no work-dir paths
+    assert choice.info() == {"detector": "none", "detector_reason": choice.reason}
+    det = make_detector(DetectConfig(), tmp_path / "weights")
+    assert det.detect(_noise(64, 48)).box == (0, 0, 64, 48)
+    assert "no weights dir" in resolve_detector(DetectConfig()).reason
+
+
+def test_auto_takes_ultralytics_weights_from_the_weights_dir(tmp_path):
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    (weights_dir / "yolov8n.pt").write_bytes(b"yolo weights")
+    cfg = DetectConfig(dnn_model=str(tmp_path / "ignored.onnx"))  # Ultralytics comes first
+    choice = resolve_detector(cfg, weights_dir)
+    assert choice.backend == "ultralytics" and choice.weights == weights_dir / "yolov8n.pt"
+    assert choice.reason == "detect.backend=auto: Ultralytics weights 'yolov8n.pt' found (in the weights dir)"
+    import hashlib
+
+    assert choice.identity["weights"] == {"name": "yolov8n.pt", "sha256": hashlib.sha256(b"yolo weights").hexdigest()}
+    assert choice.info()["detector_weights"] == "yolov8n.pt"
+
+
+def test_auto_takes_the_configured_opencv_dnn_model_when_there_are_no_ultralytics_weights(tmp_path):
+    pb, pbtxt = SSD_DIR / "frozen_inference_graph.pb", SSD_DIR / "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"
+    if not (pb.is_file() and pbtxt.is_file()):
+        pytest.skip(f"shared SSD model not present under {SSD_DIR}")
+    cfg = DetectConfig(dnn_model=str(pb), dnn_config=str(pbtxt))
+    choice = resolve_detector(cfg, tmp_path)
+    assert choice.backend == "opencv_dnn" and choice.weights == pb and choice.config == pbtxt
+    assert choice.reason == ("detect.backend=auto, no Ultralytics weights ('yolov8n.pt' is not in the weights dir): "
+                             "OpenCV DNN model 'frozen_inference_graph.pb' (detect.dnn_model)")
+    assert make_detector(cfg, tmp_path).describe()["model_kind"] == "ssd"
+
+
+def test_auto_never_falls_back_past_a_configured_file_that_is_missing(tmp_path):
+    with pytest.raises(ModelUnavailable, match="not a local file"):
+        resolve_detector(DetectConfig(dnn_model=str(tmp_path / "missing.onnx")), tmp_path)
+    with pytest.raises(ModelUnavailable, match="is not a file"):
+        resolve_detector(DetectConfig(weights=str(tmp_path / "runs" / "best.pt")), tmp_path)

@@ -18,10 +18,11 @@ Per photo (a split.parquet row), inside the vehicle box of `detect.make_detector
 - `part`: for COCO rows the part polygon whose box overlaps the crop most; null for LabelMe (the
   contexts phase infers it from the zone and the crop's position).
 
-`run_crops` keeps a per-item cache (key: CROP_VERSION, item id, the row's annotation fields and
-both configs), so a re-run decodes and detects only new or changed photos. A crop inherits its
-photo's split. Outputs: crops.parquet (CROPS_SCHEMA, sorted by crop_id), crops/<id[:2]>/<id>.jpg,
-skipped.parquet (SKIPPED_SCHEMA), report.md and contact_sheet.png.
+`run_crops` keeps a per-item cache (key: CROP_VERSION, item id, the row's annotation fields, both
+configs and the resolved detector's files by hash), so a re-run decodes and detects only new or
+changed photos. A crop inherits its photo's split. Outputs: crops.parquet (CROPS_SCHEMA, sorted by
+crop_id), crops/<id[:2]>/<id>.jpg, skipped.parquet (SKIPPED_SCHEMA), report.md and
+contact_sheet.png (`crops_report`: inputs only; cache counts are returned metrics).
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ from pipeline.core.components import components
 from pipeline.core.geometry import BoxF, BoxI, box_area, clipped_extent, intersection, polygon_box
 from pipeline.core.tables import CROPS, SKIPPED, write_table
 from pipeline.core.config import CropsConfig, DetectConfig
-from pipeline.retrieval.detect import Detection, Detector, make_detector
+from pipeline.retrieval.crops_report import contact_sheet, crops_report
+from pipeline.retrieval.detect import Detection, Detector, make_detector, resolve_detector
 from pipeline.core.hashing import canonical_json, sha256_bytes
 from pipeline.data.images import ImageLoadError, load_rgb
 from pipeline.data.manifest import annotations_from_json
@@ -339,28 +341,35 @@ def run_crops(
     item_cache: Path | None,
     progress: bool = True,
     max_pixels: int = 89_478_485,
-) -> dict[str, float]:
-    """Crop every photo of split.parquet into out_dir (see the module docstring); return metrics."""
+    weights_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Crop every photo of split.parquet into out_dir (see the module docstring).
+
+    Returns numeric metrics plus the detector's info strings (`detector`, `detector_reason`,
+    `detector_weights`). `weights_dir` is where bare Ultralytics weight names resolve
+    (`Workspace.weights`). The per-item cache key holds the resolved detector's files by hash, so
+    adding weights to the weights dir recomputes every photo.
+    """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    choice = resolve_detector(det_cfg, weights_dir)  # fails here, before any work, on missing model files
     rows = pq.read_table(split_path).to_pylist()
     params = canonical_json({"version": CROP_VERSION, "detect": det_cfg.model_dump(mode="json"),
-                             "crops": cfg.model_dump(mode="json")})
+                             "detector": choice.identity, "crops": cfg.model_dump(mode="json")})
     detectors: list[Detector] = []
 
     def get_detector() -> Detector:
         if not detectors:
-            detectors.append(make_detector(det_cfg))
+            detectors.append(make_detector(det_cfg, weights_dir, choice))
         return detectors[0]
 
     crops: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     found: list[bool] = []
-    described: dict[str, Any] | None = None
     seen: dict[str, str] = {}
-    n_cached = n_processed = 0
+    counts: Counter[str] = Counter()
     for row in tqdm(rows, desc="crops", unit="img", disable=not progress, leave=False):
         if row["item_id"] in seen:
             outcome = ItemOutcome(skipped={"reason": "duplicate_item", "detail": f"same bytes as {seen[row['item_id']]}"})
@@ -368,47 +377,51 @@ def run_crops(
             outcome = ItemOutcome(skipped={"reason": "unknown_damage_state", "detail": "has_damage is null"})
         else:
             seen[row["item_id"]] = row["path"]
-            key = item_cache_key(row, params)
-            entry = Path(item_cache) / key[:2] / key if item_cache is not None else None
-            cached = _cache_read(entry) if entry is not None else None
-            if cached is not None:
-                n_cached += 1
-                outcome = ItemOutcome(cached["rows"], cached["skipped"], cached["found"], cached["detector"])
-                for rec in outcome.rows:
-                    rec.update(split=row.get("split"), source_path=row["path"])
-                    _place(entry / f"{rec['crop_id']}.jpg", out_dir / rec["crop_path"])
-            else:
-                n_processed += 1
-                outcome = _process(row, Path(dataset_root), get_detector, det_cfg, cfg, out_dir, max_pixels)
-                if entry is not None and outcome.found is not None:
-                    _cache_write(entry, outcome, out_dir)
+            outcome, how = _cached_or_processed(row, params, item_cache, out_dir, lambda: _process(
+                row, Path(dataset_root), get_detector, det_cfg, cfg, out_dir, max_pixels))
+            counts[how] += 1
         crops.extend(outcome.rows)
         if outcome.skipped:
             skipped.append({"item_id": row["item_id"], "path": row["path"], **outcome.skipped})
         if outcome.found is not None:
             found.append(outcome.found)
-            described = described or outcome.detector
-    if detectors:
-        described = detectors[0].describe()
 
     crops.sort(key=lambda r: r["crop_id"])
     skipped.sort(key=lambda r: (r["path"], r["item_id"]))
     write_table(pa.Table.from_pylist(crops, schema=CROPS_SCHEMA), out_dir / CROPS)
     write_table(pa.Table.from_pylist(skipped, schema=SKIPPED_SCHEMA), out_dir / SKIPPED)
-    metrics = _metrics(rows, crops, skipped, found, n_cached, n_processed)
-    _contact_sheet(out_dir, crops, out_dir / "contact_sheet.png")
-    (out_dir / "report.md").write_text(_report(metrics, crops, skipped, described, det_cfg), encoding="utf-8")
-    return metrics
+    metrics = _metrics(rows, crops, skipped, found)
+    contact_sheet(out_dir, crops, out_dir / "contact_sheet.png")
+    report = crops_report(metrics, crops, skipped, choice, det_cfg, SKIP_REASONS)
+    (out_dir / "report.md").write_text(report, encoding="utf-8")
+    # run-dependent figures: returned (lineage, MLflow), never written into the artifact
+    return {**metrics, "n_items_cached": counts["cached"], "n_items_processed": counts["processed"], **choice.info()}
 
 
-def _metrics(rows: list[dict], crops: list[dict], skipped: list[dict], found: list[bool],
-             n_cached: int, n_processed: int) -> dict[str, float]:
+def _cached_or_processed(row: dict[str, Any], params: str, item_cache: Path | None, out_dir: Path,
+                         process: Callable[[], ItemOutcome]) -> tuple[ItemOutcome, str]:
+    """One photo's outcome from the per-item cache ('cached'), else computed and stored ('processed')."""
+    key = item_cache_key(row, params)
+    entry = Path(item_cache) / key[:2] / key if item_cache is not None else None
+    cached = _cache_read(entry) if entry is not None else None
+    if cached is None:
+        outcome = process()
+        if entry is not None and outcome.found is not None:
+            _cache_write(entry, outcome, out_dir)
+        return outcome, "processed"
+    outcome = ItemOutcome(cached["rows"], cached["skipped"], cached["found"], cached["detector"])
+    for rec in outcome.rows:
+        rec.update(split=row.get("split"), source_path=row["path"])
+        _place(entry / f"{rec['crop_id']}.jpg", out_dir / rec["crop_path"])
+    return outcome, "cached"
+
+
+def _metrics(rows: list[dict], crops: list[dict], skipped: list[dict], found: list[bool]) -> dict[str, float]:
+    """What depends on the inputs alone (the report shows these)."""
     types = Counter(c["crop_type"] for c in crops)
     reasons = Counter(s["reason"] for s in skipped)
     metrics: dict[str, float] = {
         "n_items": len(rows),
-        "n_items_cached": n_cached,
-        "n_items_processed": n_processed,
         "n_crops": len(crops),
         "n_damage_crops": types["damage"],
         "n_clean_crops": types["clean"],
@@ -418,78 +431,3 @@ def _metrics(rows: list[dict], crops: list[dict], skipped: list[dict], found: li
     }
     metrics.update({f"n_skipped_{r}": reasons[r] for r in SKIP_REASONS})
     return metrics
-
-
-# -- report ----------------------------------------------------------------------------------------
-
-
-def _detector_line(described: dict[str, Any] | None, det_cfg: DetectConfig) -> str:
-    if described is None:
-        return f"Detector `{det_cfg.backend}` (`{det_cfg.weights}`) did not run: no photo needed it."
-    details = ", ".join(f"{k}={v}" for k, v in sorted(described.items()))
-    return f"Detector: {details}."
-
-
-def _report(metrics: dict[str, float], crops: list[dict], skipped: list[dict],
-            described: dict[str, Any] | None, det_cfg: DetectConfig) -> str:
-    random_init = bool(described and described.get("random_init"))
-    title = "# Crops report"
-    if random_init:
-        title += (f" (RANDOM-INITIALISED detector `{described['weights']}`: vehicle boxes are meaningless; "
-                  "tests/demo only)")
-    lines = [
-        title, "",
-        _detector_line(described, det_cfg), "",
-        (f"{metrics['n_items']} photos: {metrics['n_items_processed']} processed, {metrics['n_items_cached']} "
-         f"from the per-item cache, {metrics['n_skipped']} skipped. **{metrics['n_crops']} crops**: "
-         f"{metrics['n_damage_crops']} damage, {metrics['n_clean_crops']} clean. Vehicle found in "
-         f"{metrics['n_detected']} photos (detection rate {metrics['detection_rate']:.1%}; on a miss: "
-         f"`{det_cfg.on_miss}`)."),
-        "", "## Crops per split", "", "| split | damage | clean |", "|---|---:|---:|",
-    ]
-    per_split = Counter((c["split"], c["crop_type"]) for c in crops)
-    for split in sorted({c["split"] or "" for c in crops}):
-        lines.append(f"| {split} | {per_split[(split, 'damage')]} | {per_split[(split, 'clean')]} |")
-    lines += ["", "## Crops per zone", "", "| zone | damage | clean |", "|---|---:|---:|"]
-    per_zone = Counter((c["zone"] if c["zone"] is not None else 99, c["zone_name"] or "-", c["crop_type"]) for c in crops)
-    for zone, name in sorted({(z, n) for z, n, _ in per_zone}):
-        label = f"{zone} {name}" if zone != 99 else name
-        lines.append(f"| {label} | {per_zone[(zone, name, 'damage')]} | {per_zone[(zone, name, 'clean')]} |")
-    damage_types = Counter(t for c in crops if c["crop_type"] == "damage" for t in c["damage_types"])
-    lines += ["", "## Damage types (crops holding them)", "", "| type | crops |", "|---|---:|"]
-    lines += [f"| {t} | {n} |" for t, n in sorted(damage_types.items())]
-    lines += ["", "## Skipped photos", ""]
-    reasons = Counter(s["reason"] for s in skipped)
-    if reasons:
-        lines += ["| reason | photos | meaning |", "|---|---:|---|"]
-        lines += [f"| {r} | {reasons[r]} | {SKIP_REASONS[r]} |" for r in SKIP_REASONS if reasons[r]]
-    else:
-        lines.append("None.")
-    lines += ["", "## Examples", "", "![contact sheet](contact_sheet.png)", ""]
-    return "\n".join(lines)
-
-
-def _contact_sheet(out_dir: Path, crops: list[dict], path: Path, per_type: int = 8, thumb: int = 160) -> None:
-    """A PNG of the first damage and clean crops (by crop_id), defect boxes drawn in red."""
-    from PIL import ImageDraw, ImageFont
-
-    picks = [c for t in ("damage", "clean") for c in [c for c in crops if c["crop_type"] == t][:per_type]]
-    cols = 4
-    rows = max(1, math.ceil(len(picks) / cols))
-    sheet = Image.new("RGB", (cols * thumb, rows * (thumb + 14)), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
-    for i, c in enumerate(picks):
-        with Image.open(out_dir / c["crop_path"]) as im:
-            im = im.convert("RGB")
-        s = min(thumb / im.width, thumb / im.height)
-        tile = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BILINEAR)
-        tile_draw = ImageDraw.Draw(tile)
-        for d in json.loads(c["defects"]):
-            x0, y0, x1, y1 = (v * s for v in d["box"])
-            tile_draw.rectangle((x0, y0, x1, y1), outline=(255, 0, 0), width=2)
-        x, y = (i % cols) * thumb, (i // cols) * (thumb + 14)
-        sheet.paste(tile, (x, y))
-        label = c["crop_type"] + (f": {','.join(c['damage_types'])}" if c["damage_types"] else "")
-        draw.text((x + 2, y + thumb + 1), label[:26], fill=(0, 0, 0), font=font)
-    sheet.save(path, format="PNG")

@@ -1,16 +1,22 @@
 """Vehicle detection: the box every crop of a photo lies in.
 
-`make_detector(cfg)` returns a `Detector` whose `.detect(img)` gives one `Detection`: the largest
-box of a vehicle class (cfg.classes) with confidence >= cfg.conf, expanded by cfg.margin of its
-size on each side and clipped to the image. Backends:
+`resolve_detector(cfg, weights_dir)` decides which backend runs and why (cheap: file checks and
+hashes, no model loaded); `make_detector(cfg, weights_dir)` builds it. A `Detector`'s
+`.detect(img)` gives one `Detection`: the largest box of a vehicle class (cfg.classes) with
+confidence >= cfg.conf, expanded by cfg.margin of its size on each side and clipped to the image.
+Backends:
 
-- `ultralytics`: a YOLO model, by weights name or path, kept off the network (YOLO_OFFLINE,
-  YOLO_AUTOINSTALL=false, settings sync off, no plotting). Weights resolve from a local path or the
-  Ultralytics weights dir; otherwise `ModelUnavailable`, unless cfg.allow_random_init builds the
-  architecture from its yaml with random weights (tests/demo: the detections are meaningless, but
-  loading, preprocessing and output parsing run for real; `describe()['random_init']` says so).
-- `opencv_dnn`: OpenCV DNN with a TensorFlow SSD (`.pb` + cfg.config_file `.pbtxt`, COCO 90-id
-  labels) or a YOLOv8-layout ONNX export (output [1, 4 + nc, N], NMS by cv2.dnn.NMSBoxes).
+- `auto` (the default): `ultralytics` when cfg.weights resolves to a local file, else
+  `opencv_dnn` when cfg.dnn_model is set, else `none`. A runnable default on any offline machine;
+  a configured path that does not exist is an error, never a silent fallback.
+- `ultralytics`: a YOLO model, kept off the network (YOLO_OFFLINE, YOLO_AUTOINSTALL=false,
+  settings sync off, no plotting). cfg.weights is a local path, or a bare file name looked up in
+  the weights dir (`Workspace.weights`, <workdir>/.cache/weights; never the current directory).
+  Otherwise `ModelUnavailable`, unless cfg.allow_random_init builds the architecture from its yaml
+  with random weights (tests/demo: the boxes are meaningless, but loading, preprocessing and
+  output parsing run for real; the choice's `random_init` says so).
+- `opencv_dnn`: OpenCV DNN on cfg.dnn_model: a TensorFlow SSD (`.pb` + cfg.dnn_config `.pbtxt`,
+  COCO 90-id labels) or a YOLOv8-layout ONNX export (output [1, 4 + nc, N], NMS by OpenCV).
 - `none`: the whole image, found, confidence 1.
 
 Finding no vehicle is not an error: the Detection has found=False and the whole image as its
@@ -18,12 +24,10 @@ box; the caller applies cfg.on_miss.
 """
 from __future__ import annotations
 
-from pipeline.core.errors import ModelUnavailable  # noqa: F401
-
-import ast
 import math
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,33 +35,21 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.config import DetectConfig
-
-# The 80 COCO class names (Ultralytics / YOLO order) and their ids in the 90-id TF label map.
-COCO80_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
+from pipeline.core.errors import ModelUnavailable  # noqa: F401  (re-exported)
+from pipeline.core.hashing import sha256_file
+from pipeline.retrieval.detect_outputs import (  # noqa: F401  (re-exported)
+    COCO80_NAMES,
+    COCO90_NAMES,
+    Box,
+    Scored,
+    onnx_class_names,
+    parse_ssd,
+    parse_yolo,
+    ultralytics_candidates,
 )
-_COCO90_IDS = (
-    list(range(1, 12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45)) + list(range(46, 66))
-    + [67, 70] + list(range(72, 83)) + list(range(84, 91))
-)
-COCO90_NAMES: dict[int, str] = dict(zip(_COCO90_IDS, COCO80_NAMES))
 
 SSD_INPUT = 300  # the TF SSD MobileNet graphs take 300x300
-NMS_IOU = 0.45
 LETTERBOX_FILL = 114
-
-Box = tuple[float, float, float, float]
-Scored = tuple[Box, float, str]  # (x0, y0, x1, y1) in image px, confidence, class name
-
-
 
 
 @dataclass(frozen=True)
@@ -119,11 +111,6 @@ def select_vehicle(cands: list[Scored], size: tuple[int, int], cfg: DetectConfig
     return Detection(x0, y0, x1, y1, float(conf), name, area, tuple(float(v) for v in raw), backend, True)
 
 
-def _np(t: Any) -> np.ndarray:
-    """A torch tensor or array-like as a numpy array."""
-    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-
-
 # -- none ------------------------------------------------------------------------------------------
 
 
@@ -158,44 +145,24 @@ def ultralytics_offline() -> Any:
     return ultralytics
 
 
-def ultralytics_candidates(result: Any) -> list[Scored]:
-    """(box, conf, name) of every box in one Ultralytics `Results` (or an object shaped like it)."""
-    boxes = result.boxes
-    xyxy, conf, cls = _np(boxes.xyxy), _np(boxes.conf), _np(boxes.cls)
-    return [
-        (tuple(float(v) for v in xyxy[i]), float(conf[i]), str(result.names[int(cls[i])])) for i in range(len(conf))
-    ]
-
-
 class UltralyticsDetector:
     """A YOLO model through Ultralytics' own predict path (preprocessing, NMS, scaling)."""
 
-    def __init__(self, cfg: DetectConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: DetectConfig, choice: "DetectorChoice"):
+        self.cfg, self.choice = cfg, choice
         ul = ultralytics_offline()
-        weights_dir = Path(ul.settings["weights_dir"])
-        path = resolve_yolo_weights(cfg.weights, weights_dir)
-        if path is not None:
-            self.model, self.weights, self.random_init = ul.YOLO(str(path), task="detect"), str(path), False
-        elif cfg.allow_random_init:
-            arch = str(Path(cfg.weights).with_suffix(".yaml").name)
+        if choice.weights is not None:
+            self.model = ul.YOLO(str(choice.weights), task="detect")
+        else:
             try:
-                self.model, self.weights, self.random_init = ul.YOLO(arch, task="detect"), arch, True
+                self.model = ul.YOLO(choice.arch, task="detect")
             except FileNotFoundError as exc:
                 raise ModelUnavailable(
-                    f"detect.allow_random_init builds the architecture {arch!r} named after detect.weights, and "
-                    f"Ultralytics has no such model yaml; use a standard name such as 'yolov8n.pt'"
+                    f"detect.allow_random_init builds the architecture {choice.arch!r} named after detect.weights, "
+                    f"and Ultralytics has no such model yaml; use a standard name such as 'yolov8n.pt'"
                 ) from exc
             if len(self.model.names) == len(COCO80_NAMES):  # the yaml's nc=80 head: give it the COCO names
                 self.model.model.names = dict(enumerate(COCO80_NAMES))
-        else:
-            raise ModelUnavailable(
-                f"YOLO weights {cfg.weights!r} not found and runs are offline. Provide them one of three ways: "
-                f"set detect.weights to a local file path; put {Path(cfg.weights).name!r} into the Ultralytics "
-                f"weights dir {weights_dir} (settings 'weights_dir', under YOLO_CONFIG_DIR); or, for tests and "
-                f"demos only, set detect.allow_random_init=true (random weights: meaningless boxes). "
-                f"detect.backend=none or opencv_dnn avoid Ultralytics weights."
-            )
         self.class_ids = [i for i, n in self.model.names.items() if n in cfg.classes]
 
     def detect(self, img: Image.Image) -> Detection:
@@ -206,90 +173,40 @@ class UltralyticsDetector:
         return select_vehicle(ultralytics_candidates(results[0]), img.size, self.cfg, "ultralytics")
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "ultralytics", "weights": self.weights, "random_init": self.random_init,
+        return {"backend": "ultralytics", "weights": self.choice.file_name, "random_init": self.choice.random_init,
                 "classes": list(self.cfg.classes), "imgsz": self.cfg.imgsz}
 
 
-def resolve_yolo_weights(weights: str, weights_dir: Path) -> Path | None:
-    """A local weights file: `weights` as a path, else by name in the Ultralytics weights dir."""
+def _is_path(weights: str) -> bool:
+    """A path (it has a directory part), as opposed to a bare file name looked up in the weights dir."""
+    return Path(weights).name != weights
+
+
+def resolve_yolo_weights(weights: str, weights_dir: Path | None) -> Path | None:
+    """A local weights file: `weights` as a path, else a bare name in the weights dir (never the cwd)."""
     if weights.endswith((".yaml", ".yml")):
         return None  # an architecture, not weights
-    path = Path(weights).expanduser()
-    if path.is_file():
-        return path
-    cached = weights_dir / path.name
-    return cached if path.name == weights and cached.is_file() else None
+    if _is_path(weights):
+        path = Path(weights).expanduser()
+        return path if path.is_file() else None
+    cached = Path(weights_dir) / weights if weights_dir is not None else None
+    return cached if cached is not None and cached.is_file() else None
 
 
 # -- OpenCV DNN ------------------------------------------------------------------------------------
 
 
-def parse_ssd(out: np.ndarray, size: tuple[int, int]) -> list[Scored]:
-    """TF Object Detection API SSD output [1, 1, N, 7] (image, class id, score, normalised x0 y0 x1 y1)."""
-    w, h = size
-    cands = []
-    for _, cid, score, x0, y0, x1, y1 in out.reshape(-1, 7):
-        name = COCO90_NAMES.get(int(cid))
-        if name is not None:
-            cands.append(((float(x0) * w, float(y0) * h, float(x1) * w, float(y1) * h), float(score), name))
-    return cands
-
-
-def parse_yolo(out: np.ndarray, scale: float, names: list[str], conf: float) -> list[Scored]:
-    """YOLOv8 ONNX output [1, 4 + nc, N] (cx, cy, w, h in input px, then class scores), NMS per class.
-
-    `scale` maps input px back to image px (the letterbox factor).
-    """
-    pred = out.reshape(out.shape[-2], out.shape[-1]).T  # N x (4 + nc)
-    scores = pred[:, 4:]
-    cls = scores.argmax(axis=1)
-    best = scores[np.arange(len(cls)), cls]
-    keep = best >= conf
-    pred, cls, best = pred[keep], cls[keep], best[keep]
-    if not len(best):
-        return []
-    import cv2
-
-    xywh = np.column_stack([pred[:, 0] - pred[:, 2] / 2, pred[:, 1] - pred[:, 3] / 2, pred[:, 2], pred[:, 3]])
-    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), best.tolist(), cls.tolist(), conf, NMS_IOU)
-    cands = []
-    for i in np.asarray(idx, dtype=int).reshape(-1):
-        x, y, bw, bh = (float(v) / scale for v in xywh[i])
-        name = names[cls[i]] if cls[i] < len(names) else str(cls[i])
-        cands.append(((x, y, x + bw, y + bh), float(best[i]), name))
-    return cands
-
-
-def onnx_class_names(path: Path, nc: int) -> list[str]:
-    """Class names from an Ultralytics ONNX export's metadata, else COCO (nc == 80), else '0'..'nc-1'."""
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    if "names" in meta:
-        names = ast.literal_eval(meta["names"])
-        return [str(names[i]) for i in sorted(names)]
-    return list(COCO80_NAMES) if nc == len(COCO80_NAMES) else [str(i) for i in range(nc)]
-
-
 class OpenCVDetector:
     """OpenCV DNN: a TensorFlow SSD (.pb + .pbtxt) or a YOLOv8 ONNX export (.onnx)."""
 
-    def __init__(self, cfg: DetectConfig):
+    def __init__(self, cfg: DetectConfig, choice: "DetectorChoice"):
         import cv2
 
-        self.cfg = cfg
-        self.path = Path(cfg.weights).expanduser()
-        if not self.path.is_file():
-            raise ModelUnavailable(
-                f"OpenCV DNN model {cfg.weights!r} is not a local file. Set detect.weights to the model file "
-                f"(a TensorFlow SSD frozen_inference_graph.pb with detect.config_file=<its .pbtxt>, or a YOLOv8 "
-                f".onnx export); OpenCV has no model cache and runs are offline."
-            )
+        self.cfg, self.choice = cfg, choice
+        self.path = choice.weights
         self.kind = "yolo_onnx" if self.path.suffix.lower() == ".onnx" else "ssd"
         if self.kind == "ssd":
-            if not cfg.config_file or not Path(cfg.config_file).is_file():
-                raise ModelUnavailable(f"OpenCV DNN SSD {self.path} needs detect.config_file (its .pbtxt text graph)")
-            self.net = cv2.dnn.readNetFromTensorflow(str(self.path), str(cfg.config_file))
+            self.net = cv2.dnn.readNetFromTensorflow(str(self.path), str(choice.config))
         else:
             self.net = cv2.dnn.readNet(str(self.path))
         self.names: list[str] | None = None  # YOLO ONNX: known once the first output gives the class count
@@ -323,14 +240,116 @@ class OpenCVDetector:
         return cv2.dnn.blobFromImage(canvas, 1 / 255.0, (s, s), swapRB=True, crop=False), scale
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "opencv_dnn", "weights": str(self.path), "config_file": self.cfg.config_file,
+        return {"backend": "opencv_dnn", "weights": self.path.name,
+                "config_file": self.choice.config.name if self.choice.config else None,
                 "model_kind": self.kind, "random_init": False, "classes": list(self.cfg.classes)}
 
 
-def make_detector(cfg: DetectConfig) -> Detector:
-    """The detector of cfg.backend (loads the model now; raises ModelUnavailable when it cannot)."""
+# -- choosing the backend --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectorChoice:
+    """Which backend runs, why, and the files it will load (resolved, nothing loaded yet).
+
+    `reason` names config keys and file names only (no work-dir paths): it goes into the crops
+    report, which must depend on the inputs alone.
+    """
+
+    backend: str  # ultralytics | opencv_dnn | none
+    reason: str
+    weights: Path | None = None
+    config: Path | None = None  # OpenCV SSD text graph
+    arch: str | None = None  # Ultralytics random init: the model yaml
+    random_init: bool = False
+
+    @property
+    def file_name(self) -> str | None:
+        return self.weights.name if self.weights is not None else self.arch
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """What decides the boxes: backend, random init, and each file by name and sha256."""
+        files = {role: {"name": p.name, "sha256": sha256_file(p)}
+                 for role, p in (("weights", self.weights), ("config", self.config)) if p is not None}
+        return {"backend": self.backend, "arch": self.arch, "random_init": self.random_init, **files}
+
+    def info(self) -> dict[str, str]:
+        """String entries for the phase's returned metrics (lineage, MLflow, the run summary)."""
+        out = {"detector": self.backend, "detector_reason": self.reason}
+        if self.file_name:
+            out["detector_weights"] = self.file_name
+        return out
+
+
+def _ultralytics_missing(cfg: DetectConfig, weights_dir: Path | None) -> ModelUnavailable:
+    where = f"the weights dir {weights_dir}" if weights_dir is not None else "the work dir's weights dir"
+    return ModelUnavailable(
+        f"YOLO weights {cfg.weights!r} not found and runs are offline. Provide them one of three ways: "
+        f"set detect.weights to a local file path; put {Path(cfg.weights).name!r} into {where} "
+        f"(<workdir>/.cache/weights); or, for tests and demos only, set detect.allow_random_init=true (random "
+        f"weights: meaningless boxes). detect.backend=auto uses detect.dnn_model or the whole image instead."
+    )
+
+
+def _dnn_choice(cfg: DetectConfig, why: str) -> DetectorChoice:
+    """The OpenCV DNN files of cfg.dnn_model / cfg.dnn_config; ModelUnavailable when they are not local files."""
+    if not cfg.dnn_model:
+        raise ModelUnavailable(
+            "detect.backend=opencv_dnn needs detect.dnn_model: a TensorFlow SSD frozen graph (.pb, with "
+            "detect.dnn_config=<its .pbtxt>) or a YOLOv8 .onnx export. OpenCV has no model cache and runs are offline."
+        )
+    model = Path(cfg.dnn_model).expanduser()
+    if not model.is_file():
+        raise ModelUnavailable(
+            f"OpenCV DNN model detect.dnn_model={cfg.dnn_model!r} is not a local file. Set it to the model file (a "
+            f"TensorFlow SSD frozen_inference_graph.pb with detect.dnn_config=<its .pbtxt>, or a YOLOv8 .onnx export); "
+            f"OpenCV has no model cache and runs are offline."
+        )
+    config = None
+    if model.suffix.lower() != ".onnx":
+        config = Path(cfg.dnn_config).expanduser() if cfg.dnn_config else None
+        if config is None or not config.is_file():
+            raise ModelUnavailable(f"OpenCV DNN SSD {model.name!r} needs detect.dnn_config (its .pbtxt text graph); "
+                                   f"got {cfg.dnn_config!r}")
+    return DetectorChoice("opencv_dnn", f"{why}: OpenCV DNN model {model.name!r} (detect.dnn_model)", model, config)
+
+
+def resolve_detector(cfg: DetectConfig, weights_dir: Path | None = None) -> DetectorChoice:
+    """The backend `make_detector` will build and why; raises ModelUnavailable for configured files that are missing."""
     if cfg.backend == "none":
-        return WholeImageDetector(cfg)
+        return DetectorChoice("none", "detect.backend=none: the whole image is the vehicle box")
     if cfg.backend == "opencv_dnn":
-        return OpenCVDetector(cfg)
-    return UltralyticsDetector(cfg)
+        return _dnn_choice(cfg, "detect.backend=opencv_dnn")
+    path = resolve_yolo_weights(cfg.weights, weights_dir)
+    where = "detect.weights path" if _is_path(cfg.weights) else "in the weights dir"
+    if path is not None:
+        return DetectorChoice("ultralytics", f"detect.backend={cfg.backend}: Ultralytics weights {path.name!r} "
+                                             f"found ({where})", path)
+    if cfg.backend == "ultralytics":
+        if not cfg.allow_random_init:
+            raise _ultralytics_missing(cfg, weights_dir)
+        arch = Path(cfg.weights).with_suffix(".yaml").name
+        return DetectorChoice("ultralytics", f"detect.backend=ultralytics: no weights {cfg.weights!r}; "
+                                             f"RANDOM-INITIALISED {arch} (detect.allow_random_init)", arch=arch,
+                              random_init=True)
+    if _is_path(cfg.weights):
+        raise ModelUnavailable(f"detect.weights {cfg.weights!r} is not a file (detect.backend=auto uses a configured "
+                               f"path or fails; a bare name such as 'yolov8n.pt' is looked up in the weights dir)")
+    miss = (f"no Ultralytics weights ({cfg.weights!r} is not in the weights dir)" if weights_dir is not None
+            else f"no Ultralytics weights (no weights dir to look {cfg.weights!r} up in)")
+    if cfg.dnn_model:
+        return _dnn_choice(cfg, f"detect.backend=auto, {miss}")
+    return DetectorChoice("none", f"detect.backend=auto, {miss} and no detect.dnn_model: the whole image is "
+                                  f"the vehicle box")
+
+
+def make_detector(cfg: DetectConfig, weights_dir: Path | None = None,
+                  choice: DetectorChoice | None = None) -> Detector:
+    """The detector of `choice` (default: `resolve_detector(cfg, weights_dir)`); loads the model now."""
+    choice = choice or resolve_detector(cfg, weights_dir)
+    if choice.backend == "none":
+        return WholeImageDetector(cfg)
+    if choice.backend == "opencv_dnn":
+        return OpenCVDetector(cfg, choice)
+    return UltralyticsDetector(cfg, choice)
