@@ -43,18 +43,18 @@ register(
     PhaseSpec(
         name="dataset", version="2", inputs=(), outputs=("files.parquet",), sections=(),
         run=_run_dataset, source=_fingerprint,
-        extra_params=lambda cfg, opt: {"fingerprint": opt["fingerprint"]},
+        extra_params=lambda cfg, opt: {"fingerprint": opt.get("fingerprint")},
         description="the raw files: path, size and sha256 of each",
     ),
     PhaseSpec(
-        name="audit", version="1", inputs=("dataset",), outputs=("manifest.parquet", "quarantine.parquet"),
+        name="audit", version="2", inputs=("dataset",), outputs=("manifest.parquet", "quarantine.parquet"),
         sections=("data", "audit"), runtime_keys=("audit.workers",), run=_run_audit,
-        extra_params=lambda cfg, opt: {"format": opt["format"]},
+        extra_params=lambda cfg, opt: {"format": opt.get("format")},
         reports=("report.md", "class_hist.png", "zone_hist.png", "quarantine.parquet"),
         description="decode, size, duplicate, licence and annotation checks; the manifest",
     ),
     PhaseSpec(
-        name="split", version="1", inputs=("audit",), outputs=("split.parquet",), sections=("split",),
+        name="split", version="2", inputs=("audit",), outputs=("split.parquet",), sections=("split",),
         run=_run_split, reports=("report.md",),
         description="group-aware stratified train/val/test split",
     ),
