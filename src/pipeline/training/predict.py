@@ -1,0 +1,149 @@
+"""Answering with a trained classifier: label, calibrated confidence and "not conclusive".
+
+`batched_logits` is the one way the training side runs a saved classifier over images (calibration,
+promotion scoring and prediction all use it). `Predictor` wraps a model dir (`model.safetensors` +
+`model.json`, see `pipeline.training.modeling`) and applies the temperature and threshold stored
+with the model. `load_model` / `predict_images` answer from the MLflow registry (an alias such as
+`champion`, or a version number) through the registered pyfunc.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+MAX_PIXELS = 89_478_485
+
+
+def item_records(items: Iterable[Any]) -> list[dict[str, str]]:
+    """Normalise items to [{"item_id", "path", "label"}]: accepts (path, label[, item_id]) tuples,
+    mappings with those keys, or objects with those attributes. item_id defaults to the path."""
+    out = []
+    for it in items:
+        if isinstance(it, dict):
+            path, label, iid = it["path"], it.get("label"), it.get("item_id")
+        elif isinstance(it, (tuple, list)):
+            path, label, iid = it[0], it[1], it[2] if len(it) > 2 else None
+        else:
+            path, label, iid = it.path, getattr(it, "label", None), getattr(it, "item_id", None)
+        out.append({"item_id": str(iid if iid is not None else path), "path": str(path),
+                    "label": None if label is None else str(label)})
+    return out
+
+
+def _load_images(sources: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
+    from pipeline.data.images import ImageLoadError, load_rgb
+
+    images, errors = [], []
+    for src in sources:
+        try:
+            images.append(load_rgb(src if isinstance(src, bytes) else str(src), MAX_PIXELS)[0])
+            errors.append(None)
+        except (ImageLoadError, OSError) as exc:
+            images.append(None)
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return images, errors
+
+
+def batched_logits(model: Any, meta: dict, sources: Sequence[Any], batch_size: int = 32,
+                   device: str = "cpu") -> tuple[np.ndarray, list[str | None]]:
+    """Logits [N, C] (float32) of `model` on images given as paths or encoded bytes, preprocessed
+    the model's way (`modeling.preprocess`). Unreadable images get a NaN row and an error message."""
+    import torch
+
+    from pipeline.training.modeling import preprocess
+
+    n_classes = len(meta["class_names"])
+    logits = np.full((len(sources), n_classes), np.nan, dtype=np.float32)
+    errors: list[str | None] = []
+    model = model.to(device).eval()
+    for start in range(0, len(sources), batch_size):
+        images, errs = _load_images(sources[start:start + batch_size])
+        errors.extend(errs)
+        ok = [i for i, im in enumerate(images) if im is not None]
+        if not ok:
+            continue
+        batch = preprocess([images[i] for i in ok], meta).to(device)
+        with torch.inference_mode():
+            out = model(batch).float().cpu().numpy()
+        logits[[start + i for i in ok]] = out
+    return logits, errors
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / float(temperature)
+    z = z - np.nanmax(z, axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def conclusive_answers(probs: np.ndarray, class_names: Sequence[str], threshold: float | None) -> dict[str, list]:
+    """label, confidence and not_conclusive per row (NaN rows: no label, not conclusive)."""
+    labels, confs, flags = [], [], []
+    for row in probs:
+        if np.isnan(row).any():
+            labels.append(None), confs.append(math.nan), flags.append(True)
+            continue
+        k = int(np.argmax(row))
+        labels.append(class_names[k])
+        confs.append(float(row[k]))
+        flags.append(threshold is not None and float(row[k]) < threshold)
+    return {"label": labels, "confidence": confs, "not_conclusive": flags}
+
+
+class Predictor:
+    """A saved classifier with its temperature and threshold."""
+
+    def __init__(self, model: Any, meta: dict, device: str = "cpu", batch_size: int = 32):
+        self.model, self.meta, self.device, self.batch_size = model, meta, device, batch_size
+        self.class_names: list[str] = list(meta["class_names"])
+        self.temperature = float(meta.get("temperature") or 1.0)
+        threshold = meta.get("threshold")
+        self.threshold = None if threshold is None else float(threshold)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32) -> "Predictor":
+        from pipeline.training.modeling import load_classifier
+
+        model, meta = load_classifier(Path(model_dir), device=device)
+        return cls(model, meta, device=device, batch_size=batch_size)
+
+    def predict(self, sources: Sequence[Any]):
+        """DataFrame: source, label, confidence (calibrated), not_conclusive, error."""
+        import pandas as pd
+
+        logits, errors = batched_logits(self.model, self.meta, list(sources), self.batch_size, self.device)
+        answers = conclusive_answers(softmax(logits, self.temperature), self.class_names, self.threshold)
+        names = [f"<bytes #{i}>" if isinstance(s, bytes) else str(s) for i, s in enumerate(sources)]
+        return pd.DataFrame({"source": names, **answers, "error": errors})
+
+
+def image_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
+    exts = {e.lower() for e in extensions}
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in exts)
+
+
+def load_model(ref: str | int = "champion", workdir: str | Path = "work", config: Any = None,
+               name: str | None = None):
+    """The registered student (or `name`) at alias `ref` (or version number) as an MLflow pyfunc
+    whose `predict(DataFrame with a 'path' or 'image' column)` returns label, confidence and
+    not_conclusive. The registry is the work dir's tracking store (config `tracking.*`)."""
+    from pipeline.core.config import PipelineConfig
+    from pipeline.core.workspace import setup_environment
+    from pipeline.training.registry import load_pyfunc, registry_client, student_name
+
+    cfg = config if config is not None else PipelineConfig()
+    ws = setup_environment(workdir, prefect_home=False)
+    client = registry_client(ws.tracking_uri(cfg))
+    return load_pyfunc(client, name or student_name(cfg), ref, ws.cache / "registry")
+
+
+def predict_images(paths: Sequence[Path], ref: str | int = "champion", workdir: str | Path = "work",
+                   config: Any = None, name: str | None = None):
+    """Answers for image files from the registered model (DataFrame, one row per path)."""
+    import pandas as pd
+
+    model = load_model(ref, workdir, config, name)
+    return model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
