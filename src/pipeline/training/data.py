@@ -10,7 +10,8 @@ Defaults (`train.source` / `train.target`): crops for the car-damage formats (la
 when a crops artifact is given, with target `damage_class` = the type of the crop's largest
 defect (by area) or `clean`; whole images otherwise, with target `label`. Any scalar column of
 the split or crops table can be the target. `train.max_items` keeps at most that many items per
-split, chosen by sha256(seed:key) so the subset does not depend on row order.
+split, taken round-robin over the classes in sha256(seed:key) order (so every class keeps items
+while it can, and the subset does not depend on row order).
 """
 from __future__ import annotations
 
@@ -90,7 +91,9 @@ def _subsample(frame: pd.DataFrame, max_items: int | None, seed: int) -> pd.Data
         return frame
     digest = [hashlib.sha256(f"{seed}:{k}".encode()).hexdigest() for k in frame["key"]]
     order = frame.assign(_h=digest).sort_values(["split", "_h"])
-    return order.groupby("split", sort=False).head(max_items).drop(columns="_h")
+    order["_r"] = order.groupby(["split", "target"], sort=False).cumcount()  # round-robin over classes
+    order = order.sort_values(["split", "_r", "_h"])
+    return order.groupby("split", sort=False).head(max_items).drop(columns=["_h", "_r"])
 
 
 def select_subset(frame: pd.DataFrame, subset: RegionSpec) -> pd.Series:
