@@ -69,6 +69,7 @@ from pipeline.retrieval.contexts import run_contexts
 from pipeline.retrieval.crops import run_crops
 from pipeline.retrieval.embed import run_embeddings
 from pipeline.retrieval.index import run_index
+from pipeline.retrieval.validate import run_validation
 
 tmp = Path(sys.argv[1])
 data = tmp / "data"
@@ -86,15 +87,7 @@ m["contexts"] = run_contexts(d["crops"], d["contexts"])
 m["embeddings"] = run_embeddings(d["crops"], d["contexts"], cfg.embed, d["embeddings"], device="cpu", progress=False)
 m["index"] = run_index(d["embeddings"], d["crops"], d["contexts"], cfg.index, d["index"])
 
-from pipeline.retrieval import validate
-if hasattr(validate, "run_validation"):
-    m["validation"] = validate.run_validation(d["index"], d["embeddings"], d["crops"], d["validation"], k=5, seed=0)
-else:  # the validation phase's declared entry, until retrieval/validate.run_validation lands
-    from pipeline.core.phases import PHASES, PhaseRun
-    spec = PHASES["validation"]
-    run = PhaseRun(inputs={n: d[n] for n in spec.inputs}, cfg=cfg, params=spec.extra_params(cfg, {}),
-                   out_dir=d["validation"], runtime={"progress": False})
-    m["validation"] = spec.run(run)
+m["validation"] = run_validation(d["index"], d["embeddings"], d["crops"], d["validation"], k=5, seed=0)
 files = {name: sorted(p.name for p in path.iterdir()) for name, path in d.items()}
 print(json.dumps({"metrics": m, "files": files, "leaked": leaked()}, default=str))
 """

@@ -204,6 +204,37 @@ def test_worker_image(pool):
     assert "pip install --no-deps -c constraints.txt opencv-python-headless" in text
 
 
+def stages(text: str) -> dict[str, str]:
+    """Dockerfile stages by name (`FROM image AS name`)."""
+    out = {}
+    for chunk in re.split(r"^FROM ", text, flags=re.M)[1:]:
+        m = re.match(r"\S+\s+AS\s+(\S+)", chunk, re.I)
+        if m:
+            out[m.group(1)] = chunk
+    return out
+
+
+@pytest.mark.parametrize("pool", sorted(DOCKERFILES))
+def test_worker_installs_the_wheel_not_a_source_tree(pool):
+    from test_packaging import BUILD_INPUTS  # what the wheel test builds from
+
+    text = DOCKERFILES[pool].read_text()
+    by_name = stages(text)
+    wheel, worker = by_name["wheel"], text.split("\nFROM ")[-1]
+    copied = {src.rstrip("/") for line in re.findall(r"^COPY (?!--)(.+)$", wheel, re.M) for src in line.split()[:-1]}
+    assert copied == set(BUILD_INPUTS)
+    assert re.search(r"^RUN pip wheel .*--no-deps .*--wheel-dir /dist \.$", wheel, re.M)
+    # the worker installs that wheel and holds no copy of the sources, no editable install
+    assert re.search(r"--mount=type=bind,from=wheel,source=/dist,target=/tmp/dist", worker)
+    assert re.search(r"pip install --no-deps /tmp/dist/vdamage_pipeline-\*\.whl", worker)
+    worker_copies = {src.rstrip("/") for line in re.findall(r"^COPY (?!--)(.+)$", worker, re.M) for src in line.split()[:-1]}
+    assert not worker_copies & {"src", "tasks", "flows", "configs", "prefect.yaml"}, worker_copies
+    assert not re.search(r"pip install[^\n]*\s-e\s", text)
+    assert "pipeline_flows.factory" in worker  # the build checks the flows import from the wheel
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert not ignored & set(BUILD_INPUTS)
+
+
 def test_image_bases_and_torch_builds():
     cpu, gpu = (DOCKERFILES[k].read_text() for k in ("cpu", "gpu"))
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in cpu and "download.pytorch.org/whl/cpu" in cpu
