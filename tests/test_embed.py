@@ -289,3 +289,26 @@ def test_shards_and_item_cache(tmp_path):
     ids3, x3 = load_embeddings(tmp_path / "e3")
     assert ids3 == sorted(ids3) and dict(zip(ids3, map(tuple, x3)))[ids[5]] == tuple(x1[5])
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".pkl", ".pickle")]
+
+
+@pytest.mark.parametrize("backend", ["clip", "hybrid"])
+def test_vectors_do_not_depend_on_batch_size(tmp_path, backend):
+    """embed.batch_size is a runtime option (not in the artifact id): batch 4 and 16 write the same vectors
+    (fixed forward chunks), and the same embedder.json and report (no runtime keys, device or timings)."""
+    from pipeline.retrieval.embed import load_embeddings, run_embeddings
+
+    crops, ctx = make_crops(tmp_path, 11, size=(300, 200))
+    base = dict(backend="clip", clip_model=CLIP_SMALL, clip_pretrained=None, allow_random_init=True, fusion="concat",
+                multi_patch=True) if backend == "clip" else dict(backend="hybrid")
+    out = {}
+    for bs in (4, 16):
+        m = run_embeddings(crops, ctx, EmbedConfig(**base, batch_size=bs), tmp_path / f"e{bs}", None, device="cpu",
+                           progress=False)
+        assert m["n_embedded"] == 11 and m["device"] == "cpu"
+        out[bs] = load_embeddings(tmp_path / f"e{bs}")
+    assert out[4][0] == out[16][0]
+    np.testing.assert_allclose(out[4][1], out[16][1], rtol=0, atol=1e-6)
+    for name in ("embedder.json", "report.md", "embeddings.parquet"):
+        assert (tmp_path / "e4" / name).read_bytes() == (tmp_path / "e16" / name).read_bytes(), name
+    text = (tmp_path / "e4" / "embedder.json").read_text() + (tmp_path / "e4" / "report.md").read_text()
+    assert "batch_size" not in text and '"device"' not in text and "site-packages" not in text and "seconds" not in text

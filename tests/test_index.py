@@ -117,11 +117,19 @@ def test_run_index_files(tmp_path):
     assert m["kind"] == "flat" and m["n"] == 12 and m["dim"] == 1664 and m["self_hit_rate"] == 1.0
     assert m["recall_at_10"] == 1.0 and m["build_seconds"] >= 0
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
-    assert {"kind", "dim", "n", "metric", "params", "crops_dir", "emb_dir"} <= set(info)
+    assert {"kind", "dim", "n", "metric", "params", "inputs", "embedder"} <= set(info)
+    # outside a store the inputs have no ids; nothing in the artifact names a local path
+    assert info["inputs"] == {"crops": None, "embeddings": None, "contexts": None}
+    assert info["embedder"] == json.loads((tmp_path / "emb" / "embedder.json").read_text())
+    assert str(tmp_path) not in (tmp_path / "idx" / "index.json").read_text()
+    assert "seconds" not in (tmp_path / "idx" / "report.md").read_text()
     meta = pq.read_table(tmp_path / "idx" / "metadata.parquet")
     assert tuple(meta.column_names) == METADATA_COLUMNS
     ids, _ = load_embeddings(tmp_path / "emb")
     assert meta.column("crop_id").to_pylist() == ids and meta.column("row").to_pylist() == list(range(12))
-    assert all(p.startswith("/") and p.endswith(".jpg") for p in meta.column("crop_path").to_pylist())
+    rows = pq.read_table(crops / "crops.parquet").to_pydict()
+    rel = dict(zip(rows["crop_id"], rows["crop_path"]))
+    assert meta.column("crop_path").to_pylist() == [rel[c] for c in ids]  # relative to the crops artifact
+    assert all((crops / p).is_file() for p in meta.column("crop_path").to_pylist())
     assert all(t for t in meta.column("text").to_pylist())
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".pkl", ".pickle")]

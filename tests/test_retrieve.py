@@ -65,7 +65,7 @@ def test_filtered_search_returns_k_matching(built, kind, k, filters):
     from pipeline.retrieval.retrieve import Retriever
 
     root, emb = built
-    r = Retriever.open(root / kind, embedder=emb)
+    r = Retriever.open(root / kind, crops_dir=root / "crops", embedder=emb)
     n_match = sum(satisfies(m, **filters) for m in r.metadata)
     for query in (r.metadata[0]["crop_path"], "a dent on the bumper"):
         hits = r.search(query, k=k, **filters)
@@ -80,7 +80,7 @@ def test_filtered_search_returns_k_matching(built, kind, k, filters):
 def test_fixture_has_fewer_than_k_cases(built):
     from pipeline.retrieval.retrieve import Retriever
 
-    r = Retriever.open(built[0] / "flat", embedder=built[1])
+    r = Retriever.open(built[0] / "flat", crops_dir=built[0] / "crops", embedder=built[1])
     combined = sum(satisfies(m, zones=1, has_damage=True, damage_type="scratch") for m in r.metadata)
     assert 0 < combined < 12  # the combined filter exercises "fewer only when fewer exist"
 
@@ -88,13 +88,13 @@ def test_fixture_has_fewer_than_k_cases(built):
 def test_low_ef_hnsw_exercises_fallback(built):
     from pipeline.retrieval.retrieve import Retriever
 
-    r = Retriever.open(built[0] / "hnsw_low_ef", embedder=built[1])
+    r = Retriever.open(built[0] / "hnsw_low_ef", crops_dir=built[0] / "crops", embedder=built[1])
     allowed = r.allowed_rows(zones=1)
     q = r.query_vector("a dent on the bumper")[None, :]
     assert len(r._prefiltered(q, 12, allowed)[0]) < 12  # the pre-filter alone is short here
     hits = r.search(q[0], k=12, zones=1)
     assert len(hits) == 12 and all(h["zone"] == 1 for h in hits)
-    exact = Retriever.open(built[0] / "flat", embedder=built[1]).search(q[0], k=12, zones=1)
+    exact = Retriever.open(built[0] / "flat", crops_dir=built[0] / "crops", embedder=built[1]).search(q[0], k=12, zones=1)
     assert np.allclose([h["score"] for h in hits], [h["score"] for h in exact], atol=1e-5)  # ids may tie
 
 
@@ -103,7 +103,7 @@ def test_image_queries_find_the_crop(built, kind):
     from pipeline.retrieval.retrieve import Retriever
 
     root, emb = built
-    r = Retriever.open(root / kind, embedder=emb)
+    r = Retriever.open(root / kind, crops_dir=root / "crops", embedder=emb)
     meta = r.metadata[7]
     by_path = r.search(meta["crop_path"], k=3)
     assert by_path[0]["crop_id"] == meta["crop_id"]
@@ -119,7 +119,7 @@ def test_vector_queries_and_search_many(built):
     from pipeline.retrieval.retrieve import Retriever
 
     root, emb = built
-    r = Retriever.open(root / "hnsw", embedder=emb)
+    r = Retriever.open(root / "hnsw", crops_dir=root / "crops", embedder=emb)
     ids, x = load_embeddings(root / "emb")
     res = r.search_many(x[:10], k=4)
     assert [h[0]["crop_id"] for h in res] == ids[:10]
@@ -134,7 +134,7 @@ def test_vector_queries_and_search_many(built):
 def test_text_query_rebuilds_embedder_from_json(built):
     from pipeline.retrieval.retrieve import Retriever
 
-    r = Retriever.open(built[0] / "flat")
+    r = Retriever.open(built[0] / "flat", crops_dir=built[0] / "crops")
     hits = r.search("scratch on the door of the front", k=5)
     assert len(hits) == 5 and r.embedder.describe()["backend"] == "hybrid"
     assert hits[0]["text"] is not None
@@ -143,7 +143,7 @@ def test_text_query_rebuilds_embedder_from_json(built):
 def test_bad_query(built):
     from pipeline.retrieval.retrieve import Retriever
 
-    r = Retriever.open(built[0] / "flat", embedder=built[1])
+    r = Retriever.open(built[0] / "flat", crops_dir=built[0] / "crops", embedder=built[1])
     with pytest.raises(TypeError):
         r.search(42)
     with pytest.raises(ValueError, match="dim"):

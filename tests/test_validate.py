@@ -1,10 +1,11 @@
-"""Validation metrics on embeddings whose structure is known."""
+"""Validation metrics on embeddings whose structure is known: honest (own photo and group excluded),
+headline on the image-query ranking."""
 import json
 
 import numpy as np
 import pytest
 
-from pipeline.retrieval.validate import anisotropy, damage_label, knn, precision_recall, validate
+from pipeline.retrieval.validate import _ap_at_r, anisotropy, damage_label, excluded, knn, validate
 
 
 def make(n_per=30, sep=4.0, seed=0, dim=16):
@@ -18,7 +19,8 @@ def make(n_per=30, sep=4.0, seed=0, dim=16):
             x.append(v / np.linalg.norm(v))
             meta.append({"crop_id": f"{c}-{i}", "has_damage": t is not None, "damage_types": [t] if t else [],
                          "defects": json.dumps([{"type": t}]) if t else "[]", "zone": 1 + i % 2,
-                         "zone_name": f"z{1 + i % 2}", "split": "val" if i % 3 == 0 else "train"})
+                         "zone_name": f"z{1 + i % 2}", "split": "val" if i % 3 == 0 else "train",
+                         "item_id": f"photo-{c}-{i}", "group_id": f"g-{c}-{i}"})
     return np.array(x, dtype=np.float32), meta
 
 
@@ -29,10 +31,12 @@ def test_separated_classes_score_high(tmp_path):
     assert m["precision_at_5_damage_type"] > 0.95 and m["map_at_r_damage_type"] > 0.9
     assert m["cosine_euclidean_agreement"] == pytest.approx(1.0)  # unit vectors: same neighbours
     assert m["silhouette_damage_type"] > 0.3
-    assert m["n_queries"] == 30  # the val crops are the queries
+    assert (m["n_queries"], m["n_query_photos"], m["image_query_headline"]) == (30, 30, 0.0)  # the val crops
     for f in ("report.md", "metrics.json", "pca.png", "tsne.png"):
         assert (tmp_path / f).is_file()
-    assert "meets the users' bar" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "meets the users' bar" in report and "30 queries from 30 photos" in report
+    assert "image-only ranking cannot be separated" in report
 
 
 def test_random_vectors_score_near_chance(tmp_path):
@@ -46,13 +50,65 @@ def test_random_vectors_score_near_chance(tmp_path):
     assert abs(anisotropy(x)) < 0.05
 
 
-def test_precision_recall_and_knn_exclude_self():
+def test_own_photo_and_group_neighbours_do_not_count(tmp_path):
+    """Each photo gives 4 near-identical windows, photos themselves are random: counting the query's own
+    windows would make retrieval look perfect; excluded, the figures fall to chance."""
+    rng = np.random.default_rng(3)
+    x, meta = [], []
+    for p in range(60):
+        base = rng.normal(size=32)
+        damaged = p % 2 == 0
+        for w in range(4):
+            v = base + 0.01 * rng.normal(size=32)
+            x.append(v / np.linalg.norm(v))
+            meta.append({"crop_id": f"{p}-{w}", "has_damage": damaged, "damage_types": ["dent"] if damaged else [],
+                         "zone": 1, "split": "val" if p % 3 == 0 else "train", "item_id": f"photo-{p}",
+                         "group_id": f"vehicle-{p // 2}"})
+    x = np.array(x, dtype=np.float32)
+    leaky = [{**m, "item_id": None, "group_id": None} for m in meta]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    inflated = validate(x, leaky, tmp_path / "a", k=3)
+    honest = validate(x, meta, tmp_path / "b", k=3)
+    assert inflated["coverage_damaged"] == 1.0 and inflated["map_at_r_damage_type"] > 0.05
+    assert honest["coverage_damaged"] < 0.75 and honest["coverage_clean"] < 0.75
+    assert honest["n_queries"] == 80 and honest["n_query_photos"] == 20 and honest["n_query_groups"] == 20
+    # a photo's 3 other windows and its group partner's 4 are excluded
+    assert honest["mean_excluded_references"] == 7.0
+
+
+def test_knn_and_exclusion_masks():
     x = np.eye(4, dtype=np.float32)[[0, 0, 1, 1]] + np.array([[0, 0, 0, 0.01 * i] for i in range(4)], dtype=np.float32)
-    labels = np.array(["a", "a", "b", "b"])
-    neigh = knn(x, np.arange(4), 1)
-    assert [int(n[0]) for n in neigh] == [1, 0, 3, 2]
-    p, r = precision_recall(neigh, np.arange(4), labels)
-    assert p.tolist() == [1, 1, 1, 1] and r.tolist() == [1, 1, 1, 1]
+    assert knn(x, np.arange(4), 1)[:, 0].tolist() == [1, 0, 3, 2]
+    item = np.array(["p", "p", "q", "r"], dtype=object)
+    # 0 and 1 come from one photo: their nearest allowed neighbours are elsewhere
+    assert knn(x, np.arange(4), 1, item=item)[:, 0].tolist() == [2, 3, 3, 2]
+    group = np.array(["", "", "g", "g"], dtype=object)  # an empty key matches nothing
+    ex = excluded(np.array([0, 2]), np.array(["", "", "", ""], dtype=object), group)
+    assert ex.tolist() == [[True, False, False, False], [False, False, True, True]]
+    assert knn(x, np.array([2]), 3, group=group).tolist() == [[1, 0, -1]]  # row 1 shares a tiny component
+
+
+def test_ap_at_r_matches_pytorch_metric_learning():
+    """Our AP@R (needed for per-query exclusions) equals pytorch-metric-learning's mAP@R without them."""
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    from pipeline.retrieval.validate import ranking
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = rng.integers(0, 3, size=60)
+    q = np.arange(60)
+    order, allowed = ranking(x, x, excluded(q, np.full(60, "", dtype=object), np.full(60, "", dtype=object)))
+    rel = (y[order] == y[:, None]) & (np.arange(60)[None, :] < allowed[:, None])
+    ours = float(np.nanmean(_ap_at_r(rel, rel.sum(axis=1))))
+    calc = AccuracyCalculator(include=("mean_average_precision_at_r",), device=torch.device("cpu"))
+    t = torch.from_numpy(x)
+    theirs = calc.get_accuracy(t, torch.from_numpy(y), t, torch.from_numpy(y), ref_includes_query=True)
+    assert ours == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
+    assert _ap_at_r(np.array([[True, False, True, False]]), np.array([2])).tolist() == [pytest.approx((1 + 0) / 2)]
 
 
 def test_damage_label_takes_the_most_frequent_defect():
@@ -81,9 +137,9 @@ def test_filter_checks_flag_a_wrong_retriever(tmp_path):
     assert bad["filter_checks_passed"] < bad["filter_checks_total"]
 
 
-def test_image_only_metrics_use_the_image_part_of_a_concatenation(tmp_path):
-    """A text part that names the class makes the fused vectors look perfect; the image_only_* metrics
-    are computed on the image part alone, here noise, so they fall to chance."""
+def test_headline_is_the_image_query_ranking(tmp_path):
+    """A text part that names the class makes the fused vectors look perfect; the headline ranks image
+    queries (text part zero), here noise, so it falls to chance, and the fused figures sit beside it."""
     x_sep, meta = make()
     rng = np.random.default_rng(5)
     noise = rng.normal(size=(len(meta), 32)).astype(np.float32)
@@ -91,12 +147,14 @@ def test_image_only_metrics_use_the_image_part_of_a_concatenation(tmp_path):
     fused = np.concatenate([0.3 * noise, 0.95 * x_sep], axis=1)
     fused /= np.linalg.norm(fused, axis=1, keepdims=True)
     m = validate(fused, meta, tmp_path, k=5, image_dims=32)
-    assert m["map_at_r_damage_type"] > 0.9 and m["coverage_damaged"] > 0.95
-    assert m["image_only_map_at_r_damage_type"] < 0.6 and m["image_only_coverage_damaged"] < 0.85
-    assert "Image part alone" in (tmp_path / "report.md").read_text()
+    assert m["image_query_headline"] == 1.0
+    assert m["fused_map_at_r_damage_type"] > 0.9 and m["fused_coverage_damaged"] > 0.95
+    assert m["map_at_r_damage_type"] < 0.6 and m["coverage_damaged"] < 0.85 and m["coverage_bar_met"] == 0.0
+    report = (tmp_path / "report.md").read_text()
+    assert "Image queries" in report and "DOES NOT meet" in report and "Fused vectors" in report
     # the image part carrying the structure scores high on its own
     (tmp_path / "b").mkdir()
     (tmp_path / "c").mkdir()
     m2 = validate(np.concatenate([x_sep, 0.2 * noise[:, :16]], axis=1), meta, tmp_path / "b", k=5, image_dims=16)
-    assert m2["image_only_map_at_r_damage_type"] > 0.9
-    assert "image_only_coverage_damaged" not in validate(x_sep, meta, tmp_path / "c", k=5)
+    assert m2["map_at_r_damage_type"] > 0.9 and m2["coverage_bar_met"] == 1.0
+    assert "fused_coverage_damaged" not in validate(x_sep, meta, tmp_path / "c", k=5)

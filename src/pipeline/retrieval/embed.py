@@ -22,8 +22,17 @@ With `multi_patch`, an image larger than the model input is embedded as
 size, stride half), then L2-normalised.
 
 On disk (`run_embeddings`): shards/emb_00000.npy (float32, <= shard_size rows each, in crop_id
-order), embeddings.parquet (crop_id, shard, row), embedder.json (`describe()` plus the config),
-report.md. The per-item cache holds one fused vector per crop: item_cache/<key[:2]>/<key>.npy.
+order), embeddings.parquet (crop_id, shard, row), embedder.json (`describe()` plus the config without
+its runtime keys), report.md. Every file depends only on the inputs: no device, install path, timing
+or cache count (those are returned as metrics). The per-item cache holds one fused vector per crop:
+item_cache/<key[:2]>/<key>.npy.
+
+Floats do not depend on `embed.batch_size` (a runtime option, not in the artifact id): the image
+tower always runs on exactly FORWARD_CHUNK views (the last chunk zero-padded), so each view meets the
+same kernels whatever the batch size; the DataLoader batch is batch_size rounded up to a multiple of
+FORWARD_CHUNK. Texts are encoded once per unique text, sorted, in fixed chunks of TEXT_CHUNK; with a
+cold item cache the vectors are bit-identical for any batch size, with a warm one a text may share
+its padded batch with others (sentence-transformers pads to the longest), which moves it by < 1e-6.
 """
 from __future__ import annotations
 
@@ -41,7 +50,10 @@ from pipeline.core.config import EmbedConfig
 from pipeline.core.hashing import canonical_json, sha256_bytes
 from pipeline.models.loading import LITE0_ARCH, Loaded, load_clip, load_sentence_model, load_timm, pick_device
 
-EMBED_VERSION = "1"
+EMBED_VERSION = "2"  # 2: fixed forward chunks, texts encoded in sorted fixed chunks
+FORWARD_CHUNK = 32  # views per image-tower forward, whatever embed.batch_size is
+TEXT_CHUNK = 32  # texts per text-tower call
+RUNTIME_KEYS = ("batch_size", "num_workers", "allow_download")  # EmbedConfig keys that do not change vectors
 LITE0_SIZE = 224
 LITE0_MEAN = (0.5, 0.5, 0.5)
 LITE0_STD = (0.5, 0.5, 0.5)
@@ -116,21 +128,36 @@ class Embedder:
             self.image.model.to(memory_format=torch.channels_last)
         self._prepared = True
 
-    def embed_pixels(self, pixels: Any, counts: Sequence[int]) -> np.ndarray:
-        """Image vectors (L2-normalised) from preprocessed views; `counts` views per image."""
+    def _forward(self, x: Any) -> np.ndarray:
         import torch
 
-        self._prepare_model()
         cuda = self.device.startswith("cuda")
-        x = pixels.to(self.device, non_blocking=cuda)
+        x = x.to(self.device, non_blocking=cuda)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            if self.cfg.backend == "clip":
-                feats = self.image.model.encode_image(x)
-            else:
-                feats = self.image.model(x)
-        feats = l2n(feats.float().cpu().numpy())
+            feats = self.image.model.encode_image(x) if self.cfg.backend == "clip" else self.image.model(x)
+        return feats.float().cpu().numpy()
+
+    def embed_pixels(self, pixels: Any, counts: Sequence[int], fixed_chunks: bool = False) -> np.ndarray:
+        """Image vectors (L2-normalised) from preprocessed views; `counts` views per image.
+
+        `fixed_chunks`: forward exactly FORWARD_CHUNK views at a time (the last chunk zero-padded), so that
+        a view's vector does not depend on how many views came with it (artifacts); else one forward."""
+        import torch
+
+        self._prepare_model()
+        if fixed_chunks:
+            parts = []
+            for start in range(0, len(pixels), FORWARD_CHUNK):
+                chunk = pixels[start:start + FORWARD_CHUNK]
+                pad = FORWARD_CHUNK - len(chunk)
+                if pad:
+                    chunk = torch.cat([chunk, chunk.new_zeros((pad, *chunk.shape[1:]))])
+                parts.append(self._forward(chunk)[: FORWARD_CHUNK - pad])
+            feats = l2n(np.concatenate(parts))
+        else:
+            feats = l2n(self._forward(pixels))
         out = np.empty((len(counts), feats.shape[1]), dtype=np.float32)
         start = 0
         wg, wp = self.cfg.patch_weights
@@ -150,19 +177,26 @@ class Embedder:
         return self.embed_pixels(torch.cat(views), [len(v) for v in views])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, d_txt) float32 L2-normalised text vectors."""
+        """(n, d_txt) float32 L2-normalised text vectors, computed TEXT_CHUNK texts at a time (CLIP: exactly
+        TEXT_CHUNK token rows per call, padded, its tokens having a fixed length)."""
         import torch
 
         if not texts:
             return np.zeros((0, self.text_dim), dtype=np.float32)
         if self.cfg.backend == "hybrid":
-            vecs = self.text.model.encode(list(texts), batch_size=self.cfg.batch_size, convert_to_numpy=True,
+            vecs = self.text.model.encode(list(texts), batch_size=TEXT_CHUNK, convert_to_numpy=True,
                                           normalize_embeddings=True, show_progress_bar=False)
             return l2n(vecs)
-        tokens = self.image.extra["tokenizer"](list(texts)).to(self.device)
+        tokens = self.image.extra["tokenizer"](list(texts))
+        parts = []
         with torch.inference_mode():
-            feats = self.image.model.encode_text(tokens)
-        return l2n(feats.float().cpu().numpy())
+            for start in range(0, len(tokens), TEXT_CHUNK):
+                chunk = tokens[start:start + TEXT_CHUNK]
+                n = len(chunk)
+                if n < TEXT_CHUNK:
+                    chunk = torch.cat([chunk, chunk[:1].expand(TEXT_CHUNK - n, -1)])
+                parts.append(self.image.model.encode_text(chunk.to(self.device)).float().cpu().numpy()[:n])
+        return l2n(np.concatenate(parts))
 
     # -- fusion and queries -------------------------------------------------------------------
     def fuse(self, img_vecs: np.ndarray, txt_vecs: np.ndarray) -> np.ndarray:
@@ -205,13 +239,13 @@ class Embedder:
         return self.image.random_init or bool(self.text and self.text.random_init)
 
     def describe(self) -> dict[str, Any]:
-        """backend, models, random_init, device, dim, fusion (and image/text dims)."""
+        """backend, models, random_init, dim, fusion (and image/text dims): what embedder.json records, so
+        nothing that depends on the machine (the device is a run metric)."""
         models = {"image": self.image.describe()}
         models["text"] = self.text.describe() if self.text else {**self.image.describe(), "name": f"{self.image.name} (text tower)"}
         fusion = {"mode": "concat" if self.concat else self.cfg.fusion, "alpha": self.cfg.alpha, "beta": self.cfg.beta,
                   "multi_patch": self.cfg.multi_patch, "patch_weights": list(self.cfg.patch_weights)}
-        return {"backend": self.cfg.backend, "models": models, "random_init": self.random_init, "device": self.device,
-                "dim": self.dim, "image_dim": self.image_dim, "text_dim": self.text_dim, "fusion": fusion}
+        return {"backend": self.cfg.backend, "models": models, "random_init": self.random_init, "dim": self.dim, "image_dim": self.image_dim, "text_dim": self.text_dim, "fusion": fusion}
 
     def params(self) -> dict[str, Any]:
         """What decides the vectors: the cache-key parameters."""
@@ -252,9 +286,9 @@ def make_embedder(cfg: EmbedConfig, device: str = "auto") -> Embedder:
     return Embedder(cfg, device, image, None, Preprocess(image.extra["preprocess"], size, cfg.multi_patch), dim, dim)
 
 
-def embedder_from_json(path: Path, device: str = "auto") -> Embedder:
-    """Rebuild the Embedder recorded in an embeddings dir's embedder.json."""
-    meta = json.loads(Path(path).read_text(encoding="utf-8"))
+def embedder_from_json(source: Path | dict[str, Any], device: str = "auto") -> Embedder:
+    """Rebuild the Embedder recorded in an embeddings dir's embedder.json (a path, or its parsed content)."""
+    meta = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
     return make_embedder(EmbedConfig(**meta["config"]), device)
 
 
@@ -337,7 +371,8 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
                    item_cache: Path | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Embed every crop of crops_dir (with its context text); write shards, index and reports to out_dir.
 
-    Returns metrics: n_total, n_embedded, n_cached, dim, n_shards, n_with_text, random_init (0/1), seconds.
+    Returns metrics: n_total, n_embedded, n_cached, dim, n_shards, n_with_text, random_init (0/1), seconds,
+    and `device` (info). The files hold none of the run-dependent ones (cache counts, timings, device).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -363,20 +398,21 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     cached = [p if p is not None and p.is_file() else None for p in paths]
     ds = CropDataset([crops_dir / c["crop_path"] for c in crops], cached, emb.preprocess)
     cuda = emb.device.startswith("cuda")
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+    loader_batch = -(-cfg.batch_size // FORWARD_CHUNK) * FORWARD_CHUNK  # a multiple of the forward chunk
+    loader = torch.utils.data.DataLoader(ds, batch_size=loader_batch, shuffle=False, num_workers=cfg.num_workers,
                                          pin_memory=cuda, collate_fn=_collate)
     writer = ShardWriter(out_dir, emb.dim, cfg.shard_size)
+    text_vecs = _text_vectors(emb, [texts.get(c["crop_id"]) for c, v in zip(crops, cached) if v is None])
     n_embedded = 0
     with tqdm(total=len(ds), desc="embed", unit="crop", disable=not progress) as bar:
         for idx, vecs, pixels, counts in loader:
             new = [i for i, v in zip(idx, vecs) if v is None]
             if new:
-                img = emb.embed_pixels(pixels, counts)
-                has_text = [texts.get(crops[i]["crop_id"]) for i in new]
+                img = emb.embed_pixels(pixels, counts, fixed_chunks=True)
                 txt = np.zeros((len(new), emb.text_dim), dtype=np.float32)
-                with_text = [j for j, t in enumerate(has_text) if t]
-                if with_text:
-                    txt[with_text] = emb.embed_texts([has_text[j] for j in with_text])
+                for j, i in enumerate(new):
+                    if texts.get(crops[i]["crop_id"]):
+                        txt[j] = text_vecs[texts[crops[i]["crop_id"]]]
                 fused = emb.fuse(img, txt)
                 fresh = dict(zip(new, fused))
                 if cache is not None:
@@ -392,13 +428,20 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
                       "row": pa.array([r for _, r in writer.index], pa.int32())})
     write_table(table, out_dir / EMBEDDINGS)
     desc = emb.describe()
-    (out_dir / "embedder.json").write_text(json.dumps({**desc, "config": cfg.model_dump(mode="json"),
-                                                       "embed_version": EMBED_VERSION}, indent=2), encoding="utf-8")
-    metrics = {"n_total": len(crops), "n_embedded": n_embedded, "n_cached": len(crops) - n_embedded,
-               "dim": emb.dim, "n_shards": writer.shard, "n_with_text": sum(c["crop_id"] in texts for c in crops),
-               "random_init": int(emb.random_init), "seconds": round(time.perf_counter() - t0, 3)}
-    (out_dir / "report.md").write_text(_report(desc, metrics), encoding="utf-8")
-    return metrics
+    config = cfg.model_dump(mode="json", exclude=set(RUNTIME_KEYS))
+    (out_dir / "embedder.json").write_text(json.dumps({**desc, "config": config, "embed_version": EMBED_VERSION},
+                                                      indent=2, sort_keys=True), encoding="utf-8")
+    content = {"n_total": len(crops), "dim": emb.dim, "n_shards": writer.shard,
+               "n_with_text": sum(c["crop_id"] in texts for c in crops), "random_init": int(emb.random_init)}
+    (out_dir / "report.md").write_text(_report(desc, content), encoding="utf-8")
+    return {**content, "n_embedded": n_embedded, "n_cached": len(crops) - n_embedded,
+            "seconds": round(time.perf_counter() - t0, 3), "device": emb.device}
+
+
+def _text_vectors(emb: Embedder, texts: Sequence[str | None]) -> dict[str, np.ndarray]:
+    """Vector of each unique non-empty text, encoded in sorted order (same chunks whatever the batch size)."""
+    unique = sorted({t for t in texts if t})
+    return dict(zip(unique, emb.embed_texts(unique))) if unique else {}
 
 
 def _report(desc: dict[str, Any], metrics: dict[str, Any]) -> str:
@@ -407,7 +450,7 @@ def _report(desc: dict[str, Any], metrics: dict[str, Any]) -> str:
         which = ", ".join(f"{k}: {m['name']}" for k, m in desc["models"].items() if m["random_init"])
         lines = [f"Random-initialised model: {which} (no weights available; vectors are meaningless, tests/demo only).", ""]
     lines += ["# Embeddings", "",
-             f"Backend `{desc['backend']}` on `{desc['device']}`, dim {desc['dim']} "
+             f"Backend `{desc['backend']}`, dim {desc['dim']} "
              f"(image {desc['image_dim']}, text {desc['text_dim']}), fusion `{desc['fusion']['mode']}` "
              f"(alpha {desc['fusion']['alpha']}, beta {desc['fusion']['beta']}, multi_patch {desc['fusion']['multi_patch']}).",
              "", "| model | name | source | weights |", "|---|---|---|---|"]

@@ -5,8 +5,13 @@ the budget, else IVF-PQ sized to the budget. Every index is an IndexIDMap2 whose
 row numbers of metadata.parquet (= rows of the embeddings, crop_id order).
 
 On disk (`run_index`): index.faiss (faiss.write_index), metadata.parquet (row, crop_id, split,
-crop_type, zone, zone_name, has_damage, damage_types, part, text, crop_path absolute), index.json
-(kind, dim, n, metric, params, crops_dir, emb_dir) and report.md. No pickle.
+crop_type, zone, zone_name, has_damage, damage_types, part, text, crop_path relative to the crops
+artifact), index.json (kind, dim, n, metric, params, `inputs`: the artifact ids of the crops,
+embeddings and contexts it was built from, `embedder`: the embeddings' embedder.json, so that queries
+need only the index) and report.md. No pickle, no absolute path, no timing: one artifact id has the
+same bytes in every work dir, and the index is opened through the store (`Retriever.open`), which
+resolves the crops artifact by id. (An IVF index trained on a GPU may differ in its centroids from one
+trained on a CPU; whether training ran on a GPU is the `gpu_trained` metric.)
 """
 from __future__ import annotations
 
@@ -228,10 +233,9 @@ def _metadata(ids: list[str], crops_dir: Path, contexts_dir: Path | None) -> Any
     missing = [c for c in ids if c not in crops]
     if missing:
         raise ValueError(f"{len(missing)} embedded crops are not in {crops_dir}/crops.parquet (e.g. {missing[0]})")
-    root = crops_dir.resolve()
     rows = [{"row": i, **{k: crops[c][k] for k in ("crop_id", "split", "crop_type", "zone", "zone_name", "has_damage",
                                                    "damage_types", "part")},
-             "text": texts.get(c), "crop_path": str(root / crops[c]["crop_path"])} for i, c in enumerate(ids)]
+             "text": texts.get(c), "crop_path": crops[c]["crop_path"]} for i, c in enumerate(ids)]
     schema = pa.schema([("row", pa.int64()), ("crop_id", pa.string()), ("split", pa.string()),
                         ("crop_type", pa.string()), ("zone", pa.int32()), ("zone_name", pa.string()),
                         ("has_damage", pa.bool_()), ("damage_types", pa.list_(pa.string())), ("part", pa.string()),
@@ -263,9 +267,21 @@ def np_search(index: Any, q: np.ndarray, k: int, params: Any = None) -> tuple[np
     return search(q, k, params=params) if params is not None else search(q, k)
 
 
+def artifact_id_of(directory: Path | None) -> str | None:
+    """The artifact id recorded in a committed artifact directory's lineage.json (None if it has none)."""
+    lineage = Path(directory) / "lineage.json" if directory is not None else None
+    if lineage is None or not lineage.is_file():
+        return None
+    return json.loads(lineage.read_text(encoding="utf-8")).get("artifact_id")
+
+
 def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: IndexConfig,
-              out_dir: Path) -> dict[str, Any]:
-    """Build, check and save the index of an embeddings dir; returns metrics."""
+              out_dir: Path, input_ids: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """Build, check and save the index of an embeddings dir; returns metrics (gpu_trained, build_seconds
+    among them: they are not written into the artifact).
+
+    `input_ids`: artifact ids of the crops, embeddings and contexts, recorded in index.json; by default
+    read from the input directories' lineage.json (None for a directory outside a store)."""
     import faiss
     import pyarrow.parquet as pq
 
@@ -285,15 +301,16 @@ def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: In
     faiss.write_index(index, str(out_dir / "index.faiss"))
     write_table(_metadata(ids, crops_dir, contexts_dir), out_dir / METADATA)
     params = index_params(kind, n, dim, cfg)
-    info = {"kind": kind, "dim": dim, "n": n, "metric": METRIC, "params": params, "gpu_trained": built["gpu_trained"],
-            "crops_dir": str(crops_dir.resolve()), "emb_dir": str(emb_dir.resolve()),
-            "contexts_dir": str(Path(contexts_dir).resolve()) if contexts_dir is not None else None}
-    (out_dir / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    metrics: dict[str, Any] = {"kind": kind, "n": n, "dim": dim, "build_seconds": round(build_seconds, 3),
-                               **quality(index, x, cfg.self_check_sample),
+    dirs = {"crops": crops_dir, "embeddings": emb_dir, "contexts": contexts_dir}
+    ids_in = {name: artifact_id_of(d) for name, d in dirs.items()} | dict(input_ids or {})
+    embedder = json.loads((emb_dir / "embedder.json").read_text(encoding="utf-8"))
+    info = {"kind": kind, "dim": dim, "n": n, "metric": METRIC, "params": params, "inputs": ids_in,
+            "embedder": embedder}
+    (out_dir / "index.json").write_text(json.dumps(info, indent=2, sort_keys=True), encoding="utf-8")
+    content: dict[str, Any] = {"kind": kind, "n": n, "dim": dim, **quality(index, x, cfg.self_check_sample),
                                "index_mb": round((out_dir / "index.faiss").stat().st_size / 2**20, 3)}
-    (out_dir / "report.md").write_text(_report(info, metrics), encoding="utf-8")
-    return metrics
+    (out_dir / "report.md").write_text(_report(info, content), encoding="utf-8")
+    return {**content, "build_seconds": round(build_seconds, 3), "gpu_trained": int(built["gpu_trained"])}
 
 
 def _report(info: dict[str, Any], metrics: dict[str, Any]) -> str:

@@ -6,6 +6,10 @@ existing file); images and texts go through the embedder's query convention (emb
 SearchParameters / SearchParametersHNSW / SearchParametersIVF); when the approximate filtered search
 returns fewer than k hits, the search over-fetches unfiltered with a growing k, and finally scores
 the allowed rows exactly, so k hits come back whenever k items satisfy the filter.
+
+The index artifact names its crops artifact by id (index.json `inputs`) and stores crop paths
+relative to it; `Retriever.open` resolves that id through the artifact store, so an index keeps
+working in a moved work dir or from a remote store, and hits carry readable local crop paths.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ class Retriever:
     """An opened index directory: the FAISS index, its metadata rows and (lazily) the embedder."""
 
     def __init__(self, index: Any, metadata: list[dict[str, Any]], info: dict[str, Any], embedder: Any = None,
-                 device: str = "auto") -> None:
+                 device: str = "auto", crops_dir: Path | None = None) -> None:
         self.index = index
+        self.crops_dir = crops_dir
         self.metadata = metadata
         self.info = info
         self._embedder = embedder
@@ -33,8 +38,13 @@ class Retriever:
         self._row = {m["crop_id"]: i for i, m in enumerate(metadata)}
 
     @classmethod
-    def open(cls, index_dir: Path, embedder: Any = None, device: str = "auto") -> "Retriever":
-        """Load index.faiss, metadata.parquet and index.json from `index_dir`."""
+    def open(cls, index_dir: Path, embedder: Any = None, device: str = "auto", store: Any = None,
+             crops_dir: Path | None = None) -> "Retriever":
+        """Load index.faiss, metadata.parquet and index.json from `index_dir`.
+
+        The crops artifact (for readable crop paths in the hits) is `crops_dir` if given, else the one
+        index.json names, from `store` (an ArtifactStore) or, without one, from the store `index_dir`
+        lies in (`<root>/index/<id>`). When none resolves, crop_path stays relative to the crops artifact."""
         import faiss
         import pyarrow.parquet as pq
 
@@ -44,15 +54,21 @@ class Retriever:
         metadata = pq.read_table(index_dir / "metadata.parquet").to_pylist()
         if index.ntotal != len(metadata):
             raise ValueError(f"{index_dir}: index has {index.ntotal} vectors but metadata {len(metadata)} rows")
-        return cls(index, metadata, info, embedder, device)
+        crops_dir = Path(crops_dir) if crops_dir is not None else _crops_dir(index_dir, info, store)
+        if crops_dir is not None:
+            for m in metadata:
+                m["crop_path"] = str(crops_dir / m["crop_path"])
+        return cls(index, metadata, info, embedder, device, crops_dir)
 
     @property
     def embedder(self) -> Any:
-        """The embedder passed in, else the one recorded in the embeddings dir's embedder.json."""
+        """The embedder passed in, else the one index.json records (the embeddings' embedder.json)."""
         if self._embedder is None:
             from pipeline.retrieval.embed import embedder_from_json
 
-            self._embedder = embedder_from_json(Path(self.info["emb_dir"]) / "embedder.json", self.device)
+            if "embedder" not in self.info:
+                raise ValueError("this index records no embedder (built by an older version): pass one, or rebuild it")
+            self._embedder = embedder_from_json(self.info["embedder"], self.device)
         return self._embedder
 
     # -- queries -------------------------------------------------------------------------------
@@ -167,3 +183,14 @@ class Retriever:
         meta = self.metadata[row]
         return {"rank": rank, "crop_id": meta["crop_id"], "score": score,
                 **{key: v for key, v in meta.items() if key != "crop_id"}}
+
+
+def _crops_dir(index_dir: Path, info: dict[str, Any], store: Any) -> Path | None:
+    """Local directory of the crops artifact index.json names: through `store`, else next to index_dir."""
+    crops_id = (info.get("inputs") or {}).get("crops")
+    if not crops_id:
+        return None
+    if store is not None:
+        return Path(store.dir_for("crops", crops_id))
+    sibling = index_dir.resolve().parent.parent / "crops" / crops_id
+    return sibling if (sibling / "lineage.json").is_file() else None
