@@ -396,11 +396,11 @@ def search(
     store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
     try:
         aid = store.find(index)[1] if index else _latest(store, "index", ws.runs)
-        index_dir = store.local_path(store.ref("index", aid))
+        index_dir = store.dir_for("index", aid)
+        retriever = Retriever.open(index_dir, device=cfg.runtime.device, store=store)  # its crops, by artifact id
     except ArtifactNotFound as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
-    retriever = Retriever.open(index_dir, device=cfg.runtime.device)
     if image is not None:
         from PIL import Image, UnidentifiedImageError
 
