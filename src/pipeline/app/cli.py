@@ -470,6 +470,76 @@ def gc_cmd(
         typer.echo(f"{len(found.active_runs)} run(s) in progress: --yes would refuse until they finish")
 
 
+@app.command("predict")
+def predict_cmd(
+    image: Optional[Path] = typer.Option(None, "--image", help="One image.", exists=True, dir_okay=False),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="Every image under a folder.", exists=True,
+                                          file_okay=False),
+    model: str = typer.Option("champion", "--model", help="Registry alias (champion, challenger) or version number."),
+    name: Optional[str] = typer.Option(None, "--name", help="Registered model (default: <experiment>-student)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the answers as CSV."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Answer from the model registry: label, calibrated confidence, and whether it is not conclusive."""
+    if (image is None) == (folder is None):
+        typer.secho("error: give exactly one of --image or --folder", err=True, fg="red")
+        raise typer.Exit(2)
+    cfg = _config(config, set_)
+    from pipeline.training.predict import image_files, predict_images
+
+    paths = [image] if image is not None else image_files(folder, cfg.data.image_extensions)
+    if not paths:
+        typer.secho(f"error: no images ({', '.join(cfg.data.image_extensions)}) under {folder}", err=True, fg="red")
+        raise typer.Exit(2)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            answers = predict_images(paths, model, workdir.resolve(), cfg, name)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    answers.insert(0, "path", [str(p) for p in paths])
+    if out is not None:
+        answers.to_csv(out, index=False)
+    if as_json:
+        print(answers.to_json(orient="records"))
+        return
+    for row in answers.itertuples():
+        verdict = "NOT CONCLUSIVE" if row.not_conclusive else ""
+        typer.echo(f"{row.label or '-':<20} {row.confidence:6.3f}  {verdict:<14} {row.path}"
+                   + (f"  ({row.error})" if row.error else ""))
+
+
+@app.command("promote")
+def promote_cmd(
+    version: int = typer.Option(..., "--version", min=1, help="Model version to make champion."),
+    name: Optional[str] = typer.Option(None, "--name", help="Registered model (default: <experiment>-student)."),
+    reason: str = typer.Option("manual", "--reason", help="Why (kept in the registry's history)."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Pin or roll back the champion by hand, recorded in the registry's history."""
+    cfg = _config(config, set_)
+    from pipeline.core.workspace import setup_environment
+    from pipeline.training.registry import pin_champion, registry_client, student_name
+
+    ws = setup_environment(workdir, prefect_home=False)
+    try:
+        event = pin_champion(registry_client(ws.tracking_uri(cfg)), name or student_name(cfg), version, reason)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(event, indent=2, sort_keys=True))
+        return
+    typer.echo(f"{name or student_name(cfg)}: champion = version {event['version']} ({event['action']}; "
+               f"previous champion {event['previous_champion']})")
+
+
 @config_app.command("show")
 def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt) -> None:
     """Print the resolved configuration as YAML."""
