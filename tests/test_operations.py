@@ -30,8 +30,10 @@ def stack(tmp_path_factory, demo_dataset):
     os.environ["PREFECT_WORKER_QUERY_SECONDS"] = "2"
     try:
         state = up(workdir, prefect_port=free_port(), mlflow_port=free_port(), timeout=240, log=lambda *a: None)
-        out = deploy(workdir, demo_dataset, "labelme", timezone="Europe/Madrid")
-        yield {"workdir": workdir, "state": state, "deploy_output": out, "dataset": demo_dataset}
+        # flow runs start in a project dir that is neither the checkout nor the workers' directory
+        project = tmp_path_factory.mktemp("project")
+        out = deploy(workdir, demo_dataset, "labelme", timezone="Europe/Madrid", project_dir=project)
+        yield {"workdir": workdir, "state": state, "deploy_output": out, "dataset": demo_dataset, "project": project}
     finally:
         stopped = down(workdir)
         os.environ.clear()
@@ -77,6 +79,12 @@ def test_deploy_registers_all_and_reads_back_schedule_and_form(stack):
         assert {"AuditConfig", "SplitConfig", "PipelineConfig"} <= set(defs)
         assert defs["AuditConfig"]["properties"]["min_side"]["type"] == "integer"
         assert client.read_deployment_by_name("data-prep/data-prep").work_pool_name == "cpu"
+        # module entrypoints (imported from the installed package) and the project dir as the pull step
+        for name in ("factory/nightly", "factory/adhoc", "data-prep/data-prep", "run-phase/run-phase"):
+            dep = client.read_deployment_by_name(name)
+            assert dep.entrypoint.startswith("pipeline_flows.") and ".py" not in dep.entrypoint, dep.entrypoint
+            assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {
+                "directory": str(Path(stack["project"]).resolve())}}]
 
 
 def test_scheduler_creates_runs_for_the_cron_deployment(stack):
