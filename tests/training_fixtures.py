@@ -31,22 +31,25 @@ def colour_images(root: Path, n_per_class: int, seed: int = 0, prefix: str = "im
     return records
 
 
-def tiny_model_dir(out: Path, train: list[dict[str, str]], shift: int = 0, seed: int = 0, scale: float = 1.0) -> Path:
-    """A test_efficientnet classifier whose head predicts label index + `shift` (0: a good model),
-    with logits multiplied by `scale` (over- or under-confidence)."""
+def tiny_model_dir(out: Path, train: list[dict[str, str]], shift: int = 0, seed: int = 0, scale: float = 1.0,
+                   classes: tuple[str, ...] = CLASSES, temperature: float = 1.0, threshold: float | None = None) -> Path:
+    """A test_efficientnet classifier over `classes` whose head predicts label index + `shift` (0: a good
+    model), with logits multiplied by `scale`, and the given temperature / threshold in model.json."""
     import torch
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
 
     from pipeline.training.modeling import create_classifier, model_meta, preprocess, save_classifier
 
-    model, info = create_classifier("test_efficientnet", len(CLASSES), pretrained=False, seed=seed)
-    meta = model_meta("test_efficientnet", list(CLASSES), 32, 32, (0.5,) * 3, (0.5,) * 3, info)
+    train = [r for r in train if r["label"] in classes]
+    model, info = create_classifier("test_efficientnet", len(classes), pretrained=False, seed=seed)
+    meta = model_meta("test_efficientnet", list(classes), 32, 32, (0.5,) * 3, (0.5,) * 3, info)
+    meta.update(temperature=temperature, threshold=threshold)
     model.eval()
     with torch.no_grad():
         x = preprocess([Image.open(r["path"]) for r in train], meta)
         feats = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
-    y = (np.array([CLASSES.index(r["label"]) for r in train]) + shift) % len(CLASSES)
+    y = (np.array([classes.index(r["label"]) for r in train]) + shift) % len(classes)
     clf = LogisticRegression(C=10.0, max_iter=2000).fit(feats, y)
     with torch.no_grad():
         model.classifier.weight.copy_(torch.as_tensor(clf.coef_ * scale, dtype=torch.float32))

@@ -19,11 +19,15 @@ MAX_PIXELS = 89_478_485
 
 def item_records(items: Iterable[Any]) -> list[dict[str, str]]:
     """Normalise items to [{"item_id", "path", "label"}]: accepts (path, label[, item_id]) tuples,
-    mappings with those keys, or objects with those attributes. item_id defaults to the path."""
+    mappings or DataFrame rows with those keys (or `training.data`'s `key` / `target`), or objects
+    with those attributes. item_id defaults to the path."""
+    if hasattr(items, "to_dict"):  # a DataFrame (training.data.TrainingData.frame)
+        items = items.to_dict("records")
     out = []
     for it in items:
         if isinstance(it, dict):
-            path, label, iid = it["path"], it.get("label"), it.get("item_id")
+            path, label = it["path"], it.get("label", it.get("target"))
+            iid = it.get("item_id", it.get("key"))
         elif isinstance(it, (tuple, list)):
             path, label, iid = it[0], it[1], it[2] if len(it) > 2 else None
         else:

@@ -1,0 +1,322 @@
+"""The MLflow model registry: registered classifiers, gated promotion, manual pins and their history.
+
+Every function takes an explicit `MlflowClient` (no global tracking URI). A registered version is
+an MLflow pyfunc logged as code (`pyfunc_model.py`) whose one artifact is the model dir, plus the
+ids of the items the model trained on (`training_items.json`, so promotion can leave them out).
+
+Promotion (`promote_student`): the new student takes the alias `champion` only if, on the frozen
+test items (persisted at the first promotion as an artifact of that version's run, pointed to by
+the registered model's `pipeline.frozen_test` tag), minus the items either model trained on, and
+on the classes both know, its top-1 is not lower and its ECE not worse by more than
+`promotion.ece_margin`; otherwise it becomes `challenger`. Every alias change (gate or manual
+`pin_champion`) is appended to the registered model's `pipeline.history` tag (JSON list).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from pipeline.core.errors import ConfigError
+
+# MLflow's advice to give an input example: this pyfunc has an explicit signature instead.
+_QUIET = (r".*input example was not provided.*",)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+        yield
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG, FROZEN_TAG, SHA_TAG = "pipeline.history", "pipeline.frozen_test", "pipeline.model_sha256"
+FROZEN_PATH = "promotion/frozen_test.json"
+TRAINED_PATH = "training_items.json"
+MODEL_PATH = "model"
+HISTORY_KEEP = 200
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+_REQUIREMENTS = ("torch", "torchvision", "timm", "safetensors", "pillow", "numpy", "pandas", "mlflow")
+
+
+def registry_client(tracking_uri: str):
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def student_name(cfg: Any) -> str:
+    return f"{cfg.tracking.experiment}-student"
+
+
+def teacher_name(cfg: Any, region: str | None = None) -> str:
+    return f"{cfg.tracking.experiment}-teacher" + (f"-{region}" if region else "")
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of what the pyfunc imports, from this environment (plus the `pipeline` package itself)."""
+    out = []
+    for pkg in _REQUIREMENTS:
+        try:
+            out.append(f"{pkg}=={metadata.version(pkg).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            out.append(pkg)
+    return out
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "path", required=False), ColSpec("binary", "image", required=False)]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "confidence"),
+                        ColSpec("boolean", "not_conclusive"), ColSpec("string", "error", required=False)]))
+
+
+def model_sha256(model_dir: Path) -> str:
+    from pipeline.core.hashing import sha256_bytes, sha256_file
+    from pipeline.training.modeling import META_FILE, MODEL_FILE
+
+    return sha256_bytes((sha256_file(model_dir / MODEL_FILE) + sha256_file(model_dir / META_FILE)).encode())
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def _ensure_registered(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+
+
+def register_classifier(client, name: str, model_dir: Path, experiment: str, trained_item_ids: Sequence[str] = (),
+                        tags: dict[str, str] | None = None):
+    """Log `model_dir` as a pyfunc in a new run of `experiment` and register it as a version of `name`.
+    Idempotent: a version with the same weights and model.json is returned instead of a new one."""
+    import mlflow.pyfunc
+
+    from pipeline.training.modeling import META_FILE, MODEL_FILE, read_meta
+
+    model_dir = Path(model_dir)
+    sha = model_sha256(model_dir)
+    _ensure_registered(client, name)
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        if mv.tags.get(SHA_TAG) == sha:
+            return mv
+    meta = read_meta(model_dir)
+    run = client.create_run(experiment_id(client, experiment), run_name=f"register {name}",
+                            tags={"pipeline.registered_model": name, **(tags or {})})
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "model_dir"
+        src.mkdir()
+        for f in (MODEL_FILE, META_FILE):
+            shutil.copyfile(model_dir / f, src / f)
+        with _quiet():
+            mlflow.pyfunc.save_model(Path(tmp) / MODEL_PATH, python_model=str(PYFUNC_FILE),
+                                     artifacts={"model_dir": str(src)}, pip_requirements=pip_requirements(),
+                                     signature=_signature())
+        client.log_artifacts(run_id, str(Path(tmp) / MODEL_PATH), MODEL_PATH)
+    client.log_text(run_id, json.dumps(sorted(set(trained_item_ids))), TRAINED_PATH)
+    version_tags = {SHA_TAG: sha, "arch": str(meta["arch"]), "class_names": json.dumps(meta["class_names"]),
+                    "temperature": str(meta.get("temperature")), "threshold": str(meta.get("threshold")),
+                    "random_init": str(bool(meta.get("random_init"))).lower(), **(tags or {})}
+    mv = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_PATH}", run_id=run_id, tags=version_tags)
+    client.set_terminated(run_id)
+    return mv
+
+
+def resolve_version(client, name: str, ref: str | int):
+    """A model version by alias ('champion') or number."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if isinstance(ref, int) or str(ref).isdigit():
+            return client.get_model_version(name, str(ref))
+        return client.get_model_version_by_alias(name, str(ref))
+    except MlflowException as exc:
+        raise ConfigError(f"no version {ref!r} of registered model {name!r} in the registry: {exc.message}") from None
+
+
+def version_model_dir(client, mv, cache_dir: Path) -> Path:
+    """The version's model dir (model.safetensors + model.json), downloaded once into cache_dir."""
+    dst = Path(cache_dir) / mv.name / str(mv.version)
+    local = dst / MODEL_PATH / "artifacts" / "model_dir"
+    if not (local / "model.json").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        client.download_artifacts(mv.run_id, MODEL_PATH, str(dst))
+    return local
+
+
+def load_pyfunc(client, name: str, ref: str | int, cache_dir: Path):
+    """The registered pyfunc of `name` at `ref` (alias or version), loaded from a local download."""
+    import mlflow.pyfunc
+
+    mv = resolve_version(client, name, ref)
+    version_model_dir(client, mv, cache_dir)
+    with _quiet():
+        return mlflow.pyfunc.load_model(str(Path(cache_dir) / mv.name / str(mv.version) / MODEL_PATH))
+
+
+def history(client, name: str) -> list[dict[str, Any]]:
+    tag = client.get_registered_model(name).tags.get(HISTORY_TAG)
+    return json.loads(tag) if tag else []
+
+
+def _record(client, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    event = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **event}
+    events = (history(client, name) + [event])[-HISTORY_KEEP:]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(events))
+    client.set_model_version_tag(name, str(event["version"]), f"pipeline.event.{len(events):04d}", json.dumps(event))
+    return event
+
+
+def _alias(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def pin_champion(client, name: str, version: int | str, reason: str = "manual") -> dict[str, Any]:
+    """Give `version` the champion alias by hand (pin or roll back), recorded in the history."""
+    mv = resolve_version(client, name, int(version))
+    previous = _alias(client, name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, mv.version)
+    challenger = _alias(client, name, CHALLENGER)
+    if challenger is not None and challenger.version == mv.version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    prev = int(previous.version) if previous else None
+    action = "rollback" if prev is not None and int(mv.version) < prev else "pin"
+    return _record(client, name, {"action": action, "version": int(mv.version), "previous_champion": prev,
+                                  "by": "manual", "reason": reason})
+
+
+def _read_json_artifact(client, run_id: str, path: str) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+
+
+def frozen_test_items(client, name: str) -> list[dict[str, str]] | None:
+    tag = client.get_registered_model(name).tags.get(FROZEN_TAG)
+    if not tag:
+        return None
+    ref = json.loads(tag)
+    return _read_json_artifact(client, ref["run_id"], ref["path"])
+
+
+def freeze_test_items(client, name: str, mv, records: list[dict[str, str]]) -> None:
+    client.log_text(mv.run_id, json.dumps(records, indent=1), FROZEN_PATH)
+    client.set_registered_model_tag(name, FROZEN_TAG, json.dumps({"run_id": mv.run_id, "path": FROZEN_PATH,
+                                                                   "version": int(mv.version), "n": len(records)}))
+
+
+def trained_items(client, mv) -> set[str]:
+    try:
+        return set(_read_json_artifact(client, mv.run_id, TRAINED_PATH))
+    except Exception:  # noqa: BLE001 - a version registered without the list: nothing to leave out
+        return set()
+
+
+def score_model_dir(model_dir: Path, records: list[dict[str, str]], n_bins: int, device: str = "cpu",
+                    batch_size: int = 32) -> dict[str, float]:
+    """top-1 and ECE (calibrated with the model's own temperature) of a model dir on labelled items."""
+    from pipeline.training.calibrate import calibration_errors, score_items
+    from pipeline.training.modeling import load_classifier
+    from pipeline.training.predict import softmax
+
+    model, meta = load_classifier(model_dir, device=device)
+    s = score_items(model, meta, records, batch_size, device)
+    if not len(s.labels):
+        return {"n": 0, "top1": math.nan, "ece": math.nan}
+    probs = softmax(s.logits, float(meta.get("temperature") or 1.0))
+    ece, _ = calibration_errors(probs, s.labels, n_bins)
+    return {"n": int(len(s.labels)), "top1": float((probs.argmax(axis=1) == s.labels).mean()), "ece": ece}
+
+
+def _compare_set(client, name: str, new, champ, test_items: Sequence[Any]) -> tuple[list[dict], dict[str, Any]]:
+    """The frozen test items (persisted now if this is the first promotion) minus what either model
+    trained on, restricted to the classes both models know; plus how the set was formed."""
+    from pipeline.training.predict import item_records
+
+    frozen = frozen_test_items(client, name)
+    first = frozen is None
+    if first:
+        frozen = item_records(test_items)
+        freeze_test_items(client, name, new, frozen)
+    new_classes = json.loads(new.tags.get("class_names", "[]"))
+    champ_classes = json.loads(champ.tags.get("class_names", "[]")) if champ else new_classes
+    shared = [c for c in new_classes if c in set(champ_classes)]
+    trained = trained_items(client, new) | (trained_items(client, champ) if champ else set())
+    unseen = [r for r in frozen if r["item_id"] not in trained]
+    present = [r for r in unseen if Path(r["path"]).is_file()]
+    records = [r for r in present if r["label"] in set(shared)]
+    info = {"frozen_items": len(frozen), "frozen_now": first, "left_out_trained": len(frozen) - len(unseen),
+            "missing_files": len(unseen) - len(present), "outside_shared_classes": len(present) - len(records),
+            "compared_items": len(records), "classes_changed": new_classes != champ_classes,
+            "shared_classes": shared, "only_new": [c for c in new_classes if c not in set(champ_classes)],
+            "only_champion": [c for c in champ_classes if c not in set(new_classes)]}
+    return records, info
+
+
+def promote_student(client, name: str, new_version: int | str, test_items: Sequence[Any], cfg: Any,
+                    cache_dir: Path | None = None, device: str = "cpu", veto: str | None = None) -> dict[str, Any]:
+    """The gate (module docstring). Returns the decision: promoted, reason, both sets of figures, the
+    comparison set's make-up; the alias change is recorded in the history. A `veto` (e.g. "no passing
+    browser variant") keeps the new version challenger whatever its figures."""
+    new = resolve_version(client, name, int(new_version))
+    champ = _alias(client, name, CHAMPION)
+    cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="registry-"))
+    records, info = _compare_set(client, name, new, champ, test_items)
+    n_bins, margin = cfg.calibration.n_bins, cfg.promotion.ece_margin
+    new_fig = score_model_dir(version_model_dir(client, new, cache), records, n_bins, device)
+    champ_fig = score_model_dir(version_model_dir(client, champ, cache), records, n_bins, device) if champ else None
+    decision: dict[str, Any] = {"name": name, "version": int(new.version), "ece_margin": margin, **info,
+                                "new": new_fig, "champion": champ_fig,
+                                "champion_version": int(champ.version) if champ else None}
+    if champ is not None and champ.version == new.version:
+        promoted, reason = True, "already the champion"
+    elif veto:
+        promoted, reason = False, f"vetoed: {veto}"
+    elif champ is None:
+        promoted, reason = True, "first promotion: no champion yet"
+    elif not records:
+        promoted, reason = False, "no frozen test item left to compare on (shared classes, unseen by both)"
+    else:
+        top1_ok = new_fig["top1"] >= champ_fig["top1"]
+        ece_ok = new_fig["ece"] <= champ_fig["ece"] + margin
+        promoted = top1_ok and ece_ok
+        reason = "; ".join([
+            f"top-1 {new_fig['top1']:.4f} {'>=' if top1_ok else '<'} champion {champ_fig['top1']:.4f}",
+            f"ECE {new_fig['ece']:.4f} {'<=' if ece_ok else '>'} champion {champ_fig['ece']:.4f} + {margin}"])
+    decision.update(promoted=promoted, reason=reason, alias=CHAMPION if promoted else CHALLENGER)
+    if champ is None or champ.version != new.version:
+        client.set_registered_model_alias(name, decision["alias"], new.version)
+        challenger = _alias(client, name, CHALLENGER) if promoted else None
+        if challenger is not None and challenger.version == new.version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        _record(client, name, {"action": "promoted" if promoted else "challenger", "version": int(new.version),
+                               "previous_champion": decision["champion_version"], "by": "gate", "reason": reason})
+    client.set_model_version_tag(name, str(new.version), "pipeline.promotion",
+                                 json.dumps({k: decision[k] for k in ("promoted", "reason", "compared_items")}))
+    return decision
