@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.core.config import DetectConfig
-from pipeline.retrieval.detect import DetectorChoice
+from pipeline.retrieval.detect import SSD_INPUT, DetectorChoice
 
 
 def detector_lines(choice: DetectorChoice, det_cfg: DetectConfig) -> list[str]:
@@ -27,7 +27,9 @@ def detector_lines(choice: DetectorChoice, det_cfg: DetectConfig) -> list[str]:
     if files:
         lines.append(f"Model files: {', '.join(files)}.")
     if choice.backend != "none":
-        lines.append(f"Classes {', '.join(det_cfg.classes)} at confidence >= {det_cfg.conf}, input {det_cfg.imgsz} px, "
+        ssd = choice.backend == "opencv_dnn" and choice.weights is not None and choice.weights.suffix.lower() != ".onnx"
+        size = SSD_INPUT if ssd else det_cfg.imgsz  # the TF SSD graphs take a fixed input
+        lines.append(f"Classes {', '.join(det_cfg.classes)} at confidence >= {det_cfg.conf}, input {size} px, "
                      f"margin {det_cfg.margin:.0%}; on a miss: `{det_cfg.on_miss}`.")
     return lines
 
