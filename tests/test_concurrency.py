@@ -1,0 +1,129 @@
+"""Concurrent runs on one work dir: MLflow's SQLite store is created and written under one lock."""
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.tracking import MlflowTracker, db_lock, sqlite_path
+
+# Each process waits for a start signal, then opens the tracker on the (new) database and logs a run.
+WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from pipeline.core.tracking import MlflowTracker
+    db, name, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    Path(str(go) + "." + name).touch()
+    while not go.exists():
+        time.sleep(0.005)
+    t = MlflowTracker(f"sqlite:///{db}", "exp", artifact_root=db.parent / "mlartifacts")
+    parent = t.start_flow_run(name, "data-prep", {"who": name})
+    t.log_phase(parent, "audit", name * 8, False, {"k": 1}, {"n": 2.0})
+    t.end_flow_run(parent)
+""")
+
+
+def _runs(db: Path) -> list:
+    tracker = MlflowTracker(f"sqlite:///{db}", "exp")
+    return tracker.client.search_runs([tracker.experiment_id], max_results=100)
+
+
+def test_two_processes_create_and_write_one_new_sqlite_store(tmp_path):
+    db, go = tmp_path / "mlflow.db", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(db), name, str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
+    while not all(Path(f"{go}.{n}").exists() for n in ("a", "b")) and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    go.touch()  # both processes start the schema creation at once
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    runs = _runs(db)
+    assert sorted(r.data.tags.get("prefect.flow_run_id", r.data.tags.get("pipeline.phase")) for r in runs) == \
+        ["a", "audit", "audit", "b"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_threads_sharing_one_tracker_never_write_at_once(tmp_path):
+    db = tmp_path / "mlflow.db"
+    tracker = MlflowTracker(f"sqlite:///{db}", "exp")
+    parent = tracker.start_flow_run("flow-1", "retrieval", {})
+    inside, most, errors = [0], [0], []
+    guard = threading.Lock()
+
+    def watched(call):
+        def wrapper(*args, **kwargs):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                time.sleep(0.005)  # widen the window two unserialised writers would overlap in
+                return call(*args, **kwargs)
+            finally:
+                with guard:
+                    inside[0] -= 1
+        return wrapper
+
+    for name in ("create_run", "log_batch", "set_terminated"):
+        setattr(tracker.client, name, watched(getattr(tracker.client, name)))
+
+    def log(i: int) -> None:
+        try:
+            tracker.log_phase(parent, f"phase{i}", f"{i:064d}", False, {"i": i}, {"m": float(i)})
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=log, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and most[0] == 1
+    children = [r for r in _runs(db) if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert sorted(r.data.metrics["m"] for r in children) == [float(i) for i in range(8)]
+
+
+def test_one_lock_per_database_and_none_for_a_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_path(f"sqlite:///{tmp_path}/m.db") == tmp_path / "m.db"
+    assert sqlite_path("sqlite:///m.db?timeout=5") == Path("m.db") and sqlite_path("sqlite://") is None
+    assert db_lock("sqlite:///m.db") is db_lock(f"sqlite:///{tmp_path}/m.db")  # one file, one lock
+    assert db_lock("sqlite:///m.db") is not db_lock("sqlite:///other.db")
+    assert isinstance(db_lock("http://127.0.0.1:5000"), nullcontext)
+    with db_lock("sqlite:///m.db"):
+        assert (tmp_path / "m.db.lock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_pipeline_runs_at_once_on_a_new_workdir(tmp_path):
+    from pipeline.core.config import DemoConfig
+    from pipeline.demo.generator import generate_demo_data
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    generate_demo_data(data, DemoConfig(n_images=24, seed=3, width=256, height=192), progress=False)
+    exe = Path(sys.executable).with_name("pipeline")
+    cmd = [str(exe), "run", "data-prep", "--dataset", str(data), "--format", "labelme", "--workdir", str(work), "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=800) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outs]
+    summaries = [json.loads(out) for out, _ in outs]
+    assert len({s["mlflow_run_id"] for s in summaries}) == 2
+    assert summaries[0]["phases"]["split"]["artifact_id"] == summaries[1]["phases"]["split"]["artifact_id"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    assert [client.get_run(s["mlflow_run_id"]).info.status for s in summaries] == ["FINISHED", "FINISHED"]
+    assert not list((work / "artifacts" / ".staging").iterdir())
+    from typer.testing import CliRunner
+
+    from pipeline.app.cli import app
+
+    res = CliRunner().invoke(app, ["gc", "--workdir", str(work), "--min-age-minutes", "0", "--json"])
+    found = json.loads(res.output)  # both runs recorded every artifact: nothing to collect
+    assert found["n_runs"] == 2 and found["garbage"] == [] and found["missing"] == []
+    assert {tuple(k) for k in found["kept"]} >= {(p, s["artifact_id"]) for p, s in summaries[0]["phases"].items()}
