@@ -226,12 +226,17 @@ def deploy_cmd(
     workdir: Path = WorkdirOpt,
     timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the nightly cron (02:00)."),
     name: Optional[List[str]] = typer.Option(None, "--name", help="Deploy only these (default: all of prefect.yaml)."),
+    project_dir: Path = typer.Option(Path("."), "--project-dir", file_okay=False,
+                                     help="Where the flow runs start (must exist where the workers run). Default: here."),
+    prefect_file: Optional[Path] = typer.Option(None, "--prefect-file", exists=True, dir_okay=False,
+                                                help="A prefect.yaml to deploy instead of the packaged one."),
 ) -> None:
     """Register prefect.yaml's deployments (nightly, adhoc, data-prep, run-phase) non-interactively."""
     from pipeline.app.deploy import deploy
 
     try:
-        out = deploy(workdir.resolve(), dataset.resolve(), format.value, timezone, names=name)
+        out = deploy(workdir.resolve(), dataset.resolve(), format.value, timezone, names=name,
+                     project_dir=project_dir, prefect_file=prefect_file)
     except RuntimeError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
@@ -262,12 +267,14 @@ def demo_data(
 @app.command("demo")
 def demo(
     workdir: Path = typer.Option(Path("demo-work"), "--workdir", "-w", help="Work dir for the demo."),
-    config: Optional[Path] = typer.Option(Path("configs/demo.yaml") if Path("configs/demo.yaml").is_file() else None,
-                                          "--config", "-c", help="YAML config."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                                          help="YAML config (default: the packaged configs/demo.yaml)."),
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Generate the demo data, then run the pipeline on it and say where everything is."""
-    cfg = _config(config, set_)
+    from pipeline.app.packaged import DEMO_CONFIG, packaged_file
+
+    cfg = _config(config or packaged_file(DEMO_CONFIG), set_)
     workdir = workdir.resolve()
     data_dir = workdir / "demo-data"
     from pipeline.demo.generator import generate_demo_data
