@@ -66,7 +66,9 @@ class PhaseSpec:
     pool: str = "cpu"
     cacheable: bool = True  # False: always recomputed (it depends on state outside the store)
     instances: Callable[[PipelineConfig], list[dict[str, Any]]] | None = None  # a family's members
-    source: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # a source phase's content fingerprint
+    # What the id needs from outside the store (the dataset's file hashes, the detector weights found):
+    # (cfg, runtime) -> extra options. Such phases are decided by the store, never by Prefect's cache.
+    source: Callable[[PipelineConfig, dict[str, Any]], dict[str, Any]] | None = None
     description: str = ""
 
     def params(self, cfg: PipelineConfig, options: dict[str, Any] | None = None,

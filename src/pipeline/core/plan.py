@@ -72,14 +72,15 @@ def plan(flow: str, cfg: PipelineConfig, workdir: Path, dataset_root: Path, fmt:
     ws = Workspace(Path(workdir))
     store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
     records = RunRecord.all(ws.root)
-    runtime = {"dataset_root": str(dataset_root), "hash_cache": str(ws.cache / "file-hashes.json"), "progress": False}
+    runtime = {"dataset_root": str(dataset_root), "hash_cache": str(ws.cache / "file-hashes.json"), "progress": False,
+               "weights_dir": str(ws.weights), "workdir": str(ws.root)}
     options: dict[str, Any] = {"format": fmt}
     ids: dict[str, str] = {}
     recompute: set[str] = set()
     rows_out = []
     for node in plan_order(cfg, flow_targets(flow)):
         spec = node.spec
-        node_options = {**options, **spec.source(runtime)} if spec.source else options
+        node_options = {**options, **spec.source(cfg, runtime)} if spec.source else options
         input_ids = {k: ids[dep] for k, dep in node.inputs.items()}
         params = spec.params(cfg, node_options, node.instance or None)
         aid = spec.artifact_id(cfg, list(input_ids.values()), node_options, node.instance or None)

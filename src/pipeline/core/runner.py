@@ -65,11 +65,11 @@ def node_for(name: str, cfg: PipelineConfig) -> PhaseNode:
     return graph[name]
 
 
-def resolve_options(spec: PhaseSpec, options: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
-    """A source phase (the dataset) looks at the outside world to know its id."""
+def resolve_options(spec: PhaseSpec, cfg: PipelineConfig, options: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
+    """A phase with a source (the dataset, the detector weights) looks outside the store for its id."""
     if spec.source is None:
         return options
-    return {**options, **spec.source(runtime)}
+    return {**options, **spec.source(cfg, runtime)}
 
 
 def _result(ref: ArtifactRef, store: ArtifactStore, metrics: dict, info: dict, run_id: str | None) -> PhaseResult:
@@ -122,7 +122,7 @@ def execute_phase(
     if missing:
         raise ValueError(f"phase {name} needs inputs {sorted(missing)}")
     runtime = {"progress": ctx.progress, **(runtime or {})}
-    options = resolve_options(spec, options or {}, runtime)
+    options = resolve_options(spec, cfg, options or {}, runtime)
     params = spec.params(cfg, options, node.instance or None)
     aid = spec.artifact_id(cfg, [r.artifact_id for r in inputs.values()], options, node.instance or None)
     store = ctx.store

@@ -7,7 +7,7 @@ from typing import Any
 from pipeline.core.phases import PhaseRun, PhaseSpec, register
 
 
-def _fingerprint(runtime: dict[str, Any]) -> dict[str, Any]:
+def _fingerprint(cfg: Any, runtime: dict[str, Any]) -> dict[str, Any]:
     """The dataset's id is the hash of its file list (path, size, sha256), wherever it lies."""
     from pipeline.data.dataset import HashCache, snapshot, snapshot_id
 

@@ -22,6 +22,14 @@ def _run_crops(run: PhaseRun) -> dict[str, Any]:
     )
 
 
+def _detector(cfg: Any, runtime: dict[str, Any]) -> dict[str, Any]:
+    """Which detector `auto` will pick (and the sha256 of its files): part of the crops id."""
+    from pipeline.retrieval.detect import resolve_detector
+
+    weights = runtime.get("weights_dir")
+    return {"detector": resolve_detector(cfg.detect, Path(weights) if weights else None).identity}
+
+
 def _run_contexts(run: PhaseRun) -> dict[str, Any]:
     from pipeline.retrieval.contexts import run_contexts
 
@@ -74,8 +82,9 @@ def _legacy_validation(run: PhaseRun) -> dict[str, Any]:
 
 register(
     PhaseSpec(
-        name="crops", version="2", inputs=("split",), outputs=("crops.parquet",), sections=("detect", "crops"),
-        run=_run_crops, extra_params=lambda cfg, opt: {"max_pixels": cfg.audit.max_pixels},
+        name="crops", version="3", inputs=("split",), outputs=("crops.parquet",), sections=("detect", "crops"),
+        run=_run_crops, source=_detector,
+        extra_params=lambda cfg, opt: {"max_pixels": cfg.audit.max_pixels, "detector": opt.get("detector")},
         reports=("report.md", "contact_sheet.png", "skipped.parquet"), pool="gpu",
         description="vehicle box, grid crops of clean surfaces, damage crops from polygons",
     ),
