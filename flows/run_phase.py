@@ -1,9 +1,12 @@
 """run-phase: re-run one phase of an earlier flow run with the input artifacts that run recorded."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
+
+from pipeline.core.gc import run_guard
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.runner import node_for
@@ -25,8 +28,9 @@ def run_phase(phase: str, from_run: str, workdir: str = "work", force: bool = Fa
     if missing:
         raise ValueError(f"flow run {from_run} recorded no {missing} artifact; phase {phase} needs it")
     src = record.run
-    run = begin_flow("run-phase", cfg, workdir, src.get("dataset_root"), src.get("format"), src.get("progress", False))
-    run = run.model_copy(update={"force": force})
-    results = {dep: ArtifactRef.model_validate(record.phases[dep]) for dep in node.inputs.values()}
-    result = run_node(node, cfg, results, run)
-    return end_flow(cfg, run, {phase: result})
+    with run_guard(Path(workdir).resolve()):
+        run = begin_flow("run-phase", cfg, workdir, src.get("dataset_root"), src.get("format"), src.get("progress", False))
+        run = run.model_copy(update={"force": force})
+        results = {dep: ArtifactRef.model_validate(record.phases[dep]) for dep in node.inputs.values()}
+        result = run_node(node, cfg, results, run)
+        return end_flow(cfg, run, {phase: result})

@@ -85,10 +85,13 @@ def run_dag(targets: tuple[str, ...], cfg: PipelineConfig, run: RunInfo) -> dict
 def run_pipeline(name: str, cfg: PipelineConfig, workdir: str, dataset: str | None, fmt: str | None,
                  progress: bool, targets: tuple[str, ...]) -> dict[str, Any]:
     """The body every flow shares: open the tracking, run the DAG to `targets`, close it (FAILED on error)."""
-    run = begin_flow(name, cfg, workdir, dataset, fmt, progress)
-    try:
-        results = run_dag(targets, cfg, run)
-    except BaseException:
-        end_flow(cfg, run, {}, ok=False)
-        raise
-    return end_flow(cfg, run, results)
+    from pipeline.core.gc import run_guard
+
+    with run_guard(Path(workdir).resolve()):  # `pipeline gc` never collects under a live run
+        run = begin_flow(name, cfg, workdir, dataset, fmt, progress)
+        try:
+            results = run_dag(targets, cfg, run)
+        except BaseException:
+            end_flow(cfg, run, {}, ok=False)
+            raise
+        return end_flow(cfg, run, results)
