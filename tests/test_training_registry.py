@@ -119,3 +119,45 @@ def test_registered_pyfunc_answers_not_conclusive_under_the_threshold(data, tmp_
     assert res.exit_code == 0 and '"not_conclusive":false' in res.stdout
     res = runner.invoke(app, ["promote", "--version", "99", "--workdir", str(workdir)])
     assert res.exit_code == 1 and "no version" in res.output
+
+
+def test_run_promotion_registers_teachers_and_student_and_reports(data, tmp_path):
+    from pipeline.training import registry as R
+    from pipeline.training.manifest import data_counts, write_training_manifest
+    from pipeline.training.promotion import run_promotion
+
+    cfg = PipelineConfig()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    teacher = tiny_model_dir(tmp_path / "teacher", data["train"], seed=1)
+    regional = tiny_model_dir(tmp_path / "regional", data["train"], seed=2)
+    student = tiny_model_dir(tmp_path / "student", data["train"], threshold=0.5)
+    m = run_promotion(student, data["test"], [r["item_id"] for r in data["train"]], cfg, uri, tmp_path / "out",
+                      teacher_dirs={"teacher": teacher, "teacher_frontal": regional})
+    assert m["promoted"] == 1 and m["version"] == 1 and m["compared_items"] == 45 and 0 <= m["new_top1"] <= 1
+    client = R.registry_client(uri)
+    names = {rm.name for rm in client.search_registered_models()}
+    assert names == {"vehicle-damage-teacher", "vehicle-damage-teacher-frontal", "vehicle-damage-student"}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "promoted: champion" in report and "first promotion" in report
+    vetoed = run_promotion(tiny_model_dir(tmp_path / "s2", data["train"], seed=3), data["test"], [], cfg, uri,
+                           tmp_path / "out2", veto="no passing browser variant")
+    assert vetoed["promoted"] == 0 and vetoed["alias"] == "challenger" and "vetoed" in vetoed["decision"]
+
+    frame = pd.DataFrame({"split": ["train", "train", "val"], "target": ["red", "blue", "red"]})
+    summary = {"flow_run_id": "f1", "phases": {
+        "teacher": {"artifact_id": "a1", "cache_hit": True, "metrics": {"test_top1": 0.8, "baseline_test_top1": 0.4}},
+        "teacher_frontal": {"artifact_id": "a2", "cache_hit": False, "metrics": {"test_top1": 0.7}},
+        "calibration": {"artifact_id": "a3", "cache_hit": False, "path": str(student),
+                        "metrics": {"ece_before": 0.2, "ece_after": 0.05, "threshold": 0.5, "other": 1}},
+        "promotion": {"artifact_id": "a4", "cache_hit": False, "metrics": m}}}
+    path = write_training_manifest(summary, cfg, tmp_path / "manifest.yaml", data_counts(frame))
+    import yaml
+
+    doc = yaml.safe_load(path.read_text())
+    assert doc["data"]["counts"] == {"train": {"blue": 1, "red": 1}, "val": {"red": 1}}
+    assert doc["phases"]["teacher"]["status"] == "cache hit" and doc["phases"]["calibration"]["status"] == "computed"
+    assert doc["figures"]["calibration"] == {"ece_before": 0.2, "ece_after": 0.05, "threshold": 0.5}
+    assert doc["figures"]["teacher_frontal"] == {"test_top1": 0.7} and doc["figures"]["promotion"]["promoted"] == 1
+    assert doc["model"]["arch"] == "test_efficientnet" and doc["model"]["size_mb"] > 0 and doc["model"]["threshold"] == 0.5
+    assert doc["hyperparameters"]["calibration"]["n_bins"] == 15 and "teacher" in doc["hyperparameters"]
+    assert doc["environment"]["torch"] and doc["seed"]["split"] == 42 and "git_commit" in doc["code"]
