@@ -350,6 +350,26 @@ def diff_cmd(
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))
 
 
+@app.command("app")
+def app_cmd(
+    workdir: Path = WorkdirOpt,
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
+) -> None:
+    """The search and runs app (Streamlit) on http://127.0.0.1:PORT: search, runs, compare, models."""
+    from pipeline.app.webapp.launch import start
+
+    if not workdir.is_dir():
+        typer.secho(f"error: no work dir {workdir} (run a flow first, e.g. `make demo`)", err=True, fg="red")
+        raise typer.Exit(1)
+    typer.echo(f"app: http://127.0.0.1:{port}  (work dir {workdir.resolve()}; Ctrl-C stops it)", err=True)
+    proc = start(workdir, port)
+    try:
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 class YesNo(str, Enum):
     yes = "yes"
     no = "no"
