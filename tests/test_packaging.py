@@ -59,6 +59,23 @@ def test_pyproject_packages_match_the_tree():
                 assert (sub / "__init__.py").is_file(), f"{sub} has modules but no __init__.py"
 
 
+def test_every_data_file_is_package_data():
+    """Files under src/pipeline other than modules reach the wheel only through package-data."""
+    import glob
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"].get("package-data", {})
+    covered: set[Path] = set()
+    for package, globs in patterns.items():
+        base = TOP_PACKAGES[package.split(".")[0]].joinpath(*package.split(".")[1:])
+        for pattern in globs:
+            covered |= {Path(f) for f in glob.glob(str(base / pattern), recursive=True) if Path(f).is_file()}
+    data = {p for p in TOP_PACKAGES["pipeline"].rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    assert data, "no package data found (resources/ missing?)"
+    missing = sorted(str(p.relative_to(ROOT)) for p in data - covered)
+    assert not missing, f"not in [tool.setuptools.package-data], so left out of the wheel: {missing}"
+
+
 def test_packaged_files_are_the_checkouts():
     from pipeline.app.deploy import DEPLOYMENTS
     from pipeline.app.packaged import DEFAULT_CONFIG, DEMO_CONFIG, PREFECT_YAML, packaged_file
