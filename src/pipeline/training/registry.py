@@ -54,7 +54,10 @@ def registry_client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    from pipeline.core.tracking import db_lock
+
+    with db_lock(tracking_uri):  # creating the client creates/migrates a new SQLite store's tables
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def student_name(cfg: Any) -> str:
