@@ -12,7 +12,7 @@ TORCH  ?= torch==2.9.1 torchvision==0.24.1
 endif
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint clean help
+.PHONY: install demo test test-fast bench lint clean help export-env browser-deps
 
 help:
 	@echo "make demo   - install, generate demo data, run the pipeline on it"
@@ -31,13 +31,42 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-demo: install
+# The export phase's TF side (onnx2tf, tensorflowjs) cannot share .venv with torch (numpy/protobuf
+# pins): a second venv, created once and reused; the phase calls into it by subprocess. Node's
+# @tensorflow/tfjs + wasm backend come from the lock file (npm ci), once. Without npm the TF.js
+# variants are reported as skipped.
+EXPORT_VENV  ?= .venv-export
+EXPORT_STAMP := $(EXPORT_VENV)/.installed
+NODE_STAMP   := export/node_modules/.installed
+
+$(EXPORT_STAMP): export/requirements-tf.txt export/requirements-tf-nodeps.txt
+	test -x $(EXPORT_VENV)/bin/python || $(PYTHON) -m venv $(EXPORT_VENV)
+	$(EXPORT_VENV)/bin/python -m pip install -r export/requirements-tf.txt
+	$(EXPORT_VENV)/bin/python -m pip install --no-deps -r export/requirements-tf-nodeps.txt
+	touch $(EXPORT_STAMP)
+
+$(NODE_STAMP): export/package.json export/package-lock.json
+	if command -v npm >/dev/null; then cd export && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "npm not found: the TF.js variants will be skipped (Debian: apt-get install nodejs npm)"; fi
+
+export-env: $(EXPORT_STAMP) $(NODE_STAMP)
+
+# Test set-up only (never `make demo`): Debian's chromium + chromedriver (+ nodejs) where apt-get may
+# run as root; elsewhere the browser tests skip and say why.
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && command -v node >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver nodejs npm \
+	  || echo "apt-get failed: the browser tests will skip"; \
+	else echo "chromium/chromedriver missing and apt-get unavailable: the browser tests will skip"; fi
+
+demo: install export-env
 	$(VENV)/bin/pipeline demo --workdir demo-work
 
-test: install
+test: install export-env browser-deps
 	$(VENV)/bin/python -m pytest -q
 
-test-fast: install
+test-fast: install export-env
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: install

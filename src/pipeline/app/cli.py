@@ -567,6 +567,41 @@ def promote_cmd(
                f"previous champion {event['previous_champion']})")
 
 
+@app.command("serve-model")
+def serve_model_cmd(
+    alias: str = typer.Option("champion", "--alias", help="Registry alias (champion, challenger) or version number."),
+    name: Optional[str] = typer.Option(None, "--name", help="Registered model (default: <experiment>-student)."),
+    export_dir: Optional[Path] = typer.Option(None, "--variant-dir", help="Serve this TF.js variant folder instead "
+                                              "of the registry's (e.g. an export artifact's tfjs_fp16).",
+                                              exists=True, file_okay=False),
+    port: int = typer.Option(8765, "--port", help="Port on 127.0.0.1 (0: any free port)."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Serve a static page (127.0.0.1) that classifies a dropped photo with the champion's TF.js model."""
+    cfg = _config(config, set_)
+    from pipeline.core.workspace import setup_environment
+    from pipeline.export.browser import serve_forever
+    from pipeline.export.registry_io import browser_model_dir
+    from pipeline.export.runtimes import node_modules
+    from pipeline.training.registry import registry_client, student_name
+
+    ws = setup_environment(workdir, prefect_home=False)
+    mods, why = node_modules(cfg.export)
+    if mods is None:
+        typer.secho(f"error: {why}", err=True, fg="red")
+        raise typer.Exit(1)
+    try:
+        variant = export_dir or browser_model_dir(registry_client(ws.tracking_uri(cfg)), name or student_name(cfg),
+                                                  alias, ws.cache / "registry")
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    serve_forever(variant, mods, ws.cache / "serve-model", port,
+                  lambda url: typer.echo(f"serving {variant.name} at {url} (Ctrl-C stops)"))
+
+
 @config_app.command("show")
 def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt) -> None:
     """Print the resolved configuration as YAML."""

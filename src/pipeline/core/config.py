@@ -209,6 +209,30 @@ class PromotionConfig(Section):
     register_teachers: bool = Field(True, description="Also register the teachers (<experiment>-teacher[-<name>]).")
 
 
+class ExportConfig(Section):
+    """ONNX and TF.js export of the calibrated student, each variant admitted by an equivalence gate."""
+
+    onnx_variants: list[Literal["fp32", "fp16", "int8"]] = Field(
+        default_factory=lambda: ["fp32", "fp16", "int8"], description="ONNX variants to export.")
+    tfjs_variants: list[Literal["fp32", "fp16", "uint8"]] = Field(
+        default_factory=lambda: ["fp32", "fp16", "uint8"], description="TF.js graph-model variants to export.")
+    min_corr: float = Field(0.995, ge=-1, le=1, description="Gate: pooled logit correlation with torch must be above this.")
+    min_image_corr: float = Field(0.9, ge=-1, le=1, description="Gate: the lowest per-image logit correlation must be above this.")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="Gate: share of inputs whose top-1 matches torch's.")
+    n_inputs: int = Field(200, ge=1, description="Held-back gate inputs: test images, then their flips/crops to reach this.")
+    n_calibration: int = Field(64, ge=1, description="Train images calibrating the INT8 quantisation.")
+    int8_per_channel: bool = Field(True, description="INT8: per-channel weight scales.")
+    int8_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="INT8 calibration method.")
+    seed: int = Field(0, description="Seed of the input sample and the augmentations.")
+    require_browser: bool = Field(False, description="A TF.js variant passes only if the Chromium check ran and passed.")
+    browser: bool = Field(True, description="Run the Chromium check (runtime; skipped with its reason when absent).")
+    tf_python: str | None = Field(None, description="Python of the TF environment (default: .venv-export next to the project venv).")
+    node_dir: str | None = Field(None, description="Folder holding node_modules with @tensorflow/tfjs (default: export/ next to the project venv).")
+    chromium: str = Field("/usr/bin/chromium", description="Chromium binary for the browser check.")
+    chromedriver: str = Field("/usr/bin/chromedriver", description="chromedriver given to Selenium explicitly (no Selenium Manager).")
+    timeout_s: int = Field(900, ge=10, description="Time limit of each converter / Node / browser step.")
+
+
 class AugmentConfig(Section):
     """Train-time augmentation of one training phase (val: resize, centre crop, mean/std)."""
 
@@ -357,6 +381,7 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 

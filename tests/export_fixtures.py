@@ -1,0 +1,80 @@
+"""A tiny calibrated student and its split for the export tests (4 pattern classes, 64 px, trained briefly).
+
+The model is mobilenetv2_050 from a random init, trained a few dozen AdamW steps on synthetic
+colour patterns so its logits carry real class structure (a random-init net's logits are a common
+mode plus noise, which makes every quantisation look broken).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+CLASSES = ("checker", "hstripes", "vstripes", "blobs")
+PER_SPLIT = {"train": 16, "val": 4, "test": 5}
+SIZE = 72
+
+
+def _pattern(kind: str, rng: np.random.Generator) -> np.ndarray:
+    period = int(rng.integers(5, 11))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    if kind == "checker":
+        base = (yy // period + xx // period) % 2
+    elif kind == "hstripes":
+        base = (yy // period) % 2
+    elif kind == "vstripes":
+        base = (xx // period) % 2
+    else:
+        cy, cx = rng.integers(10, SIZE - 10, 2)
+        base = ((yy - cy) ** 2 + (xx - cx) ** 2 < (period * 2.5) ** 2)
+    colour = rng.uniform(60, 255, 3)
+    img = base[..., None] * colour + (1 - base[..., None]) * rng.uniform(0, 80, 3) + rng.normal(0, 12, (SIZE, SIZE, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_split(root: Path, seed: int = 0) -> Path:
+    """root/images/<class>/<split>_<i>.png and root/split.parquet; returns the split path."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for kind in CLASSES:
+        for split, n in PER_SPLIT.items():
+            for i in range(n):
+                rel = f"images/{kind}/{split}_{i}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(_pattern(kind, rng), "RGB").save(root / rel)
+                rows.append({"item_id": f"{kind}-{split}-{i:02d}", "path": rel, "label": kind, "split": split})
+    path = root / "split.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def make_student(root: Path, split_path: Path, steps: int = 60, image_size: int = 64, seed: int = 0) -> Path:
+    """A calibrated-student model dir (temperature and threshold set) trained `steps` AdamW steps."""
+    import torch
+
+    from pipeline.data.images import load_rgb
+    from pipeline.training.modeling import create_classifier, model_meta, preprocess, save_classifier
+
+    torch.manual_seed(seed)
+    model, info = create_classifier("mobilenetv2_050", len(CLASSES), pretrained=False, allow_random_init=True, seed=seed)
+    meta = model_meta("mobilenetv2_050", list(CLASSES), image_size, image_size + 8, (0.485, 0.456, 0.406),
+                      (0.229, 0.224, 0.225), info)
+    split = pd.read_parquet(split_path)
+    train = split[split["split"] == "train"]
+    x = preprocess([load_rgb(str(root / p), 10**8)[0] for p in train["path"]], meta)
+    y = torch.tensor([CLASSES.index(c) for c in train["label"]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(x), (16,))
+        batch = x[idx]
+        if step % 2:
+            batch = batch.flip(3)
+        loss = torch.nn.functional.cross_entropy(model(batch), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = save_classifier(model.eval(), {**meta, "temperature": 1.3, "threshold": 0.6}, root / "calibration")
+    return out
