@@ -82,6 +82,13 @@ def dataset_files(store: ArtifactStore, aid: str | None) -> list[dict[str, Any]]
         return None
 
 
+def phase_metrics(store: ArtifactStore, phase: str, ref: dict[str, Any]) -> dict[str, Any]:
+    """A run record's metrics of a phase; for records that carry none, the artifact's lineage metrics."""
+    if ref.get("metrics") is not None:
+        return ref["metrics"]
+    return (_lineage(store, phase, ref.get("artifact_id")) or {}).get("metrics", {})
+
+
 def _metric_deltas(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -141,7 +148,7 @@ def _phase_rows(store: ArtifactStore, ra: RunRecord, rb: RunRecord,
             reasons = _phase_reasons(phase, _lineage(store, phase, aid_a), _lineage(store, phase, aid_b), changed,
                                      files)
             row.update(status="recomputed", reasons=reasons)
-        row["metrics"] = _metric_deltas(pa_.get("metrics") or {}, pb_.get("metrics") or {})
+        row["metrics"] = _metric_deltas(phase_metrics(store, phase, pa_), phase_metrics(store, phase, pb_))
         rows.append(row)
     return rows
 
