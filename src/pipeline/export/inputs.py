@@ -21,7 +21,7 @@ MAX_PIXELS = 89_478_485
 
 
 def _views() -> list[tuple[str, Callable[[Any], Any]]]:
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     def crop(fx: float, fy: float, frac: float) -> Callable[[Any], Any]:
         def f(im: Any) -> Any:
@@ -34,7 +34,6 @@ def _views() -> list[tuple[str, Callable[[Any], Any]]]:
     base = [("orig", lambda im: im), ("tl80", crop(0, 0, .8)), ("tr80", crop(1, 0, .8)), ("bl80", crop(0, 1, .8)),
             ("br80", crop(1, 1, .8)), ("c70", crop(.5, .5, .7))]
     flipped = [(f"{n}_flip", (lambda g: lambda im: ImageOps.mirror(g(im)))(g)) for n, g in base]
-    del Image
     return [v for pair in zip(base, flipped) for v in pair]
 
 

@@ -1,0 +1,143 @@
+"""The export phase end to end on a tiny trained student: ONNX variants gated on onnxruntime, TF.js
+variants in Node (wasm) and headless Chromium, a corrupted variant refused and not registered, and
+the served page classifying test photos like torch. TF.js/browser parts skip, saying why, where the
+TF environment, Node packages or Chromium are absent (`make export-env`, `make browser-deps`)."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from export_fixtures import make_split, make_student
+from pipeline.core.config import PipelineConfig
+from pipeline.export import browser, gate, runtimes
+from pipeline.export.run import run_export
+
+SOURCE = {"calibration_artifact": "test-calibration", "arch": "mobilenetv2_050"}
+
+
+def _tfjs_missing() -> str:
+    cfg = PipelineConfig().export
+    return runtimes.tf_python(cfg)[1] or runtimes.node_modules(cfg)[1]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export_data")
+    split = make_split(root)
+    return root, split, make_student(root, split, steps=40)
+
+
+@pytest.fixture(scope="module")
+def exported(student, tmp_path_factory):
+    root, split, model_dir = student
+    out = tmp_path_factory.mktemp("export_out")
+    metrics = run_export(model_dir, split, root, PipelineConfig().export, out, SOURCE)
+    return out, metrics, json.loads((out / "export.json").read_text())
+
+
+def test_onnx_variants_cards_and_gate(exported, student):
+    out, metrics, summary = exported
+    assert summary["inputs"]["inputs"] == 200 and summary["inputs"]["test_images"] == 20
+    fp32 = summary["variants"]["onnx_fp32"]
+    assert fp32["gate"]["passed"] and fp32["gate"]["checks"]["onnxruntime"]["corr"] > 0.99999
+    assert (out / "onnx_fp32" / "model.onnx").is_file() and (out / "onnx_fp32" / "card.json").is_file()
+    card = json.loads((out / "onnx_fp32" / "card.json").read_text())
+    assert card["class_names"] == ["checker", "hstripes", "vstripes", "blobs"] and card["layout"] == "NCHW"
+    assert card["temperature"] == pytest.approx(1.3) and card["threshold"] == pytest.approx(0.6)
+    assert card["source"] == SOURCE and card["size_bytes"] > 100_000
+    cfg = PipelineConfig().export
+    for name, c in summary["variants"].items():  # every verdict follows from its recorded figures
+        verdicts = [gate.verdict(f, cfg)[0] for f in c["gate"]["checks"].values()]
+        assert c["gate"]["passed"] == (bool(verdicts) and all(verdicts)), name
+        assert (name in summary["passed"]) == c["gate"]["passed"]
+        assert (out / c["dir"]).is_dir() and c["dir"].startswith("rejected/") != c["gate"]["passed"]
+    assert metrics["n_passed"] == len(summary["passed"]) and metrics["onnx_fp32_passed"] == 1.0
+
+
+def test_corrupted_variant_is_refused_and_not_registered(student, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    from pipeline.export import onnx_export
+    from pipeline.export.registry_io import attach_variants
+    from pipeline.training.registry import register_classifier, registry_client
+
+    def corrupted_fp16(fp32_path, out_path):  # a "fp16" file whose first conv kernel is garbage
+        model = onnx.load(str(fp32_path))
+        init = next(i for i in model.graph.initializer if len(numpy_helper.to_array(i).shape) == 4)
+        w = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, w.shape).astype(w.dtype), init.name))
+        onnx.save(model, str(out_path))
+        return out_path
+
+    monkeypatch.setattr(onnx_export, "export_fp16", corrupted_fp16)
+    root, split, model_dir = student
+    cfg = PipelineConfig().export.model_copy(update={"onnx_variants": ["fp32", "fp16"], "tfjs_variants": [],
+                                                     "n_inputs": 40})
+    out = tmp_path / "export"
+    out.mkdir()
+    run_export(model_dir, split, root, cfg, out, SOURCE)
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["passed"] == ["onnx_fp32"]
+    assert not summary["variants"]["onnx_fp16"]["gate"]["passed"]
+    assert (out / "rejected" / "onnx_fp16" / "model.onnx").is_file() and not (out / "onnx_fp16").exists()
+
+    client = registry_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mv = register_classifier(client, "test-student", model_dir, "test")
+    assert attach_variants(client, mv, out) == ["onnx_fp32"]
+    logged = {Path(a.path).name for a in client.list_artifacts(mv.run_id, "export")}
+    assert "onnx_fp32" in logged and "onnx_fp16" not in logged
+    tags = client.get_model_version("test-student", mv.version).tags
+    assert tags["pipeline.export.passed"] == "onnx_fp32" and tags["pipeline.export.browser_variant"] == "none"
+
+
+def test_tfjs_variants_in_node_and_chromium(exported):
+    if why := _tfjs_missing():
+        pytest.skip(f"TF.js export not available: {why}")
+    _, metrics, summary = exported
+    fp32 = summary["variants"]["tfjs_fp32"]
+    assert fp32["layout"] == "NHWC" and fp32["gate"]["passed"]
+    assert fp32["gate"]["checks"]["node"]["corr"] > 0.99999 and fp32["gate"]["checks"]["node"]["top1_agreement"] == 1.0
+    assert summary["browser_variants"] and metrics["tfjs_fp32_node_latency_ms"] > 0
+    if not (why := browser.browser_missing("/usr/bin/chromium", "/usr/bin/chromedriver")):
+        assert fp32["gate"]["checks"]["chromium"]["top1_agreement"] == 1.0
+    sizes = {v: summary["variants"][v]["size_bytes"] for v in ("tfjs_fp32", "tfjs_fp16", "tfjs_uint8")}
+    assert sizes["tfjs_uint8"] < sizes["tfjs_fp16"] < sizes["tfjs_fp32"]
+
+
+def test_page_classifies_test_photos_like_torch(exported, student):
+    if why := (_tfjs_missing() or browser.browser_missing("/usr/bin/chromium", "/usr/bin/chromedriver")):
+        pytest.skip(f"browser check not available: {why}")
+    from pipeline.training.predict import Predictor
+
+    out, _, summary = exported
+    root, split, model_dir = student
+    variant = out / summary["variants"][summary["browser_variants"][0]]["dir"]
+    test = pd.read_parquet(split).query("split == 'test'")
+    photos = [root / p for p in test["path"]][:12]
+    torch_answers = Predictor.from_dir(model_dir).predict(photos)
+    shots = Path(tempfile.mkdtemp(prefix="export-page-"))
+    mods, _ = runtimes.node_modules(PipelineConfig().export)
+    site = browser.build_site(variant, json.loads((variant / "card.json").read_text()), mods, shots / "site")
+    with browser.serve(site) as url, browser.Chromium("/usr/bin/chromium", "/usr/bin/chromedriver", 120) as chrome:
+        assert url.startswith("http://127.0.0.1:")
+        chrome.open(url)
+        answers = [chrome.classify_file(p) for p in photos]
+        chrome.screenshot(shots / "page.png")
+    print(f"\nscreenshot of the page with a prediction: {shots / 'page.png'}")
+    assert (shots / "page.png").stat().st_size > 5_000
+    ref = Predictor.from_dir(model_dir)
+    from pipeline.training.predict import batched_logits
+
+    torch_logits, _ = batched_logits(ref.model, ref.meta, photos)
+    figures = gate.compare(torch_logits, np.asarray([a["logits"] for a in answers], dtype=np.float32))
+    assert gate.verdict(figures, PipelineConfig().export)[0], figures
+    assert [a["label"] for a in answers] == list(torch_answers["label"])
+    for a, nc in zip(answers, torch_answers["not_conclusive"]):
+        assert a["conclusive"] == (not nc)
+        assert ("not conclusive" in a["text"]) == nc
