@@ -23,7 +23,7 @@ def run_phase(phase: str, from_run: str, workdir: str = "work", force: bool = Fa
     if record is None:
         raise ValueError(f"no run record for flow run {from_run} in {workdir}/runs (was it run with this work dir?)")
     cfg = PipelineConfig.model_validate(record.config)
-    node = node_for(phase, cfg)
+    node = node_for(phase, cfg, {"format": record.run.get("format")})
     missing = [dep for dep in node.inputs.values() if dep not in record.phases]
     if missing:
         raise ValueError(f"flow run {from_run} recorded no {missing} artifact; phase {phase} needs it")

@@ -77,7 +77,7 @@ def end_flow(cfg: PipelineConfig, run: RunInfo, results: dict[str, PhaseResult],
 def run_dag(targets: tuple[str, ...], cfg: PipelineConfig, run: RunInfo) -> dict[str, PhaseResult]:
     """Run the phases `targets` need, in order, each as its cached Prefect task (wiring by name)."""
     results: dict[str, PhaseResult] = {}
-    for node in plan_order(cfg, targets):
+    for node in plan_order(cfg, targets, run.options()):
         results[node.name] = run_node(node, cfg, results, run)
     return results
 

@@ -8,9 +8,7 @@ phases (the dataset) and uncacheable ones (promotion) are never Prefect cache hi
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ class RunInfo(BaseModel):
     parent_run_id: str | None = None
     progress: bool = True
     force: bool = False
+    in_process: bool = False  # set by the `phase` flow: never dispatch again from a dispatched phase
 
     def options(self) -> dict[str, Any]:
         return {"format": self.format}
@@ -102,32 +101,6 @@ class ArtifactIdPolicy(CachePolicy):
         return key
 
 
-@functools.lru_cache(maxsize=4)
-def _limit_exists(api_url: str, name: str) -> bool:
-    """Whether the server has the global concurrency limit `name` (asked once per process)."""
-    from prefect.client.orchestration import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            client.read_global_concurrency_limit_by_name(name)
-        return True
-    except Exception:
-        return False
-
-
-def gpu_slot():
-    """The per-host GPU slot `gpu-host-<hostname>` when the server has it (`pipeline up` creates it)."""
-    import os
-
-    from prefect.concurrency.sync import concurrency
-
-    name = f"gpu-host-{socket.gethostname()}"
-    api = os.environ.get("PREFECT_API_URL", "")
-    if not api or not _limit_exists(api, name):
-        return contextlib.nullcontext()  # no server or no limit: nothing to queue on, and no warning
-    return concurrency(name, occupy=1, strict=False)
-
-
 class InjectedFault(RuntimeError):
     """Raised once by a phase when `<workdir>/.faults/<phase>` exists (retry and recovery drills)."""
 
@@ -149,12 +122,11 @@ def is_transient(task, task_run, state) -> bool:
 
 
 def _run_phase(phase: str, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo) -> PhaseResult:
-    spec = node_for(phase, cfg).spec
-    # GPU phases hold the host's GPU slot (when the local stack made one), so two runs queue instead of OOM.
-    with gpu_slot() if spec.pool == "gpu" else contextlib.nullcontext():
-        inject_fault(run.workdir, phase)
-        return execute_phase(phase, cfg, inputs, phase_context(cfg, run), options=run.options(),
-                             runtime=run.runtime(cfg, phase), force=run.force)
+    # One GPU job per host comes from the infrastructure (a `gpu` worker started with --limit 1, Dask GPU
+    # resources), not from a lock here.
+    inject_fault(run.workdir, phase)
+    return execute_phase(phase, cfg, inputs, phase_context(cfg, run), options=run.options(),
+                         runtime=run.runtime(cfg, phase), force=run.force)
 
 
 @functools.lru_cache(maxsize=None)
@@ -206,14 +178,19 @@ def report_markdown(result: PhaseResult, tracker, report_name: str = "report.md"
 
 def finish_phase(state, node: PhaseNode, cfg: PipelineConfig, run: RunInfo) -> PhaseResult:
     """Result of a phase task state; a Prefect cache hit is tracked here (its task body never ran)."""
-    from pipeline_tasks.flowrun import record_phase
-
     result: PhaseResult = state.result()
     if state.name == "Cached":
         tracker = tracker_for(cfg, run.workdir)
         run_id = tracker.log_phase(run.parent_run_id, node.name, result.artifact_id, True,
                                    node.spec.params(cfg, run.options(), node.instance or None), result.metrics)
         result = result.model_copy(update={"cache_hit": True, "mlflow_run_id": run_id})
+    return publish_result(result, node, cfg, run)
+
+
+def publish_result(result: PhaseResult, node: PhaseNode, cfg: PipelineConfig, run: RunInfo) -> PhaseResult:
+    """The phase's Prefect markdown artifact and its entry in the run record."""
+    from pipeline_tasks.flowrun import record_phase
+
     try:
         create_markdown_artifact(
             report_markdown(result, tracker_for(cfg, run.workdir)),
@@ -248,8 +225,21 @@ def results_storage(cfg: PipelineConfig, workdir: str):
 
 
 def run_node(node: PhaseNode, cfg: PipelineConfig, results: dict[str, PhaseResult], run: RunInfo) -> PhaseResult:
-    """Run one node of the DAG as its Prefect task, with the results of its inputs."""
+    """Run one node of the DAG, with the results of its inputs: dispatched to the `gpu` pool as a child flow
+    run (a `gpu` phase, when a server with a `phase/gpu` deployment and a worker exist and the artifact is
+    not complete yet), else as its Prefect task here, its items first sharded over Dask when configured."""
     inputs = {k: ArtifactRef.model_validate(results[dep].model_dump()) for k, dep in node.inputs.items()}
+    if node.spec.pool == "gpu" and cfg.runtime.dispatch_gpu and not run.in_process:
+        from pipeline_tasks.placement import dispatch, full_artifact_id, gpu_deployment
+
+        aid = full_artifact_id(node, cfg, inputs, run)
+        cached = node.spec.cacheable and not run.force and store_for(cfg, run.workdir).is_complete(node.name, aid)
+        if not cached and gpu_deployment() is not None:
+            return publish_result(dispatch(node, cfg, inputs, run, aid), node, cfg, run)
+    if node.spec.sharding is not None and cfg.runtime.task_runner == "dask":
+        from pipeline_tasks.shards import shard_node
+
+        shard_node(node, cfg, inputs, run)
     configured = phase_task(node.spec.name).with_options(
         result_storage=results_storage(cfg, run.workdir), retries=cfg.runtime.task_retries)
     state = configured(phase=node.name, cfg=cfg, inputs=inputs, run=run, return_state=True)

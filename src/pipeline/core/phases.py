@@ -21,14 +21,15 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.hashing import artifact_id
 
 # The stage modules that declare phases (discovered in this order, like Kedro's pipeline registry).
-STAGE_MODULES = ("pipeline.data.phases", "pipeline.retrieval.phases", "pipeline.training.phases")
+STAGE_MODULES = ("pipeline.data.phases", "pipeline.retrieval.phases", "pipeline.training.phases",
+                 "pipeline.export.phases")
 
 # Flows: the phases each flow must produce; everything upstream of them is run too.
 FLOWS: dict[str, tuple[str, ...]] = {
     "data-prep": ("split",),
     "retrieval": ("validation",),
-    "train": ("promotion",),
-    "factory": ("validation", "promotion"),
+    "train": ("student_no_teacher", "promotion"),
+    "factory": ("validation", "student_no_teacher", "promotion"),
 }
 
 
@@ -43,6 +44,9 @@ class PhaseRun:
     runtime: dict[str, Any]  # dataset_root, workdir, item_cache, checkpoints, device, progress
     store: Any = None  # the ArtifactStore, to resolve artifacts by id
     instance: dict[str, Any] = field(default_factory=dict)  # a family member's own settings
+    artifact_id: str = ""  # the id being built (a stable checkpoint folder for resumable phases)
+    name: str = ""  # the node name (`teacher_frontal` for a family member)
+    steps: list[tuple[str, float, int]] = field(default_factory=list)  # per-step metrics (key, value, step)
 
     @property
     def progress(self) -> bool:
@@ -66,10 +70,15 @@ class PhaseSpec:
     pool: str = "cpu"
     cacheable: bool = True  # False: always recomputed (it depends on state outside the store)
     instances: Callable[[PipelineConfig], list[dict[str, Any]]] | None = None  # a family's members
+    member: str = "{spec}_{name}"  # a family member's node name
     # What the id needs from outside the store (the dataset's file hashes, the detector weights found):
     # (cfg, runtime) -> extra options. Such phases are decided by the store, never by Prefect's cache.
     source: Callable[[PipelineConfig, dict[str, Any]], dict[str, Any]] | None = None
+    # Inputs that depend on the config or the dataset format (training on crops needs `crops`):
+    # (cfg, options) -> input names; `inputs` is then the widest set, for documentation.
+    inputs_for: Callable[[PipelineConfig, dict[str, Any]], tuple[str, ...]] | None = None
     description: str = ""
+    sharding: Any = None  # a pipeline.core.sharding.Sharding: per-item work split over shards of runtime.shard_items
 
     def params(self, cfg: PipelineConfig, options: dict[str, Any] | None = None,
                instance: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -112,31 +121,34 @@ def register(*specs: PhaseSpec) -> None:
 def _members(spec: PhaseSpec, cfg: PipelineConfig) -> list[PhaseNode]:
     if spec.instances is None:
         return [PhaseNode(spec.name, spec, {})]
-    return [PhaseNode(f"{spec.name}_{inst['name']}", spec, {}, dict(inst)) for inst in spec.instances(cfg)]
+    return [PhaseNode(spec.member.format(spec=spec.name, name=inst["name"]), spec, {}, dict(inst))
+            for inst in spec.instances(cfg)]
 
 
-def nodes(cfg: PipelineConfig) -> dict[str, PhaseNode]:
+def nodes(cfg: PipelineConfig, options: dict[str, Any] | None = None) -> dict[str, PhaseNode]:
     """Every phase of the DAG for this config, families expanded, inputs bound to node names."""
     members = {spec.name: _members(spec, cfg) for spec in PHASES.values()}
     out: dict[str, PhaseNode] = {}
     for spec in PHASES.values():
+        wanted = spec.inputs_for(cfg, options or {}) if spec.inputs_for else spec.inputs
         for node in members[spec.name]:
             bound: dict[str, str] = {}
-            for inp in spec.inputs:
+            for inp in wanted:
                 if inp.endswith("*"):
                     for m in members.get(inp[:-1], []):
                         bound[m.name] = m.name
-                else:
-                    if inp not in members:
-                        raise ValueError(f"phase {spec.name} reads {inp!r}, which no phase declares")
+                elif inp in members:
                     bound[inp] = members[inp][0].name
+                elif not spec.inputs_for:
+                    raise ValueError(f"phase {spec.name} reads {inp!r}, which no phase declares")
             out[node.name] = PhaseNode(node.name, spec, bound, node.instance)
     return out
 
 
-def plan_order(cfg: PipelineConfig, targets: tuple[str, ...] | list[str]) -> list[PhaseNode]:
+def plan_order(cfg: PipelineConfig, targets: tuple[str, ...] | list[str],
+               options: dict[str, Any] | None = None) -> list[PhaseNode]:
     """The nodes needed for `targets`, in topological order (inputs first); rejects cycles."""
-    graph = nodes(cfg)
+    graph = nodes(cfg, options)
     order: list[PhaseNode] = []
     state: dict[str, str] = {}
 

@@ -78,7 +78,7 @@ def plan(flow: str, cfg: PipelineConfig, workdir: Path, dataset_root: Path, fmt:
     ids: dict[str, str] = {}
     recompute: set[str] = set()
     rows_out = []
-    for node in plan_order(cfg, flow_targets(flow)):
+    for node in plan_order(cfg, flow_targets(flow), options):
         spec = node.spec
         node_options = {**options, **spec.source(cfg, runtime)} if spec.source else options
         input_ids = {k: ids[dep] for k, dep in node.inputs.items()}

@@ -55,11 +55,11 @@ def split_metrics(values: dict[str, Any] | None) -> tuple[dict[str, float], dict
     return metrics, info
 
 
-def node_for(name: str, cfg: PipelineConfig) -> PhaseNode:
+def node_for(name: str, cfg: PipelineConfig, options: dict[str, Any] | None = None) -> PhaseNode:
     """The node of phase `name` (a plain phase, or a family member like `teacher_frontal`)."""
     from pipeline.core.phases import nodes
 
-    graph = nodes(cfg)
+    graph = nodes(cfg, options)
     if name not in graph:
         raise KeyError(f"unknown phase {name!r}; phases: {', '.join(graph)}")
     return graph[name]
@@ -116,7 +116,7 @@ def execute_phase(
     `options` are id-relevant values that are not in the config (the dataset format);
     `runtime` are id-irrelevant ones (where the dataset lies on this machine, the work dir).
     """
-    node = node_for(name, cfg)
+    node = node_for(name, cfg, options)
     spec = node.spec
     missing = set(node.inputs) - set(inputs)
     if missing:
@@ -137,7 +137,7 @@ def execute_phase(
     t0 = time.perf_counter()
     with store.staging(name) as tmp:
         run = PhaseRun(inputs=input_dirs, cfg=cfg, params=params, out_dir=tmp, runtime=runtime, store=store,
-                       instance=dict(node.instance))
+                       instance=dict(node.instance), artifact_id=aid, name=name)
         metrics, info = split_metrics(spec.run(run))
         absent = [f for f in spec.outputs if not (tmp / f).exists()]
         if absent:
@@ -146,6 +146,7 @@ def execute_phase(
         run_id = ctx.tracker.log_phase(
             ctx.parent_run_id, name, aid, False, params, metrics,
             artifact_dir=tmp, artifact_files=list(spec.reports), dataset=_dataset_record(tmp, name, aid, store),
+            **({"steps": run.steps} if run.steps else {}),
         )
         record = _lineage(node, aid, params, inputs, metrics, info, runtime, ctx, run_id)
         ref = store.commit(tmp, record, replace=force or not spec.cacheable)
@@ -154,7 +155,7 @@ def execute_phase(
 
 def phase_id(name: str, cfg: PipelineConfig, input_ids: dict[str, str], options: dict[str, Any] | None = None) -> tuple[str, dict]:
     """(artifact id, params) of phase `name` for these input ids, without running anything."""
-    node = node_for(name, cfg)
+    node = node_for(name, cfg, options)
     params = node.spec.params(cfg, options or {}, node.instance or None)
     return node.spec.artifact_id(cfg, list(input_ids.values()), options or {}, node.instance or None), params
 

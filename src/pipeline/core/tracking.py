@@ -221,7 +221,7 @@ class MlflowTracker:
                 self.client.set_terminated(run_id, status=status)
 
     def log_phase(self, parent_run_id, phase, artifact_id, cache_hit, params, metrics, artifact_dir=None,
-                  artifact_files=None, dataset=None) -> str:
+                  artifact_files=None, dataset=None, steps=None) -> str:
         tags = {"pipeline.phase": phase, "pipeline.artifact_id": artifact_id, "pipeline.cache_hit": str(cache_hit).lower()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -230,6 +230,13 @@ class MlflowTracker:
             run = self.client.create_run(self.experiment_id, run_name=phase, tags=tags)
             run_id = run.info.run_id
             self._log(run_id, params=params, metrics={**metrics, "cache_hit": float(cache_hit)})
+            if steps:  # per-epoch curves: (key, value, step)
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                batch = [Metric(k, float(v), now, int(s)) for k, v, s in steps]
+                for i in range(0, len(batch), 1000):
+                    self.client.log_batch(run_id, metrics=batch[i:i + 1000])
             if artifact_dir is not None and not cache_hit:
                 for name in artifact_files or []:
                     path = Path(artifact_dir) / name
