@@ -91,4 +91,6 @@ def test_real_photos_damaged_retrieve_damaged(prefect_server, coco_dir, tmp_path
     m = out["phases"]["validation"]["metrics"]
     assert out["phases"]["crops"]["metrics"]["n_damage_crops"] > 50
     assert out["phases"]["crops"]["metrics"]["n_clean_crops"] > 50
-    assert m["coverage_damaged"] > m["coverage_chance"] + 0.1, m
+    # Honest figures (same-photo and same-group neighbours excluded, image-query ranking): about
+    # 0.59 against chance 0.50 here; before the exclusion it read 0.61-0.71.
+    assert m["coverage_damaged"] > m["coverage_chance"] + 0.05, m

@@ -5,6 +5,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.phases import PhaseRun, PhaseSpec, register
+from pipeline.core.sharding import Sharding
+from pipeline.retrieval.shards import crops_plan, crops_work, embed_plan, embed_work
 
 
 def _item_cache(run: PhaseRun, name: str) -> Path | None:
@@ -51,33 +53,10 @@ def _run_index(run: PhaseRun) -> dict[str, Any]:
 
 
 def _run_validation(run: PhaseRun) -> dict[str, Any]:
-    try:
-        from pipeline.retrieval.validate import run_validation
-    except ImportError:  # TEMP until validate.run_validation lands
-        return _legacy_validation(run)
+    from pipeline.retrieval.validate import run_validation
+
     return run_validation(run.inputs["index"], run.inputs["embeddings"], run.inputs["crops"], run.out_dir,
-                          k=run.params["k"], seed=run.params["seed"], store=run.store)
-
-
-def _legacy_validation(run: PhaseRun) -> dict[str, Any]:
-    import json
-
-    import pyarrow.parquet as pq
-
-    from pipeline.retrieval.embed import load_embeddings
-    from pipeline.retrieval.retrieve import Retriever
-    from pipeline.retrieval.validate import validate
-
-    inputs = run.inputs
-    ids, x = load_embeddings(inputs["embeddings"])
-    retriever = Retriever.open(inputs["index"])
-    meta = {r["crop_id"]: r for r in retriever.metadata}
-    defects = dict(zip(*pq.read_table(inputs["crops"] / "crops.parquet", columns=["crop_id", "defects"]).to_pydict().values()))
-    rows = [{**meta[c], "defects": defects.get(c)} for c in ids]
-    emb = json.loads((inputs["embeddings"] / "embedder.json").read_text(encoding="utf-8"))
-    concat = emb.get("fusion", {}).get("mode") == "concat"
-    return validate(x, rows, run.out_dir, k=run.params["k"], search=retriever.search, seed=run.params["seed"],
-                    image_dims=emb.get("image_dim") if concat else None)
+                          k=run.params["k"], seed=run.params["seed"], store=run.store, split_dir=run.inputs["split"])
 
 
 register(
@@ -86,6 +65,7 @@ register(
         run=_run_crops, source=_detector,
         extra_params=lambda cfg, opt: {"max_pixels": cfg.audit.max_pixels, "detector": opt.get("detector")},
         reports=("report.md", "contact_sheet.png", "skipped.parquet"), pool="gpu",
+        sharding=Sharding(crops_plan, crops_work),
         description="vehicle box, grid crops of clean surfaces, damage crops from polygons",
     ),
     PhaseSpec(
@@ -97,6 +77,7 @@ register(
         name="embeddings", version="2", inputs=("crops", "contexts"), outputs=("embeddings.parquet", "embedder.json"),
         sections=("embed",), runtime_keys=("embed.batch_size", "embed.num_workers", "embed.allow_download"),
         run=_run_embeddings, reports=("report.md", "embedder.json"), pool="gpu",
+        sharding=Sharding(embed_plan, embed_work),
         description="image + text embeddings of the crops, sharded, cached per crop",
     ),
     PhaseSpec(
@@ -106,7 +87,7 @@ register(
         description="FAISS index with a self-check and recall against exact search",
     ),
     PhaseSpec(
-        name="validation", version="3", inputs=("index", "embeddings", "crops"),
+        name="validation", version="3", inputs=("index", "embeddings", "crops", "split"),
         outputs=("report.md", "metrics.json"), sections=(), run=_run_validation,
         extra_params=lambda cfg, opt: {"k": 5, "seed": 0},
         reports=("report.md", "metrics.json", "pca.png", "tsne.png", "examples.png"),
