@@ -157,7 +157,8 @@ def _run_promotion(run: PhaseRun) -> dict[str, Any]:
     with db_lock(uri):  # the registry shares the tracking database
         return run_promotion(student, data.part("test"), trained, run.cfg, uri, run.out_dir, teacher_dirs=teachers,
                              teacher_trained={k: trained for k in teachers}, veto=_export_veto(run),
-                             cache_dir=workdir.cache / "registry", device=_runtime(run).device)
+                             cache_dir=workdir.cache / "registry", device=_runtime(run).device,
+                             export_dir=run.inputs.get("export"))
 
 
 def _regional_instances(cfg: PipelineConfig) -> list[dict[str, Any]]:

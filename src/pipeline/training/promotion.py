@@ -30,7 +30,8 @@ def _teacher_region(phase: str) -> str | None:
 def run_promotion(student_dir: Path, test_items: Sequence[Any], trained_item_ids: Sequence[str], cfg: Any,
                   tracking_uri: str, out_dir: Path, *, teacher_dirs: Mapping[str, Path] | None = None,
                   teacher_trained: Mapping[str, Sequence[str]] | None = None, tags: dict[str, str] | None = None,
-                  veto: str | None = None, cache_dir: Path | None = None, device: str = "cpu") -> dict[str, Any]:
+                  veto: str | None = None, cache_dir: Path | None = None, device: str = "cpu",
+                  export_dir: Path | None = None) -> dict[str, Any]:
     """Register teachers (`teacher_dirs`: phase name 'teacher' / 'teacher_<region>' -> model dir) as
     `<experiment>-teacher[-<region>]` and the calibrated student as `<experiment>-student`, then gate the
     student (`registry.promote_student`). `veto` (e.g. no passing browser variant) keeps it challenger."""
@@ -45,6 +46,10 @@ def run_promotion(student_dir: Path, test_items: Sequence[Any], trained_item_ids
     name = student_name(cfg)
     mv = register_classifier(client, name, student_dir, experiment, trained_item_ids, tags)
     registered[name] = int(mv.version)
+    if export_dir is not None:  # the student version gains its passing exported variants
+        from pipeline.export.registry_io import attach_variants
+
+        attach_variants(client, mv, Path(export_dir))
     decision = promote_student(client, name, mv.version, test_items, cfg, cache_dir=cache_dir, device=device,
                                veto=veto)
     decision["registered"] = registered
