@@ -2,7 +2,7 @@
 Selenium): a text query, an image upload, a zone filter every result respects, the Runs and Compare
 pages, no exception element anywhere. Screenshots go to a temp folder whose path is printed.
 
-Needs /usr/bin/chromium and /usr/bin/chromedriver (`make browser` installs them where apt-get
+Needs /usr/bin/chromium and /usr/bin/chromedriver (`make browser-deps`, part of `make test`, installs them where apt-get
 works); without them the tests skip and say why."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ EXCEPTION = '[data-testid="stException"]'
 
 pytestmark = [
     pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-                       reason=f"no {CHROMIUM} / {CHROMEDRIVER}: `make browser` installs them (apt-get, as root)"),
+                       reason=f"no {CHROMIUM} / {CHROMEDRIVER}: `make browser-deps` installs them (apt-get, as root)"),
     pytest.mark.timeout(1800),
 ]
 
