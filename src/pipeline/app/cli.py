@@ -178,6 +178,11 @@ def up_cmd(
     prefect_port: int = typer.Option(4200, "--prefect-port", help="Prefect server port."),
     mlflow_port: int = typer.Option(5000, "--mlflow-port", help="MLflow server port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
+    dask: int = typer.Option(0, "--dask", min=0, help="Also a local Dask scheduler and N workers (runtime.task_runner=dask)."),
+    dask_port: int = typer.Option(8786, "--dask-port", help="Dask scheduler port."),
+    dask_dashboard_port: int = typer.Option(8787, "--dask-dashboard-port", help="Dask dashboard port."),
+    team: bool = typer.Option(False, "--team", help="Prefect and MLflow servers on a local Postgres (Debian postgresql)."),
+    postgres_port: int = typer.Option(5432, "--postgres-port", help="--team: Postgres port (loopback)."),
 ) -> None:
     """Start a Prefect server, an MLflow server and one worker per pool (cpu, gpu) in the background."""
     from pipeline.app.services import up
@@ -185,13 +190,20 @@ def up_cmd(
 
     ws = setup_environment(workdir, prefect_home=False)
     try:
-        state = up(ws.root, prefect_port=prefect_port, mlflow_port=mlflow_port, host=host, log=typer.echo)
+        state = up(ws.root, prefect_port=prefect_port, mlflow_port=mlflow_port, host=host, log=typer.echo,
+                   dask_workers=dask, dask_port=dask_port, dask_dashboard_port=dask_dashboard_port, team=team,
+                   postgres_port=postgres_port)
     except RuntimeError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
     typer.echo(f"Prefect UI:  {state['prefect']['url']}")
     typer.echo(f"MLflow UI:   {state['mlflow']['url']}")
     typer.echo(f"workers:     {', '.join(state['workers'])}")
+    if state.get("dask"):
+        typer.echo(f"Dask:        {state['dask']['address']} (dashboard {state['dask']['dashboard']}); "
+                   f"flows use it with runtime.task_runner=dask")
+    if state.get("postgres"):
+        typer.echo(f"Postgres:    {state['postgres']['url']} (databases prefect, mlflow)")
     typer.echo(f"stop with:   pipeline down --workdir {workdir}")
 
 
@@ -216,7 +228,8 @@ def status_cmd(workdir: Path = WorkdirOpt, as_json: bool = JsonOpt) -> None:
     if not st:
         typer.echo("nothing started (pipeline up)")
     for name, info in st.items():
-        typer.echo(f"{name:<12} pid {info.get('pid')}  {'running' if info.get('alive') else 'stopped'}  {info.get('url') or ''}")
+        where = info.get("url") or info.get("address") or ""
+        typer.echo(f"{name:<14} pid {info.get('pid')}  {'running' if info.get('alive') else 'stopped'}  {where}")
 
 
 @app.command("deploy")
@@ -362,7 +375,11 @@ def app_cmd(
         typer.secho(f"error: no work dir {workdir} (run a flow first, e.g. `make demo`)", err=True, fg="red")
         raise typer.Exit(1)
     typer.echo(f"app: http://127.0.0.1:{port}  (work dir {workdir.resolve()}; Ctrl-C stops it)", err=True)
-    proc = start(workdir, port)
+    try:
+        proc = start(workdir, port)
+    except ModuleNotFoundError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
     try:
         raise typer.Exit(proc.wait())
     except KeyboardInterrupt:

@@ -31,4 +31,8 @@ def app_env(workdir: Path) -> dict[str, str]:
 
 def start(workdir: Path, port: int, address: str = "127.0.0.1", **popen: object) -> subprocess.Popen:
     """Start the app; the caller waits on (or terminates) the process."""
+    import importlib.util
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise ModuleNotFoundError("streamlit is not installed: pip install 'vdamage-pipeline[app]'")
     return subprocess.Popen(streamlit_command(port, address), env=app_env(workdir), **popen)  # noqa: S603
