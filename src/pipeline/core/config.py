@@ -99,6 +99,15 @@ class TrackingConfig(Section):
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     task_retries: int = Field(2, ge=0, description="Retries of a phase task on transient errors.")
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread", description="Where per-item phases (crops, embeddings) run: 'thread' in the flow's process; 'dask' "
+        "split into shards of shard_items, mapped over a Dask cluster (cluster_address, else a temporary local one).")
+    cluster_address: str | None = Field(None, description="dask: the scheduler to join (tcp://host:8786); none: a "
+                                        "temporary local cluster of dask_workers processes.")
+    dask_workers: int = Field(2, ge=1, description="dask without cluster_address: worker processes of the temporary cluster.")
+    shard_items: int = Field(256, ge=1, description="dask: items per shard (a few hundred: a task costs ~70 ms on Dask).")
+    dispatch_gpu: bool = Field(True, description="With a Prefect server, a `phase/gpu` deployment and an online `gpu` "
+                               "worker, run each gpu-pool phase as a flow run of that deployment (else in-process).")
 
 
 class DetectConfig(Section):

@@ -356,8 +356,7 @@ def run_crops(
     out_dir.mkdir(parents=True, exist_ok=True)
     choice = resolve_detector(det_cfg, weights_dir)  # fails here, before any work, on missing model files
     rows = pq.read_table(split_path).to_pylist()
-    params = canonical_json({"version": CROP_VERSION, "detect": det_cfg.model_dump(mode="json"),
-                             "detector": choice.identity, "crops": cfg.model_dump(mode="json")})
+    params = item_params(det_cfg, cfg, choice)
     detectors: list[Detector] = []
 
     def get_detector() -> Detector:
@@ -396,6 +395,12 @@ def run_crops(
     (out_dir / "report.md").write_text(report, encoding="utf-8")
     # run-dependent figures: returned (lineage, MLflow), never written into the artifact
     return {**metrics, "n_items_cached": counts["cached"], "n_items_processed": counts["processed"], **choice.info()}
+
+
+def item_params(det_cfg: DetectConfig, cfg: CropsConfig, choice: Any) -> str:
+    """The canonical phase params in every per-item cache key (the resolved detector's identity included)."""
+    return canonical_json({"version": CROP_VERSION, "detect": det_cfg.model_dump(mode="json"),
+                           "detector": choice.identity, "crops": cfg.model_dump(mode="json")})
 
 
 def _cached_or_processed(row: dict[str, Any], params: str, item_cache: Path | None, out_dir: Path,

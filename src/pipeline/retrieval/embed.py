@@ -375,8 +375,6 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     and `device` (info). The files hold none of the run-dependent ones (cache counts, timings, device).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
-    import torch
     from tqdm.auto import tqdm
 
     from pipeline.core.tables import EMBEDDINGS, write_table
@@ -384,23 +382,14 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     t0 = time.perf_counter()
     crops_dir, out_dir = Path(crops_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    crops = pq.read_table(crops_dir / "crops.parquet", columns=["crop_id", "crop_path"]).to_pylist()
-    crops.sort(key=lambda r: r["crop_id"])
-    texts: dict[str, str] = {}
-    if contexts_dir is not None and (Path(contexts_dir) / "contexts.parquet").is_file():
-        for r in pq.read_table(Path(contexts_dir) / "contexts.parquet", columns=["crop_id", "text"]).to_pylist():
-            texts[r["crop_id"]] = r["text"]
+    crops, texts = read_items(crops_dir, contexts_dir)
     emb = make_embedder(cfg, device)
-    params_json = canonical_json(emb.params())
-    keys = [cache_key(c["crop_id"], texts.get(c["crop_id"]), params_json) for c in crops]
+    keys = item_keys(emb, crops, texts)
     cache = Path(item_cache) if item_cache is not None else None
     paths = [_cache_path(cache, k) for k in keys] if cache is not None else [None] * len(keys)
     cached = [p if p is not None and p.is_file() else None for p in paths]
     ds = CropDataset([crops_dir / c["crop_path"] for c in crops], cached, emb.preprocess)
-    cuda = emb.device.startswith("cuda")
-    loader_batch = -(-cfg.batch_size // FORWARD_CHUNK) * FORWARD_CHUNK  # a multiple of the forward chunk
-    loader = torch.utils.data.DataLoader(ds, batch_size=loader_batch, shuffle=False, num_workers=cfg.num_workers,
-                                         pin_memory=cuda, collate_fn=_collate)
+    loader = crop_loader(ds, cfg, emb.device)
     writer = ShardWriter(out_dir, emb.dim, cfg.shard_size)
     text_vecs = _text_vectors(emb, [texts.get(c["crop_id"]) for c, v in zip(crops, cached) if v is None])
     n_embedded = 0
@@ -408,12 +397,7 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
         for idx, vecs, pixels, counts in loader:
             new = [i for i, v in zip(idx, vecs) if v is None]
             if new:
-                img = emb.embed_pixels(pixels, counts, fixed_chunks=True)
-                txt = np.zeros((len(new), emb.text_dim), dtype=np.float32)
-                for j, i in enumerate(new):
-                    if texts.get(crops[i]["crop_id"]):
-                        txt[j] = text_vecs[texts[crops[i]["crop_id"]]]
-                fused = emb.fuse(img, txt)
+                fused = fresh_vectors(emb, pixels, counts, [texts.get(crops[i]["crop_id"]) for i in new], text_vecs)
                 fresh = dict(zip(new, fused))
                 if cache is not None:
                     for i in new:
@@ -436,6 +420,45 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     (out_dir / "report.md").write_text(_report(desc, content), encoding="utf-8")
     return {**content, "n_embedded": n_embedded, "n_cached": len(crops) - n_embedded,
             "seconds": round(time.perf_counter() - t0, 3), "device": emb.device}
+
+
+def read_items(crops_dir: Path, contexts_dir: Path | None) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """The crops (crop_id, crop_path) in crop_id order, and the context text of each crop that has one."""
+    import pyarrow.parquet as pq
+
+    crops = pq.read_table(Path(crops_dir) / "crops.parquet", columns=["crop_id", "crop_path"]).to_pylist()
+    crops.sort(key=lambda r: r["crop_id"])
+    texts: dict[str, str] = {}
+    if contexts_dir is not None and (Path(contexts_dir) / "contexts.parquet").is_file():
+        for r in pq.read_table(Path(contexts_dir) / "contexts.parquet", columns=["crop_id", "text"]).to_pylist():
+            texts[r["crop_id"]] = r["text"]
+    return crops, texts
+
+
+def item_keys(emb: Embedder, crops: list[dict[str, str]], texts: dict[str, str]) -> list[str]:
+    """The per-item cache key of each crop."""
+    params_json = canonical_json(emb.params())
+    return [cache_key(c["crop_id"], texts.get(c["crop_id"]), params_json) for c in crops]
+
+
+def crop_loader(ds: CropDataset, cfg: EmbedConfig, device: str) -> Any:
+    """Batches of batch_size rounded up to a multiple of FORWARD_CHUNK, in order."""
+    import torch
+
+    loader_batch = -(-cfg.batch_size // FORWARD_CHUNK) * FORWARD_CHUNK
+    return torch.utils.data.DataLoader(ds, batch_size=loader_batch, shuffle=False, num_workers=cfg.num_workers,
+                                       pin_memory=device.startswith("cuda"), collate_fn=_collate)
+
+
+def fresh_vectors(emb: Embedder, pixels: Any, counts: list[int], texts: list[str | None],
+                  text_vecs: dict[str, np.ndarray]) -> np.ndarray:
+    """Fused vectors of freshly decoded views (fixed forward chunks) and their texts' vectors."""
+    img = emb.embed_pixels(pixels, counts, fixed_chunks=True)
+    txt = np.zeros((len(texts), emb.text_dim), dtype=np.float32)
+    for j, t in enumerate(texts):
+        if t:
+            txt[j] = text_vecs[t]
+    return emb.fuse(img, txt)
 
 
 def _text_vectors(emb: Embedder, texts: Sequence[str | None]) -> dict[str, np.ndarray]:

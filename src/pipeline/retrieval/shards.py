@@ -1,0 +1,104 @@
+"""Shard hooks of the per-item retrieval phases (crops, embeddings): see `pipeline.core.sharding`.
+
+A shard fills the phase's per-item cache for its items; the phase's own run then reads them back, so
+the artifact is the same bytes as a single-process run:
+
+- crops: items are row numbers of split.parquet (first occurrence of each item id, known damage
+  state, not yet in the cache); a shard decodes, detects and crops them into cache entries.
+- embeddings: items are positions in crop_id order of the crops not yet in the cache; the context is
+  the sorted list of their unique texts, which every shard encodes whole (the same text batches as a
+  single-process run with a cold cache), so the fused vectors are bit-identical.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.phases import PhaseRun
+
+
+# -- crops --------------------------------------------------------------------------------------
+def _crops_setup(run: PhaseRun) -> tuple[list[dict[str, Any]], str, Any, Path | None]:
+    import pyarrow.parquet as pq
+
+    from pipeline.retrieval.crops import item_params
+    from pipeline.retrieval.detect import resolve_detector
+
+    weights = Path(run.runtime["weights_dir"]) if run.runtime.get("weights_dir") else None
+    choice = resolve_detector(run.cfg.detect, weights)
+    rows = pq.read_table(run.inputs["split"] / "split.parquet").to_pylist()
+    return rows, item_params(run.cfg.detect, run.cfg.crops, choice), choice, weights
+
+
+def crops_plan(run: PhaseRun) -> tuple[list[int], dict[str, Any]]:
+    """Row numbers of the photos a crops run would process (not cached, not duplicates, known state)."""
+    from pipeline.retrieval.crops import CACHE_DONE, item_cache_key
+
+    rows, params, _, _ = _crops_setup(run)
+    cache = Path(run.runtime["item_cache"]) / "crops"
+    seen: set[str] = set()
+    todo = []
+    for i, row in enumerate(rows):
+        if row["item_id"] in seen or row.get("has_damage") is None:
+            continue
+        seen.add(row["item_id"])
+        key = item_cache_key(row, params)
+        if not (cache / key[:2] / key / CACHE_DONE).is_file():
+            todo.append(i)
+    return todo, {}
+
+
+def crops_work(run: PhaseRun, items: list[int], context: dict[str, Any]) -> dict[str, Any]:
+    """Decode, detect and crop these rows into the per-item cache."""
+    from pipeline.retrieval.crops import _cached_or_processed, _process
+    from pipeline.retrieval.detect import make_detector
+
+    rows, params, choice, weights = _crops_setup(run)
+    detectors: list[Any] = []
+
+    def get_detector() -> Any:
+        if not detectors:
+            detectors.append(make_detector(run.cfg.detect, weights, choice))
+        return detectors[0]
+
+    counts = {"processed": 0, "cached": 0}
+    root = Path(run.runtime["dataset_root"])
+    for i in items:
+        row = rows[i]
+        _, how = _cached_or_processed(row, params, Path(run.runtime["item_cache"]) / "crops", run.out_dir, lambda: _process(
+            row, root, get_detector, run.cfg.detect, run.cfg.crops, run.out_dir, run.params["max_pixels"]))
+        counts[how] += 1
+    return {"n_processed": counts["processed"], "n_cached": counts["cached"]}
+
+
+# -- embeddings ---------------------------------------------------------------------------------
+def _embed_setup(run: PhaseRun) -> tuple[Any, list[dict[str, str]], dict[str, str], list[Path]]:
+    from pipeline.retrieval.embed import _cache_path, item_keys, make_embedder, read_items
+
+    crops, texts = read_items(run.inputs["crops"], run.inputs.get("contexts"))
+    emb = make_embedder(run.cfg.embed, run.runtime.get("device", "auto"))
+    cache = Path(run.runtime["item_cache"]) / "embeddings"
+    return emb, crops, texts, [_cache_path(cache, k) for k in item_keys(emb, crops, texts)]
+
+
+def embed_plan(run: PhaseRun) -> tuple[list[int], dict[str, Any]]:
+    """Positions (crop_id order) of the crops without a cached vector, and their unique texts."""
+    _, crops, texts, paths = _embed_setup(run)
+    todo = [i for i, p in enumerate(paths) if not p.is_file()]
+    unique = sorted({texts[crops[i]["crop_id"]] for i in todo if texts.get(crops[i]["crop_id"])})
+    return todo, {"texts": unique}
+
+
+def embed_work(run: PhaseRun, items: list[int], context: dict[str, Any]) -> dict[str, Any]:
+    """Embed these crops (fixed forward chunks, the plan's text batches) into the per-item cache."""
+    from pipeline.retrieval.embed import CropDataset, _atomic_save, _text_vectors, crop_loader, fresh_vectors
+
+    emb, crops, texts, paths = _embed_setup(run)
+    text_vecs = _text_vectors(emb, context["texts"])
+    ds = CropDataset([run.inputs["crops"] / crops[i]["crop_path"] for i in items], [None] * len(items), emb.preprocess)
+    for idx, _, pixels, counts in crop_loader(ds, run.cfg.embed, emb.device):
+        mine = [items[j] for j in idx]
+        fused = fresh_vectors(emb, pixels, counts, [texts.get(crops[i]["crop_id"]) for i in mine], text_vecs)
+        for i, vec in zip(mine, fused):
+            _atomic_save(paths[i], vec)
+    return {"n_embedded": len(items), "device": emb.device}
