@@ -17,7 +17,7 @@ from pipeline.app.packaged import PREFECT_YAML, packaged_file
 from pipeline.app.process import bin_path
 from pipeline.core.workspace import OFFLINE_ENV
 
-DEPLOYMENTS = ("nightly", "adhoc", "data-prep", "run-phase")
+DEPLOYMENTS = ("nightly", "adhoc", "data-prep", "run-phase", "gpu")
 
 
 def deploy(workdir: Path, dataset: Path, fmt: str, timezone: str = "UTC", names: list[str] | None = None,

@@ -1,5 +1,8 @@
 """Local services behind `pipeline up/down/status`: a Prefect server, an MLflow server and one
-process worker per work pool, started in the background for one work dir.
+process worker per work pool, started in the background for one work dir; with `--dask N` a local
+Dask scheduler and N workers (app/dask_services.py), with `--team` both servers on a local Postgres
+(app/postgres.py). The `gpu` pool's worker runs one flow run at a time (`--limit 1`): one GPU job
+per host comes from the infrastructure.
 
 Everything runs as subprocesses of the venv's own `prefect` / `mlflow` console scripts (no Prefect
 import here); HTTP goes through urllib. What `up` started is recorded in <workdir>/services.json
@@ -98,10 +101,13 @@ def _read_state(workdir: Path) -> dict[str, Any] | None:
 
 
 def _entries(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every process of a state, by display name: prefect, mlflow, worker-<pool>."""
-    out = {k: state[k] for k in ("prefect", "mlflow") if isinstance(state.get(k), dict)}
+    """Every process of a state, by display name: postgres, prefect, mlflow, worker-<pool>, dask-*."""
+    from pipeline.app.dask_services import dask_entries
+
+    out = {k: state[k] for k in ("postgres", "prefect", "mlflow") if isinstance(state.get(k), dict)}
     for pool, info in (state.get("workers") or {}).items():
         out[f"worker-{pool}"] = info
+    out.update(dask_entries(state))
     return out
 
 
@@ -145,20 +151,6 @@ def _ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], logs: P
         if code != 0 and "already exists" not in out and _http("GET", f"{api}/work_pools/{pool}")[0] != 200:
             raise ServiceError(f"creating work pool {pool!r} failed (exit {code}); last lines of {out_path}:\n{out}")
         log(f"work pool {pool!r} created")
-
-
-def _ensure_gpu_limit(api: str, log: Log) -> str:
-    """The global concurrency limit `gpu-host-<hostname>` (1 slot) the GPU tasks take."""
-    name = f"gpu-host-{socket.gethostname()}"
-    code, _ = _http("GET", f"{api}/v2/concurrency_limits/{name}")
-    if code == 200:
-        log(f"concurrency limit {name!r} exists")
-        return name
-    code, body = _http("POST", f"{api}/v2/concurrency_limits/", {"name": name, "limit": 1})
-    if code not in (200, 201) and _http("GET", f"{api}/v2/concurrency_limits/{name}")[0] != 200:
-        raise ServiceError(f"creating concurrency limit {name!r} failed: HTTP {code} {body}")
-    log(f"concurrency limit {name!r} created (1 slot)")
-    return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,9 +211,10 @@ def _start_workers(api: str, pools: tuple[str, ...], env: dict[str, str], logs: 
     hostname = socket.gethostname()
     for pool in pools:
         name = f"{pool}-{hostname}"
+        limit = ["--limit", "1"] if pool == "gpu" else []  # one GPU job at a time on this host
         entry = spawn(f"worker-{pool}", [
             bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
-            "--install-policy", "never", "--no-create-pool-if-not-found"], env, logs, workdir)
+            "--install-policy", "never", "--no-create-pool-if-not-found", *limit], env, logs, workdir)
         entry.update(pool=pool, name=name)
         workers[pool] = started[f"worker-{pool}"] = entry
     for pool, entry in workers.items():
@@ -232,8 +225,13 @@ def _start_workers(api: str, pools: tuple[str, ...], env: dict[str, str], logs: 
 
 
 def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: tuple[str, ...] = ("cpu", "gpu"),
-       host: str = "127.0.0.1", timeout: float = 180, log: Log = print) -> dict[str, Any]:
+       host: str = "127.0.0.1", timeout: float = 180, log: Log = print, dask_workers: int = 0,
+       dask_port: int = 8786, dask_dashboard_port: int = 8787, team: bool = False,
+       postgres_port: int = 5432) -> dict[str, Any]:
     """Start the Prefect server, the MLflow server and one process worker per pool; return the state.
+
+    `dask_workers` > 0: also a Dask scheduler (dask_port, dashboard on dask_dashboard_port) and that many
+    workers. `team`: both servers on a local Postgres (postgres_port) instead of SQLite.
 
     If this work dir's services already run, report them and start nothing. A taken port, or any
     service not ready within `timeout` seconds, raises ServiceError (a RuntimeError) and leaves
@@ -244,6 +242,12 @@ def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: 
     if existing:
         return existing
     _check_ports(host, prefect_port, mlflow_port)
+    if dask_workers:
+        from pipeline.app.dask_services import check_dask_ports
+
+        check_dask_ports(host, (dask_port, dask_dashboard_port), _port_free)
+    if team and not _port_free("127.0.0.1", postgres_port):
+        raise ServiceError(f"port {postgres_port} on 127.0.0.1 is already in use (wanted for Postgres); use --postgres-port")
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     url_host = _url_host(host)
@@ -251,17 +255,31 @@ def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: 
     api = f"{prefect_url}/api"
     mlflow_url = f"http://{url_host}:{mlflow_port}"
     server_env, mlflow_env, client_env = _environments(workdir, api, mlflow_url)
+    backend = f"sqlite:///{workdir / 'mlflow.db'}"
+    extra: dict[str, Any] = {}
 
     started: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
     since = time.time()
     try:
+        if team:
+            from pipeline.app.postgres import start_postgres, urls
+
+            extra["postgres"] = start_postgres(workdir, postgres_port, logs, server_env, timeout, started, log)
+            server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = urls(postgres_port)["prefect"]
+            backend = urls(postgres_port)["mlflow"]
+        if dask_workers:
+            from pipeline.app.dask_services import DASK_ADDRESS_ENV, start_dask
+
+            extra["dask"] = start_dask(dask_workers, host, url_host, dask_port, dask_dashboard_port, client_env, logs,
+                                       workdir, timeout, started, _http, log)
+            client_env[DASK_ADDRESS_ENV] = extra["dask"]["address"]
         log(f"starting Prefect server on {prefect_url} and MLflow server on {mlflow_url} (logs in {logs})")
         prefect = spawn("prefect-server", [bin_path("prefect"), "server", "start", "--host", host,
                                            "--port", str(prefect_port)], server_env, logs, workdir)
         started["prefect"] = prefect
         mlflow = spawn("mlflow-server", [
-            bin_path("mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+            bin_path("mlflow"), "server", "--backend-store-uri", backend,
             "--artifacts-destination", str(workdir / "mlartifacts"), "--host", host,
             "--port", str(mlflow_port), "--workers", "1"], mlflow_env, logs, workdir)
         started["mlflow"] = mlflow
@@ -273,14 +291,13 @@ def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: 
         mlflow.update(url=mlflow_url)
 
         _ensure_pools(api, pools, client_env, logs, log)
-        gpu_limit = _ensure_gpu_limit(api, log)
         workers = _start_workers(api, pools, client_env, logs, workdir, since, timeout, started, log)
     except BaseException:
         stop(started)
         raise
 
-    state = {"prefect": prefect, "mlflow": mlflow, "workers": workers, "pools": list(pools),
-             "gpu_limit": gpu_limit, "host": host, "workdir": str(workdir),
+    state = {"prefect": prefect, "mlflow": mlflow, "workers": workers, "pools": list(pools), **extra,
+             "team": team, "host": host, "workdir": str(workdir),
              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     tmp = _state_path(workdir).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(state, indent=2))
@@ -296,9 +313,11 @@ def down(workdir: Path) -> list[str]:
         _state_path(Path(workdir)).unlink(missing_ok=True)
         return []
     entries = _entries(state)
-    workers = {k: v for k, v in entries.items() if k.startswith("worker-")}
-    servers = {k: v for k, v in entries.items() if k not in workers}
-    stopped = stop(workers) + stop(servers)  # workers first, while their server still answers
+    workers = {k: v for k, v in entries.items() if k.startswith(("worker-", "dask-worker-"))}
+    database = {k: v for k, v in entries.items() if k == "postgres"}
+    servers = {k: v for k, v in entries.items() if k not in workers and k not in database}
+    # workers first, while their server still answers; the database last, after its servers
+    stopped = stop(workers) + stop(servers) + stop(database)
     _state_path(Path(workdir)).unlink(missing_ok=True)
     return stopped
 
@@ -316,6 +335,10 @@ def status(workdir: Path) -> dict[str, dict[str, Any]]:
             info["healthy"] = alive and _healthy(f"{entry['api_url']}/health")
         elif name == "mlflow":
             info["healthy"] = alive and _healthy(f"{entry['url']}/health")
+        elif name == "dask-scheduler":
+            info.update(healthy=alive and _healthy(f"{entry['url']}/health"), address=entry.get("address"))
+        elif name == "postgres" or name.startswith("dask-worker-"):
+            info.update({k: entry[k] for k in ("port", "data", "gpu") if k in entry})
         else:
             info["pool"] = entry.get("pool")
         out[name] = info
