@@ -65,9 +65,10 @@ def trigger(client, name, parameters):
 def test_deploy_registers_all_and_reads_back_schedule_and_form(stack):
     with client_for(stack) as client:
         names = {d.name for d in client.read_deployments()}
-        assert {"nightly", "adhoc", "data-prep", "run-phase"} <= names
+        assert {"nightly", "adhoc", "data-prep", "run-phase", "gpu"} <= names
         nightly = client.read_deployment_by_name("factory/nightly")
-        assert nightly.work_pool_name == "gpu"
+        assert nightly.work_pool_name == "cpu"  # the flow on cpu; its gpu phases are dispatched to phase/gpu
+        assert client.read_deployment_by_name("phase/gpu").work_pool_name == "gpu"
         sched = nightly.schedules[0].schedule
         assert sched.cron == "0 2 * * *" and sched.timezone == "Europe/Madrid"
         adhoc = client.read_deployment_by_name("factory/adhoc")
@@ -155,3 +156,38 @@ def test_retry_after_injected_fault_reuses_finished_phases(stack):
     assert by_name["split"] == ["Failed", "Completed"], by_name
     record = json.loads((workdir / "runs" / f"{fr.id}.json").read_text())
     assert set(record["phases"]) == {"dataset", "audit", "split"}
+
+
+def test_factory_places_gpu_phases_on_the_gpu_worker_and_a_rerun_dispatches_nothing(stack):
+    """audit/split run in the factory's flow run on `cpu`; crops and embeddings as child flow runs of
+    phase/gpu on `gpu` (the flow-run records say which pool ran what); a second launch is all cache hits."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
+
+    from pipeline.core.config import load_config
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    cfg = load_config(demo, overrides=["detect.backend=none"]).model_dump(mode="json")
+    params = {"config": cfg, "workdir": str(Path(stack["workdir"]) / "placement")}
+    with client_for(stack) as client:
+        phase_dep = client.read_deployment_by_name("phase/gpu")
+
+        def children() -> list:
+            return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[phase_dep.id])))
+
+        before = {c.id for c in children()}
+        parent = wait_final(client, trigger(client, "factory/adhoc", params).id, timeout=900)
+        assert parent.state.is_completed(), parent.state
+        assert parent.work_pool_name == "cpu"
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent.id])))
+        assert {"audit", "split"} <= {t.name.split("-")[0] for t in tasks}  # ran in the cpu flow run
+        mine = [c for c in children() if c.id not in before]
+        by_phase = {c.parameters["phase"]: c for c in mine}
+        assert {"crops", "embeddings"} <= set(by_phase), sorted(by_phase)
+        for c in mine:
+            assert c.work_pool_name == "gpu" and c.state.is_completed(), (c.name, c.work_pool_name, c.state)
+            assert c.parent_task_run_id is not None  # a subflow of the factory run
+        again = wait_final(client, trigger(client, "factory/adhoc", params).id, timeout=900)
+        assert again.state.is_completed(), again.state
+        assert {c.id for c in children()} == before | {c.id for c in mine}  # nothing dispatched to gpu
+    record = json.loads((Path(stack["workdir"]) / "placement" / "runs" / f"{again.id}.json").read_text())
+    assert record["phases"]["embeddings"]["cache_hit"] and record["phases"]["crops"]["cache_hit"]

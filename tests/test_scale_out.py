@@ -1,7 +1,7 @@
 """Scale-out: per-item phases sharded over a real `distributed` cluster give the same artifacts.
 
 The retrieval flow runs twice on a small dataset, in two work dirs: in-process (`task_runner=thread`)
-and over a 2-process Dask cluster (`task_runner=dask`, `cluster_address`, shards of 5 items). Every
+and over a 2-process Dask cluster (`task_runner=dask`, `cluster_address`, shards of 16 items). Every
 artifact must be byte-identical (same ids, same content hashes), and the scheduler's own task stream
 must show shard tasks on more than one worker. The library part (plan, shards, merge) is also run
 without Prefect against a thread pool.
@@ -53,7 +53,7 @@ def _library_chain(data: Path, workdir: Path, sharded: bool) -> dict[str, tuple[
         for name, ins in (("crops", ["split"]), ("contexts", ["crops"]), ("embeddings", ["crops", "contexts"])):
             inputs = {k: r[k] for k in ins}
             if sharded:
-                r[name], manifests = execute_sharded(name, cfg, inputs, ctx, map_fn=pool.map, shard_items=4,
+                r[name], manifests = execute_sharded(name, cfg, inputs, ctx, map_fn=pool.map, shard_items=8,
                                                      options=opts, runtime=rt)
                 shards[name] = len(manifests)
             else:
@@ -97,7 +97,7 @@ def test_retrieval_flow_on_two_dask_workers_is_byte_identical(prefect_server, sm
     local = run(tmp_path / "local", [])
     t0 = time.time()
     spread = run(tmp_path / "dask", ["runtime.task_runner=dask", f"runtime.cluster_address={cluster.scheduler_address}",
-                                     "runtime.shard_items=5"])
+                                     "runtime.shard_items=16"])
     assert set(spread["phases"]) == set(local["phases"])
     for name, p in local["phases"].items():
         q = spread["phases"][name]
