@@ -83,3 +83,15 @@ def test_search_defaults_to_the_index_of_the_latest_run(tmp_path):
     assert _latest(store, "index", runs) == "a" * 64
     with pytest.raises(ArtifactNotFound, match="pipeline run retrieval"):
         _latest(store, "crops", runs)
+
+
+def test_config_keys_lists_every_key_with_nested_sections():
+    from typer.testing import CliRunner
+
+    from pipeline.app.cli import app
+    from pipeline.core.config import valid_keys
+
+    out = CliRunner().invoke(app, ["config", "keys"])
+    assert out.exit_code == 0, out.output
+    listed = {line.split()[0] for line in out.output.splitlines() if line.strip()}
+    assert listed == set(valid_keys()) and "teacher.augment.resize_ratio" in listed

@@ -631,9 +631,11 @@ def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = 
 def config_keys() -> None:
     """List every valid `--set` key with its description."""
     for key in valid_keys():
-        section, name = key.split(".", 1)
-        field = PipelineConfig.model_fields[section].annotation.model_fields[name]
-        typer.echo(f"{key:<36} {field.description or ''}")
+        model, field = PipelineConfig, None
+        for part in key.split("."):  # nested sections, e.g. teacher.augment.resize_ratio
+            field = model.model_fields[part]
+            model = field.annotation
+        typer.echo(f"{key:<40} {field.description or ''}")
 
 
 def main() -> None:  # pragma: no cover
