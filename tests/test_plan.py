@@ -52,14 +52,14 @@ def test_plan_says_hit_and_why_a_phase_recomputes(tiny_labelme, tmp_path):
     changed = build_config({}, ["split.seed=7"])
     rows = {r["phase"]: r for r in plan("data-prep", changed, work, tiny_labelme, "labelme")}
     assert rows["audit"]["status"] == "hit"
-    assert rows["split"]["status"] == "recompute" and "split.seed: 42 -> 7" in rows["split"]["reason"]
+    assert rows["split"]["status"] == "recompute" and "param split.seed: 42 -> 7" in rows["split"]["reason"]
 
     victim = sorted(p for p in tiny_labelme.rglob("*.jpg"))[0]
     victim.write_bytes(victim.read_bytes() + b"\0")
     rows = {r["phase"]: r for r in plan("data-prep", cfg, work, tiny_labelme, "labelme")}
     assert rows["dataset"]["status"] == "recompute" and victim.name in rows["dataset"]["reason"]
-    assert "changed 1" in rows["dataset"]["reason"]
-    assert rows["audit"]["reason"] == "input dataset recomputes"
+    assert "files changed: 1" in rows["dataset"]["reason"]
+    assert rows["audit"]["reason"] == "input dataset (dataset) was recomputed"
     assert "nothing was run" in render_plan(list(rows.values()))
 
 

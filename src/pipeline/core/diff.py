@@ -103,7 +103,7 @@ def _metric_deltas(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]
     return out
 
 
-def _phase_reasons(phase: str, la: dict[str, Any] | None, lb: dict[str, Any] | None,
+def phase_reasons(phase: str, la: dict[str, Any] | None, lb: dict[str, Any] | None,
                    changed: set[str], files: dict[str, list[str]] | None) -> list[str]:
     """Why the artifact of `phase` differs: code version, params, inputs (and the dataset files)."""
     if la is None or lb is None:
@@ -145,7 +145,7 @@ def _phase_rows(store: ArtifactStore, ra: RunRecord, rb: RunRecord,
             row.update(status="same", reasons=[])
         else:
             changed.add(phase)
-            reasons = _phase_reasons(phase, _lineage(store, phase, aid_a), _lineage(store, phase, aid_b), changed,
+            reasons = phase_reasons(phase, _lineage(store, phase, aid_a), _lineage(store, phase, aid_b), changed,
                                      files)
             row.update(status="recomputed", reasons=reasons)
         row["metrics"] = _metric_deltas(phase_metrics(store, phase, pa_), phase_metrics(store, phase, pb_))

@@ -9,7 +9,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.phases import PhaseNode, flow_targets, plan_order
 from pipeline.core.runs import RunRecord
 from pipeline.core.store import ArtifactNotFound, ArtifactStore
-from pipeline.core.tracking import flatten
+from pipeline.core.diff import dataset_files, file_changes, phase_reasons
 from pipeline.core.workspace import Workspace
 
 
@@ -21,50 +21,20 @@ def _previous(records: list[RunRecord], phase: str) -> str | None:
     return None
 
 
-def _param_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = flatten(old), flatten(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def _dataset_changes(store: ArtifactStore, old_id: str, rows: list[dict[str, Any]]) -> str:
-    import pyarrow.parquet as pq
-
-    try:
-        old = {r["path"]: r["sha256"] for r in pq.read_table(Path(store.dir_path("dataset", old_id)) / "files.parquet").to_pylist()}
-    except (OSError, ArtifactNotFound):
-        return "dataset files changed"
-    new = {r["path"]: r["sha256"] for r in rows}
-    added = sorted(set(new) - set(old))
-    removed = sorted(set(old) - set(new))
-    changed = sorted(p for p in set(new) & set(old) if new[p] != old[p])
-    parts = [f"{label} {len(xs)} ({', '.join(xs[:3])}{', ...' if len(xs) > 3 else ''})"
-             for label, xs in (("added", added), ("removed", removed), ("changed", changed)) if xs]
-    return "dataset files " + "; ".join(parts) if parts else "dataset files changed"
-
-
 def _reason(node: PhaseNode, store: ArtifactStore, prev_id: str | None, params: dict, ids: dict[str, str],
             recompute: set[str], rows: list[dict] | None) -> str:
+    """Why `node` recomputes, against the artifact the latest run made for it (same words as `pipeline diff`)."""
     if prev_id is None:
         return "never computed in this work dir"
     try:
         old = store.read_lineage(node.name, prev_id)
     except ArtifactNotFound:
         return "the previous artifact is gone from the store"
-    reasons = []
-    if str(old.get("phase_version")) != node.spec.version:
-        reasons.append(f"code version {old.get('phase_version')} -> {node.spec.version}")
-    if node.spec.source is not None and rows is not None:
-        reasons.append(_dataset_changes(store, prev_id, rows))
-    else:
-        changes = _param_changes(old.get("params", {}), params)
-        if changes:
-            reasons.append("params changed: " + "; ".join(changes))
-    old_inputs = {i["name"]: i["artifact_id"] for i in old.get("inputs", [])}
-    for name, aid in sorted(ids.items()):
-        if old_inputs.get(name) != aid:
-            dep = node.inputs[name]
-            reasons.append(f"input {name} {'recomputes' if dep in recompute else 'is a different artifact'}")
-    return "; ".join(reasons) or "artifact missing from the store"
+    planned = {"phase_version": node.spec.version, "params": params,
+               "inputs": [{"name": k, "phase": node.inputs[k], "artifact_id": v} for k, v in sorted(ids.items())]}
+    old_rows = dataset_files(store, prev_id) if node.spec.source is not None and rows is not None else None
+    files = file_changes(old_rows, rows) if old_rows is not None else None
+    return "; ".join(phase_reasons(node.name, old, planned, recompute, files))
 
 
 def plan(flow: str, cfg: PipelineConfig, workdir: Path, dataset_root: Path, fmt: str) -> list[dict[str, Any]]:
