@@ -152,7 +152,11 @@ class CropsConfig(Section):
 class EmbedConfig(Section):
     """Image + text embeddings."""
 
-    backend: Literal["clip", "hybrid"] = Field("hybrid", description="'clip' (open_clip) or 'hybrid' (timm + sentence-transformers).")
+    backend: Literal["clip", "hybrid", "trained"] = Field(
+        "hybrid", description="'clip' (open_clip), 'hybrid' (timm + sentence-transformers) or 'trained' (the "
+        "embedding head of embed.head as the image tower, text as in hybrid).")
+    head: str | None = Field(None, description="backend 'trained': an embedding_cell artifact id (or prefix), or "
+                             "'registry:<alias or version>' of the registered best head.")
     clip_model: str = Field("ViT-H-14-quickgelu", description="open_clip model name.")
     clip_pretrained: str | None = Field("metaclip_fullcc", description="open_clip pretrained tag or local checkpoint path.")
     image_model: str = Field("tf_efficientnet_lite0", description="hybrid: timm backbone.")
@@ -364,6 +368,49 @@ class FinetuneConfig(PhaseTrainConfig):
         crop_scale=(0.6, 1.0), rotation=30.0, vflip=0.3, color_jitter=(0.4, 0.4, 0.4, 0.2), blur_p=0.2))
 
 
+class StudyStage(Section):
+    """One stage of staged fine-tuning: which weights train, at what lr, for how many epochs."""
+
+    name: Literal["frozen", "last", "all"] = Field(..., description="frozen: head only; last: head + the last "
+                                                   "study.unfreeze_last parameter groups; all: everything.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the stage (warmup, then cosine).")
+    epochs: int = Field(3, ge=1)
+
+
+class StudyConfig(Section):
+    """Embedding study: a grid of backbones x metric-learning losses, each cell trained in stages
+    and evaluated identically on val and test (the `embedding-study` flow)."""
+
+    backbones: list[str] = Field(default_factory=lambda: ["tf_efficientnet_lite0"], description="timm architectures "
+                                 "(global-average-pooled features); each also gets a frozen baseline row.")
+    weights: dict[str, str] = Field(default_factory=dict, description="Local weights file/dir per backbone "
+                                    "(e.g. a CLIP image tower a user supplies).")
+    losses: list[Literal["triplet", "contrastive", "arcface"]] = Field(
+        default_factory=lambda: ["triplet", "arcface"], description="pytorch-metric-learning losses of the grid.")
+    stages: list[StudyStage] = Field(default_factory=lambda: [StudyStage(name="frozen", lr=1e-3, epochs=3),
+                                                              StudyStage(name="last", lr=1e-4, epochs=3)])
+    unfreeze_last: int = Field(2, ge=1, description="'last' stage: this many of timm's coarse parameter groups "
+                               "from the end (EfficientNet: conv head, last block stage) train.")
+    embedding_dim: int = Field(512, ge=8, description="Head: Linear to this, BatchNorm, L2 norm.")
+    miner: Literal["semihard", "batch_hard"] = Field("semihard", description="Triplet miner.")
+    triplet_margin: float = Field(0.1, gt=0)
+    pair_margins: tuple[float, float] = Field((0.2, 0.8), description="Contrastive pair miner (pos, neg) margins.")
+    arcface_margin: float = Field(28.6, gt=0, description="ArcFace angular margin in degrees.")
+    arcface_scale: float = Field(30.0, gt=0)
+    m_per_class: int = Field(4, ge=2, description="Class-balanced batches: m samples per class (MPerClassSampler).")
+    image_size: int | None = Field(None, ge=16, description="null: train.image_size.")
+    batch_size: int = Field(32, ge=2, description="Runtime: train batch (rounded down to a multiple of m_per_class).")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    patience: int | None = Field(2, ge=1, description="Early stopping on val mAP@R.")
+    k: int = Field(5, ge=1, description="precision@k / recall@k.")
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(rotation=10.0, vflip=0.0, blur_p=0.0))
+    allow_random_init: bool = Field(False, description="Random-initialised backbones when no weights (rows marked, "
+                                    "never best).")
+    register_best: bool = Field(True, description="Register the best head in the MLflow registry.")
+
+
 TRAIN_PHASE_SECTIONS = ("teacher", "regional", "student", "finetune")
 INHERITED_TRAIN_KEYS = ("epochs", "image_size", "batch_size")
 TRAIN_RUNTIME_KEYS = ("train.batch_size", "train.num_workers", "train.amp", "train.channels_last",
@@ -391,6 +438,7 @@ class PipelineConfig(Section):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 

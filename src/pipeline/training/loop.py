@@ -13,6 +13,10 @@ A call that finds `last/` resumes after that epoch. Every epoch reseeds torch, n
 loader's generator from (seed, epoch), so on CPU a resumed run equals an uninterrupted one and
 the same seed gives the same weights.
 
+Other objectives (metric learning): `evaluate(model, val_loader) -> {name: value}` replaces the
+val top-1/top-5/loss figures and `monitor` names the one that picks the best epoch and stops early
+(higher is better); `FitResult.best_val_top1` then holds that figure.
+
 Fault injection for tests: `fail_after_steps=N` (or env PIPELINE_FAIL_AFTER_STEPS) raises
 `InjectedFault` after N optimizer steps, once per checkpoint dir (a marker file remembers it).
 """
@@ -240,17 +244,22 @@ def _val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "val_top5": float((top == y[:, None]).any(dim=1).float().mean())}
 
 
-def _early_stop(history: list[dict[str, float]], patience: int | None) -> bool:
+def _best(history: list[dict[str, float]], monitor: str = "val_top1") -> int:
+    return max(range(len(history)), key=lambda i: (history[i][monitor], -i))
+
+
+def _early_stop(history: list[dict[str, float]], patience: int | None, monitor: str = "val_top1") -> bool:
     if not patience or len(history) <= patience:
         return False
-    best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -i))
+    best = _best(history, monitor)
     return len(history) - 1 - best >= patience
 
 
 def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig, *, epochs: int, seed: int,
         checkpoint_dir: str | Path, device: str = "cpu", amp: str = "auto", channels_last: bool = True,
         loss_fn: LossFn | None = None, mixup: Any = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        fail_after_steps: int | None = None) -> FitResult:
+        fail_after_steps: int | None = None, evaluate: Callable[[Any, Any], dict[str, float]] | None = None,
+        monitor: str = "val_top1") -> FitResult:
     """Train `model` in place (see the module docstring); it ends holding the best epoch's weights."""
     import torch
     from safetensors.torch import load_file
@@ -281,13 +290,16 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
             _seed_epoch(seed, epoch, train_loader)
             train_loss = _train_epoch(run, train_loader, epoch)
             sched.step(epoch + 1)
-            logits, labels = evaluate_loader(model, val_loader, device, dtype, run.channels_last)
-            row = {"train_loss": train_loss, **_val_metrics(logits, labels), "lr": float(opt.param_groups[0]["lr"])}
+            if evaluate is not None:
+                val = evaluate(model, val_loader)
+            else:
+                val = _val_metrics(*evaluate_loader(model, val_loader, device, dtype, run.channels_last))
+            row = {"train_loss": train_loss, **val, "lr": float(opt.param_groups[0]["lr"])}
             history.append(row)
-            best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -i))
+            best = _best(history, monitor)
             if best == len(history) - 1:
                 _state_save(model, ckpt / "best" / "model.safetensors")
-            stopped = _early_stop(history, recipe.patience) and epoch + 1 < epochs
+            stopped = _early_stop(history, recipe.patience, monitor) and epoch + 1 < epochs
             _save_checkpoint(ckpt, model, opt, sched, scaler, {"epoch": epoch, "history": history,
                                                                "stopped_early": stopped})
             if on_epoch is not None:
@@ -296,6 +308,6 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         torch.use_deterministic_algorithms(deterministic)
     if not history:
         raise ValueError("fit: no epoch ran (epochs must be >= 1)")
-    best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -i))
+    best = _best(history, monitor)
     model.load_state_dict({k: v.to(device) for k, v in load_file(str(ckpt / "best" / "model.safetensors")).items()})
-    return FitResult(history, best, history[best]["val_top1"], len(history), resumed, stopped, run.steps)
+    return FitResult(history, best, history[best][monitor], len(history), resumed, stopped, run.steps)
