@@ -171,3 +171,34 @@ def test_head_round_trip_and_comparison_table(tiny, tmp_path):
     assert rows[2]["lift_test_map_at_r"] == pytest.approx(0.05)
     best = pick_best(rows)  # the random-init row has the top val figure but is never chosen
     assert (best["backbone"], best["loss"], best["stage"]) == ("a", "triplet", "last")
+
+
+def test_trained_backend_embeds_with_the_head_and_keeps_the_text_tower(tiny, tmp_path):
+    from PIL import Image
+
+    from pipeline.core.config import EmbedConfig
+    from pipeline.core.store import ArtifactStore
+    from pipeline.retrieval.embed import make_embedder
+    from pipeline.training.embedding_model import head_meta
+
+    backbone, info = create_backbone("tf_efficientnet_lite0", None, False)
+    net = EmbeddingNet(backbone, 48).eval()
+    aid = "ab12cd34ef56" * 2
+    cell = tmp_path / "store" / "embedding_cell_lite0_triplet" / aid
+    save_head(net, head_meta(net, "tf_efficientnet_lite0", info, SIZE, SIZE, [0.5] * 3, [0.5] * 3, "triplet",
+                             "frozen", ["a", "b"]), cell / "head")
+    (cell / "lineage.json").write_text(json.dumps({"artifact_id": aid, "phase": "embedding_cell_lite0_triplet",
+                                                   "content_hash": "0" * 64}))
+    cfg = EmbedConfig(backend="trained", head=aid[:10])
+    emb = make_embedder(cfg, "cpu", store=ArtifactStore(tmp_path / "store"))
+    assert (emb.image_dim, emb.concat) == (48, True) and emb.dim == 48 + emb.text_dim
+    img = Image.open(tiny["frame"]["path"][0]).convert("RGB")
+    q = emb.query_image(img)
+    with torch.no_grad():
+        direct = net(emb.preprocess(img)).numpy()[0]
+    assert np.allclose(q[:48], direct, atol=1e-5) and np.allclose(q[48:], 0)
+    t = emb.query_text("a scratch on the door")
+    assert np.allclose(t[:48], 0) and np.linalg.norm(t) == pytest.approx(1.0, abs=1e-5)
+    assert emb.describe()["models"]["image"]["weights"] == aid[:10]
+    with pytest.raises(Exception, match="embed.head"):
+        make_embedder(EmbedConfig(backend="trained"), "cpu", store=ArtifactStore(tmp_path / "store"))

@@ -352,3 +352,13 @@ def load_clip(name: str, pretrained: str | None, device: str, *, allow_download:
         return build(None, tag_cfg, "random")
     raise unavailable(f"{name} ({pretrained})" if pretrained else name, "embed.clip_pretrained",
                       "embed.allow_random_init", "HF hub cache under HF_HOME or ~/.cache/clip", tried)
+
+
+def load_embedding_head(head_dir: str | Path, ref: str, device: str) -> Loaded:
+    """A trained embedding head (training.embedding_model's head directory) as the image tower: its forward
+    gives L2-normalised embeddings. `ref` (the artifact id) names the weights; extra['meta'] = head.json."""
+    from pipeline.training.embedding_model import load_head
+
+    net, meta = load_head(Path(head_dir), device)
+    return Loaded(net, f"{meta['arch']} + {meta['loss']} head ({meta['stage']})",
+                  "random" if meta.get("random_init") else "artifact", ref, {"meta": meta})

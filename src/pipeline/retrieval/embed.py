@@ -5,6 +5,9 @@ Backends (EmbedConfig.backend):
 - 'hybrid': timm image vector (EfficientNet-Lite0, 1280-d) and sentence-transformers text vector
   (all-MiniLM-L6-v2, 384-d), each L2-normalised, weighted by alpha/beta and concatenated
   (1664-d), then L2-normalised. `fusion` is ignored (always 'concat').
+- 'trained': as 'hybrid', with the image tower an embedding head trained by the embedding study
+  (`embed.head`: an embedding_cell artifact id, resolved through the store by `resolve_head`); its
+  preprocessing is the head's (resize, centre crop, its mean/std).
 - 'clip': open_clip image and text towers (same space). fusion 'average' = (i + t) / 2,
   'weighted' = alpha * i + beta * t, 'concat' = [alpha * i, beta * t]; then L2-normalised.
 
@@ -114,7 +117,7 @@ class Embedder:
         self.preprocess = preprocess
         self.image_dim = image_dim
         self.text_dim = text_dim
-        self.concat = cfg.backend == "hybrid" or cfg.fusion == "concat"
+        self.concat = cfg.backend in ("hybrid", "trained") or cfg.fusion == "concat"
         self.dim = image_dim + text_dim if self.concat else image_dim
         self._prepared = False
 
@@ -183,7 +186,7 @@ class Embedder:
 
         if not texts:
             return np.zeros((0, self.text_dim), dtype=np.float32)
-        if self.cfg.backend == "hybrid":
+        if self.cfg.backend in ("hybrid", "trained"):
             vecs = self.text.model.encode(list(texts), batch_size=TEXT_CHUNK, convert_to_numpy=True,
                                           normalize_embeddings=True, show_progress_bar=False)
             return l2n(vecs)
@@ -255,12 +258,44 @@ class Embedder:
                 "image": self.image.identity(), "text": self.text.identity() if self.text else None}
 
 
-def make_embedder(cfg: EmbedConfig, device: str = "auto") -> Embedder:
-    """Load the backend's models (offline-first, see models.py) and build the Embedder."""
+def resolve_head(cfg: EmbedConfig, store: Any) -> Path:
+    """The head directory of `embed.head` (an embedding_cell artifact id or id prefix) in `store`."""
+    from pipeline.core.errors import ConfigError
+
+    if not cfg.head or str(cfg.head).startswith("registry:"):
+        raise ConfigError(f"embed.backend=trained needs embed.head = an embedding_cell artifact id (the embedding "
+                          f"study's comparison.md names the best); got {cfg.head!r} (a registry alias must be "
+                          "resolved first: pipeline.training.embedding_study.head_from_registry)")
+    if store is None:
+        raise ConfigError("embed.backend=trained: the artifact store is needed to find embed.head")
+    phase, aid = store.find(str(cfg.head))
+    if not phase.startswith("embedding_cell"):
+        raise ConfigError(f"embed.head={cfg.head!r} is a {phase!r} artifact, not an embedding_cell one")
+    return Path(store.dir_for(phase, aid)) / "head"
+
+
+def _trained_embedder(cfg: EmbedConfig, device: str, head_dir: Path, kw: dict[str, Any]) -> Embedder:
+    from pipeline.models.loading import load_embedding_head
+    from pipeline.training.modeling import val_transform
+
+    image = load_embedding_head(head_dir, str(cfg.head), device)
+    meta = image.extra["meta"]
+    text = load_sentence_model(cfg.text_model, device, **kw)
+    transform = val_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
+    dim_of = getattr(text.model, "get_embedding_dimension", None) or text.model.get_sentence_embedding_dimension
+    return Embedder(cfg, device, image, text, Preprocess(transform, int(meta["image_size"]), cfg.multi_patch),
+                    int(meta["dim"]), int(dim_of()))
+
+
+def make_embedder(cfg: EmbedConfig, device: str = "auto", store: Any = None) -> Embedder:
+    """Load the backend's models (offline-first, see models.py) and build the Embedder (`store`: where
+    backend 'trained' finds embed.head)."""
     import torch
 
     device = pick_device(device)
     kw = {"allow_download": cfg.allow_download, "allow_random_init": cfg.allow_random_init}
+    if cfg.backend == "trained":
+        return _trained_embedder(cfg, device, resolve_head(cfg, store), kw)
     if cfg.backend == "hybrid":
         from torchvision import transforms as T
 
@@ -286,10 +321,10 @@ def make_embedder(cfg: EmbedConfig, device: str = "auto") -> Embedder:
     return Embedder(cfg, device, image, None, Preprocess(image.extra["preprocess"], size, cfg.multi_patch), dim, dim)
 
 
-def embedder_from_json(source: Path | dict[str, Any], device: str = "auto") -> Embedder:
+def embedder_from_json(source: Path | dict[str, Any], device: str = "auto", store: Any = None) -> Embedder:
     """Rebuild the Embedder recorded in an embeddings dir's embedder.json (a path, or its parsed content)."""
     meta = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
-    return make_embedder(EmbedConfig(**meta["config"]), device)
+    return make_embedder(EmbedConfig(**meta["config"]), device, store)
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -368,7 +403,8 @@ class ShardWriter:
 
 
 def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig, out_dir: Path,
-                   item_cache: Path | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                   item_cache: Path | None = None, device: str = "auto", progress: bool = True,
+                   store: Any = None) -> dict[str, Any]:
     """Embed every crop of crops_dir (with its context text); write shards, index and reports to out_dir.
 
     Returns metrics: n_total, n_embedded, n_cached, dim, n_shards, n_with_text, random_init (0/1), seconds,
@@ -383,7 +419,7 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     crops_dir, out_dir = Path(crops_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     crops, texts = read_items(crops_dir, contexts_dir)
-    emb = make_embedder(cfg, device)
+    emb = make_embedder(cfg, device, store)
     keys = item_keys(emb, crops, texts)
     cache = Path(item_cache) if item_cache is not None else None
     paths = [_cache_path(cache, k) for k in keys] if cache is not None else [None] * len(keys)

@@ -172,3 +172,13 @@ def register_head(tracking_uri: str, experiment: str, head_dir: Path, tags: dict
         client.set_terminated(run.info.run_id)
     client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
+
+
+def head_from_registry(tracking_uri: str, experiment: str, ref: str) -> str:
+    """The embedding_cell artifact id of registered head version `ref` ('registry:best', 'best' or a version
+    number) of `<experiment>-embedding-head`: what `embed.head` takes."""
+    from pipeline.training.registry import registry_client, resolve_version
+
+    ref = ref.removeprefix("registry:")
+    mv = resolve_version(registry_client(tracking_uri), f"{experiment}-{HEAD_MODEL}", int(ref) if ref.isdigit() else ref)
+    return str(mv.tags["artifact_id"])
