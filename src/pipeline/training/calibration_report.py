@@ -132,7 +132,14 @@ def write_report(path: Path, meta: dict, figures: dict[str, dict], tables: dict[
     for name, s in scored.items():
         lines.append(f"- {name}: {len(s.labels)} images used; dropped {s.dropped_unreadable} unreadable, "
                      f"{s.dropped_unknown_label} with a label outside the model's classes.")
-    lines += ["", f"Temperature fitted on val NLL (LBFGS on log T): **T = {temperature:.4f}**.", "",
+    from pipeline.training.calibrate import TEMPERATURE_BOUNDS
+
+    lo, hi = TEMPERATURE_BOUNDS
+    bound = (f" It sits at the bound of the search [{lo}, {hi}]: the model is barely better than chance on "
+             "val, so its confidences carry little information." if min(abs(temperature - lo), abs(temperature - hi))
+             < 1e-6 else "")
+    lines += ["", f"Temperature fitted on val NLL (bounded search in [{lo}, {hi}]): **T = {temperature:.4f}**.{bound}",
+              "",
               f"| split | n | top-1 | NLL before | NLL after | ECE before | ECE after | MCE before | MCE after |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, f in figures.items():

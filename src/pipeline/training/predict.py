@@ -19,15 +19,17 @@ MAX_PIXELS = 89_478_485
 
 def item_records(items: Iterable[Any]) -> list[dict[str, str]]:
     """Normalise items to [{"item_id", "path", "label"}]: accepts (path, label[, item_id]) tuples,
-    mappings or DataFrame rows with those keys (or `training.data`'s `key` / `target`), or objects
-    with those attributes. item_id defaults to the path."""
+    mappings or DataFrame rows with those keys or `training.data`'s `key` / `target`, or objects
+    with those attributes. item_id defaults to the path. A training frame's `target` (the class the
+    model learnt) and `key` (crop id for crops) win over its `label` / `item_id` columns, which there
+    hold the source image's label and id."""
     if hasattr(items, "to_dict"):  # a DataFrame (training.data.TrainingData.frame)
         items = items.to_dict("records")
     out = []
     for it in items:
         if isinstance(it, dict):
-            path, label = it["path"], it.get("label", it.get("target"))
-            iid = it.get("item_id", it.get("key"))
+            path, label = it["path"], it["target"] if "target" in it else it.get("label")
+            iid = it["key"] if "key" in it else it.get("item_id")
         elif isinstance(it, (tuple, list)):
             path, label, iid = it[0], it[1], it[2] if len(it) > 2 else None
         else:
