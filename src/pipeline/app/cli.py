@@ -65,6 +65,7 @@ FLOW_FUNCTIONS = {
     "retrieval": "pipeline_flows.retrieval:retrieval",
     "train": "pipeline_flows.train:train",
     "factory": "pipeline_flows.factory:factory",
+    "embedding-study": "pipeline_flows.embedding_study:embedding_study",
     "run-phase": "pipeline_flows.run_phase:run_phase",
 }
 
@@ -122,6 +123,7 @@ _flow_command("data-prep", "Audit and split a dataset (cached: unchanged inputs 
 _flow_command("retrieval", "data-prep, crops, contexts, embeddings, FAISS index and validation.")
 _flow_command("train", "data-prep (and crops) then teachers, distillation, fine-tune, calibration and promotion.")
 _flow_command("factory", "Run the whole DAG: retrieval and training (what the nightly deployment runs).")
+_flow_command("embedding-study", "Compare backbones x metric-learning losses on the crops; register the best head.")
 
 
 @app.command("run-phase")

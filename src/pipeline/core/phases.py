@@ -22,7 +22,7 @@ from pipeline.core.hashing import artifact_id
 
 # The stage modules that declare phases (discovered in this order, like Kedro's pipeline registry).
 STAGE_MODULES = ("pipeline.data.phases", "pipeline.retrieval.phases", "pipeline.training.phases",
-                 "pipeline.export.phases")
+                 "pipeline.export.phases", "pipeline.training.study_phases")
 
 # Flows: the phases each flow must produce; everything upstream of them is run too.
 FLOWS: dict[str, tuple[str, ...]] = {
@@ -30,6 +30,7 @@ FLOWS: dict[str, tuple[str, ...]] = {
     "retrieval": ("validation",),
     "train": ("student_no_teacher", "promotion"),
     "factory": ("validation", "student_no_teacher", "promotion"),
+    "embedding-study": ("embedding_study",),
 }
 
 

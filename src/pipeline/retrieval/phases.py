@@ -38,12 +38,28 @@ def _run_contexts(run: PhaseRun) -> dict[str, Any]:
     return run_contexts(run.inputs["crops"], run.out_dir)
 
 
+def _embedding_head(cfg: Any, runtime: dict[str, Any]) -> dict[str, Any]:
+    """`embed.backend: trained`: the head's artifact id (a registry alias resolved now), so the id and
+    the lineage of the embeddings name the head that made them."""
+    head = cfg.embed.head if cfg.embed.backend == "trained" else None
+    if head and str(head).startswith("registry:"):
+        from pipeline.core.workspace import Workspace
+        from pipeline.training.embedding_study import head_from_registry
+
+        uri = Workspace(Path(runtime.get("workdir", "."))).tracking_uri(cfg)
+        head = head_from_registry(uri, cfg.tracking.experiment, str(head))
+    return {"head": head}
+
+
 def _run_embeddings(run: PhaseRun) -> dict[str, Any]:
     from pipeline.retrieval.embed import run_embeddings
 
-    return run_embeddings(run.inputs["crops"], run.inputs["contexts"], run.cfg.embed, run.out_dir,
+    embed = run.cfg.embed
+    if run.params.get("head"):
+        embed = embed.model_copy(update={"head": run.params["head"]})
+    return run_embeddings(run.inputs["crops"], run.inputs["contexts"], embed, run.out_dir,
                           item_cache=_item_cache(run, "embeddings"), device=run.runtime.get("device", "auto"),
-                          progress=run.progress)
+                          progress=run.progress, store=run.store)
 
 
 def _run_index(run: PhaseRun) -> dict[str, Any]:
@@ -76,6 +92,7 @@ register(
     PhaseSpec(
         name="embeddings", version="2", inputs=("crops", "contexts"), outputs=("embeddings.parquet", "embedder.json"),
         sections=("embed",), runtime_keys=("embed.batch_size", "embed.num_workers", "embed.allow_download"),
+        source=_embedding_head, extra_params=lambda cfg, opt: {"head": opt.get("head")} if opt.get("head") else {},
         run=_run_embeddings, reports=("report.md", "embedder.json"), pool="gpu",
         sharding=Sharding(embed_plan, embed_work),
         description="image + text embeddings of the crops, sharded, cached per crop",

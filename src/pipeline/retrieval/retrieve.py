@@ -26,8 +26,9 @@ class Retriever:
     """An opened index directory: the FAISS index, its metadata rows and (lazily) the embedder."""
 
     def __init__(self, index: Any, metadata: list[dict[str, Any]], info: dict[str, Any], embedder: Any = None,
-                 device: str = "auto", crops_dir: Path | None = None) -> None:
+                 device: str = "auto", crops_dir: Path | None = None, store: Any = None) -> None:
         self.index = index
+        self.store = store  # resolves the artifacts index.json names (crops, a trained embedding head)
         self.crops_dir = crops_dir
         self.metadata = metadata
         self.info = info
@@ -58,7 +59,12 @@ class Retriever:
         if crops_dir is not None:
             for m in metadata:
                 m["crop_path"] = str(crops_dir / m["crop_path"])
-        return cls(index, metadata, info, embedder, device, crops_dir)
+        if store is None:  # the store the index lies in (<root>/index/<id>)
+            from pipeline.core.store import ArtifactStore
+
+            root = index_dir.resolve().parent.parent
+            store = ArtifactStore(root) if (root / "crops").is_dir() else None
+        return cls(index, metadata, info, embedder, device, crops_dir, store)
 
     @property
     def embedder(self) -> Any:
@@ -68,7 +74,7 @@ class Retriever:
 
             if "embedder" not in self.info:
                 raise ValueError("this index records no embedder (built by an older version): pass one, or rebuild it")
-            self._embedder = embedder_from_json(self.info["embedder"], self.device)
+            self._embedder = embedder_from_json(self.info["embedder"], self.device, store=self.store)
         return self._embedder
 
     # -- queries -------------------------------------------------------------------------------

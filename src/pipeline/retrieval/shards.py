@@ -76,7 +76,7 @@ def _embed_setup(run: PhaseRun) -> tuple[Any, list[dict[str, str]], dict[str, st
     from pipeline.retrieval.embed import _cache_path, item_keys, make_embedder, read_items
 
     crops, texts = read_items(run.inputs["crops"], run.inputs.get("contexts"))
-    emb = make_embedder(run.cfg.embed, run.runtime.get("device", "auto"))
+    emb = make_embedder(run.cfg.embed, run.runtime.get("device", "auto"), store=run.store)
     cache = Path(run.runtime["item_cache"]) / "embeddings"
     return emb, crops, texts, [_cache_path(cache, k) for k in item_keys(emb, crops, texts)]
 
