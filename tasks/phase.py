@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.phases import PHASES, PhaseNode
-from pipeline.core.runner import PhaseContext, PhaseResult, execute_phase, node_for, phase_id
+from pipeline.core.runner import PhaseContext, PhaseResult, execute_phase, phase_id
 from pipeline.core.store import ArtifactRef, ArtifactStore
 from pipeline.core.tracking import MlflowTracker, NullTracker
 from pipeline.core.workspace import Workspace

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import PipelineConfig
-from pipeline.core.phases import PHASES, PhaseNode, PhaseRun, PhaseSpec
+from pipeline.core.phases import PhaseNode, PhaseRun, PhaseSpec
 from pipeline.core.store import ArtifactRef, ArtifactStore
 from pipeline.core.tracking import NullTracker, Tracker
 

@@ -140,7 +140,7 @@ def write_report(path: Path, meta: dict, figures: dict[str, dict], tables: dict[
              < 1e-6 else "")
     lines += ["", f"Temperature fitted on val NLL (bounded search in [{lo}, {hi}]): **T = {temperature:.4f}**.{bound}",
               "",
-              f"| split | n | top-1 | NLL before | NLL after | ECE before | ECE after | MCE before | MCE after |",
+              "| split | n | top-1 | NLL before | NLL after | ECE before | ECE after | MCE before | MCE after |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, f in figures.items():
         role = "fitted" if name == "val" else "judged"
