@@ -64,7 +64,7 @@ demo: install export-env
 	$(VENV)/bin/pipeline demo --workdir demo-work
 
 test: install export-env browser-deps
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 test-fast: install export-env
 	$(VENV)/bin/python -m pytest -q -m "not slow"
