@@ -19,7 +19,8 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig
 
-FIGURES = ("map_at_r", "precision_at_1", "silhouette", "anisotropy", "cos_euclid_agreement", "pml_map_at_r")
+FIGURES = ("map_at_r", "precision_at_1", "coverage_damaged", "silhouette", "anisotropy", "cos_euclid_agreement",
+           "pml_map_at_r")
 BASELINE = "baseline"
 
 

@@ -48,18 +48,18 @@ def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:+.3f}" if isinstance(v, float) and False else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def _table(rows: list[dict[str, Any]], k: int, best: dict[str, Any] | None) -> list[str]:
     cols = ("backbone", "loss", "stage", "val_map_at_r", "test_map_at_r", "lift_test_map_at_r",
-            f"test_precision_at_{k}", f"test_recall_at_{k}", "test_silhouette", "test_anisotropy",
-            "test_cos_euclid_agreement")
+            f"test_precision_at_{k}", f"test_recall_at_{k}", "test_coverage_damaged", "test_silhouette",
+            "test_anisotropy", "test_cos_euclid_agreement")
     head = ["backbone", "loss", "stage", "val mAP@R", "test mAP@R", "lift (test mAP@R)", f"test P@{k}",
-            f"test R@{k}", "silhouette", "anisotropy", "cos/euclid top-k"]
+            f"test R@{k}", f"damaged->damaged@{k}", "silhouette", "anisotropy", "cos/euclid top-k"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [_fmt(r[c]) if c != "lift_test_map_at_r" else
+        cells = [_fmt(r.get(c, float("nan"))) if c != "lift_test_map_at_r" else
                  ("-" if r["loss"] == BASELINE else f"{r[c]:+.3f}") for c in cols]
         if r["random_init"]:
             cells[0] += " (random init)"
@@ -67,6 +67,36 @@ def _table(rows: list[dict[str, Any]], k: int, best: dict[str, Any] | None) -> l
             cells[2] += " **best**"
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def chance_map_at_r(labels: np.ndarray) -> float:
+    """Expected mAP@R of a uniformly random ranking (each query against the other N-1 items; same-photo
+    exclusion ignored; queries without a relevant item skipped, as the evaluation does): per query with R relevant of M = N-1, p = R/M, q = (R-1)/(M-1),
+    E[AP@R] = p * (q + (1 - q) * H_R / R); the mean over queries."""
+    labels = np.asarray(labels)
+    m = len(labels) - 1
+    if m < 2:
+        return float("nan")
+    _, counts = np.unique(labels, return_counts=True)
+    total, queries = 0.0, 0
+    for n in counts:
+        r = n - 1
+        if r >= 1:
+            p, q = r / m, (r - 1) / (m - 1)
+            total += n * p * (q + (1 - q) * float(np.sum(1.0 / np.arange(1, r + 1))) / r)
+            queries += n
+    return total / queries if queries else float("nan")
+
+
+def _chance_line(rows: list[dict[str, Any]], cell_dirs: dict[str, Path]) -> list[str]:
+    out = []
+    for r in rows:
+        path = Path(cell_dirs[r["cell"]]) / "test_labels.npy"
+        if r["loss"] == BASELINE and path.is_file():
+            y = np.load(path, allow_pickle=False)
+            out.append(f"Chance (random ranking) test mAP@R for {r['backbone']}'s items: "
+                       f"{chance_map_at_r(y):.3f} ({len(y)} test items, {len(np.unique(y))} classes).")
+    return [" ".join(out), ""] if out else []
 
 
 def _bar_plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -120,7 +150,9 @@ def run_study(cell_dirs: dict[str, Path], out_dir: Path, k: int = 5) -> dict[str
              "Every row is evaluated identically: within the val and the test split each item queries the others, "
              "neighbours from its own photo or group excluded. Best = highest **val** mAP@R among pretrained "
              "backbones; test figures are held back for reporting. Lift = test mAP@R minus the same backbone's "
-             "frozen GAP baseline.", "", *_table(rows, k, best), ""]
+             "frozen GAP baseline. damaged->damaged@k: the share of a damaged query's top k that are damaged (the "
+             "retrieval validation's coverage; the classes are unbalanced, so mAP@R alone flatters the clean class).",
+             "", *_table(rows, k, best), "", *_chance_line(rows, cell_dirs)]
     if best:
         lines += [f"Best: `{best['cell']}` stage `{best['stage']}` (artifact `{best['artifact_id']}`), val mAP@R "
                   f"{best['val_map_at_r']:.3f}, test mAP@R {best['test_map_at_r']:.3f} "
