@@ -286,9 +286,14 @@ def demo(
                                           help="YAML config (default: the packaged configs/demo.yaml)."),
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
-    """Generate the demo data, then run the pipeline on it and say where everything is."""
+    """Generate the demo data, run the factory flow on it (retrieval, training, export, promotion), print the
+    table of models, calibration, promotion and export gate, and say where everything is."""
+    import time
+
+    from pipeline.app.demo_report import demo_table
     from pipeline.app.packaged import DEMO_CONFIG, packaged_file
 
+    t0 = time.perf_counter()
     cfg = _config(config or packaged_file(DEMO_CONFIG), set_)
     workdir = workdir.resolve()
     data_dir = workdir / "demo-data"
@@ -296,9 +301,10 @@ def demo(
 
     if not (data_dir / "dataset.json").is_file():
         generate_demo_data(data_dir, cfg.demo)
-    summary = _run_flow("retrieval", False, dataset=str(data_dir), format="labelme", workdir=str(workdir),
+    summary = _run_flow("factory", False, dataset=str(data_dir), format="labelme", workdir=str(workdir),
                         config=cfg, progress=True)
     _print_summary(summary, False)
+    typer.echo(demo_table(summary, time.perf_counter() - t0))
     phases = summary["phases"]
     last = phases[list(phases)[-1]]
     typer.echo("")

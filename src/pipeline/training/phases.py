@@ -16,6 +16,7 @@ from pipeline.core.phases import PHASES, PhaseRun, PhaseSpec, register
 CROP_FORMATS = ("labelme", "coco")
 MODEL_OUTPUTS = ("model.safetensors", "model.json", "report.md")
 MODEL_REPORTS = ("report.md", "curves.png", "confusion.png")
+MANIFEST_FILE = "training_manifest.yaml"
 
 
 def _uses_crops(cfg: PipelineConfig, options: dict[str, Any]) -> bool:
@@ -155,10 +156,40 @@ def _run_promotion(run: PhaseRun) -> dict[str, Any]:
     teachers = _teacher_dirs(run)
     trained = list(data.part("train")["key"])
     with db_lock(uri):  # the registry shares the tracking database
-        return run_promotion(student, data.part("test"), trained, run.cfg, uri, run.out_dir, teacher_dirs=teachers,
-                             teacher_trained={k: trained for k in teachers}, veto=_export_veto(run),
-                             cache_dir=workdir.cache / "registry", device=_runtime(run).device,
-                             export_dir=run.inputs.get("export"))
+        metrics = run_promotion(student, data.part("test"), trained, run.cfg, uri, run.out_dir, teacher_dirs=teachers,
+                                teacher_trained={k: trained for k in teachers}, veto=_export_veto(run),
+                                cache_dir=workdir.cache / "registry", device=_runtime(run).device,
+                                export_dir=run.inputs.get("export"))
+    return {**metrics, **_write_manifest(run, metrics, data.frame)}
+
+
+def _write_manifest(run: PhaseRun, metrics: dict[str, Any], frame: Any) -> dict[str, Any]:
+    """The training manifest (training.manifest) of the flow run this promotion belongs to: into the
+    artifact (logged to MLflow as a report) and beside the run record as <flow_run_id>.training.yaml.
+    The run is the RUNNING record whose calibration is this promotion's input (records list the
+    phases done so far, each with its metrics)."""
+    import shutil
+
+    from pipeline.core.runs import RunRecord
+    from pipeline.core.workspace import Workspace
+    from pipeline.training.manifest import data_counts, write_training_manifest
+
+    workdir = Path(run.runtime.get("workdir", "."))
+    calibration = run.inputs["calibration"]
+    record = next((r for r in RunRecord.all(workdir) if r.status == "RUNNING"
+                   and (r.phases.get("calibration") or {}).get("artifact_id") == calibration.name), None)
+    phases = {k: dict(v) for k, v in (record.phases if record else {}).items()}
+    phases["calibration"] = {**phases.get("calibration", {}), "artifact_id": calibration.name, "path": str(calibration)}
+    phases["promotion"] = {"artifact_id": run.artifact_id, "cache_hit": False, "metrics": metrics}
+    summary = {"flow_run_id": record.flow_run_id if record else None,
+               "mlflow_run_id": (record.run or {}).get("parent_run_id") if record else None,
+               "phases": phases, "runtime": {"device": _runtime(run).device}}
+    path = write_training_manifest(summary, run.cfg, run.out_dir / MANIFEST_FILE, data_counts(frame))
+    if record is None:
+        return {"training_manifest": "written into the promotion artifact only (no running flow record)"}
+    beside = Workspace(workdir).runs / f"{record.flow_run_id}.training.yaml"
+    shutil.copyfile(path, beside)
+    return {"training_manifest": str(beside)}
 
 
 def _regional_instances(cfg: PipelineConfig) -> list[dict[str, Any]]:
@@ -224,7 +255,7 @@ register(
         name="promotion", version="1", inputs=("split", "calibration", "teacher", "teacher_regional*", "export"),
         inputs_for=_promotion_inputs, outputs=("report.md", "decision.json"),
         sections=("train", "calibration", "promotion", "tracking"), runtime_keys=_keys("train"),
-        run=_run_promotion, reports=("report.md", "decision.json"), cacheable=False,
+        run=_run_promotion, reports=("report.md", "decision.json", MANIFEST_FILE), cacheable=False,
         description="register teachers and student; the student becomes champion only if it is not worse",
     ),
 )
