@@ -202,3 +202,25 @@ def test_trained_backend_embeds_with_the_head_and_keeps_the_text_tower(tiny, tmp
     assert emb.describe()["models"]["image"]["weights"] == aid[:10]
     with pytest.raises(Exception, match="embed.head"):
         make_embedder(EmbedConfig(backend="trained"), "cpu", store=ArtifactStore(tmp_path / "store"))
+
+
+def test_register_head_is_idempotent_and_follows_the_artifact(tmp_path):
+    from pipeline.training.embedding_study import chance_map_at_r, head_from_registry, register_head
+
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "model.safetensors").write_bytes(b"weights")
+    (head / "head.json").write_text("{}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tags = {"cell": "embedding_cell_x_triplet", "artifact_id": "a" * 64, "backbone": "x", "loss": "triplet",
+            "stage": "frozen"}
+    assert register_head(uri, "exp", head, tags) == "1"
+    assert head_from_registry(uri, "exp", "registry:best") == "a" * 64
+    # the same weights from a recomputed cell: still version 1, now naming the new artifact
+    assert register_head(uri, "exp", head, {**tags, "artifact_id": "b" * 64}) == "1"
+    assert head_from_registry(uri, "exp", "registry:best") == head_from_registry(uri, "exp", "1") == "b" * 64
+    (head / "model.safetensors").write_bytes(b"other weights")
+    assert register_head(uri, "exp", head, {**tags, "artifact_id": "c" * 64}) == "2"
+    assert head_from_registry(uri, "exp", "best") == "c" * 64 and head_from_registry(uri, "exp", "1") == "b" * 64
+    # chance mAP@R: 2 of 3 classes have a relevant item; a singleton query is skipped, as the evaluation does
+    assert chance_map_at_r(np.array([0, 0, 1, 1, 2])) == pytest.approx(0.25)

@@ -191,8 +191,11 @@ def register_head(tracking_uri: str, experiment: str, head_dir: Path, tags: dict
     sha = sha256_bytes((sha256_file(head_dir / "model.safetensors") + sha256_file(head_dir / "head.json")).encode())
     _ensure_registered(client, name)
     found = [mv for mv in client.search_model_versions(f"name = '{name}'") if mv.tags.get("sha256") == sha]
-    if found:
-        mv = found[0]
+    if found:  # the same weights again (e.g. a cell recomputed under a new phase version): point the
+        mv = found[0]  # version at the artifact that made them now, which `head_from_registry` resolves to
+        for key, value in tags.items():
+            if mv.tags.get(key) != value:
+                client.set_model_version_tag(name, mv.version, key, value)
     else:
         run = client.create_run(experiment_id(client, experiment), run_name=f"register {name}",
                                 tags={"pipeline.registered_model": name})
