@@ -120,3 +120,13 @@ def test_run_calibration_writes_a_calibrated_model_and_is_byte_identical(tiny_sp
     run_calibration(model_dir, val, bad, cfg, tmp_path / "b")
     for name in OUTPUTS:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_a_threshold_cannot_reach_the_target_on_a_handful_of_answers():
+    from pipeline.training.calibrate import pick_threshold
+
+    table = [{"threshold": 0.5, "answered": 40, "total": 50, "coverage": 0.8, "precision": 0.90},
+             {"threshold": 0.9, "answered": 1, "total": 50, "coverage": 0.02, "precision": 1.0}]
+    assert pick_threshold(table, 0.95)["reached"] and pick_threshold(table, 0.95)["threshold"] == 0.9
+    choice = pick_threshold(table, 0.95, min_answered=10)
+    assert not choice["reached"] and choice["threshold"] == 0.5

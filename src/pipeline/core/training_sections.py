@@ -14,6 +14,8 @@ class CalibrationConfig(Section):
     n_bins: int = Field(15, ge=2, description="Equal-width confidence bins of ECE / MCE (torchmetrics).")
     max_iter: int = Field(100, ge=1, description="LBFGS iterations fitting log T on val NLL.")
     target_precision: float = Field(0.95, gt=0, le=1, description="Val precision the threshold must reach.")
+    min_answered: int = Field(10, ge=1, description="Answered val items a threshold needs before its precision "
+                                                   "can count as reaching the target.")
     threshold_start: float = Field(0.40, ge=0, le=1, description="First threshold of the table.")
     threshold_stop: float = Field(0.95, ge=0, le=1, description="Last threshold of the table.")
     threshold_step: float = Field(0.05, gt=0, le=1, description="Threshold table step.")

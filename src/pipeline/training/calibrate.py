@@ -122,13 +122,15 @@ def threshold_table(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[
     return rows
 
 
-def pick_threshold(table: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """The smallest threshold whose precision reaches `target` (reached=True); otherwise the one with
-    the best precision (ties: the larger coverage), reached=False."""
+def pick_threshold(table: list[dict[str, Any]], target: float, min_answered: int = 1) -> dict[str, Any]:
+    """The smallest threshold whose precision reaches `target` on at least `min_answered` answered
+    items (reached=True); otherwise the one with the best precision (ties: the larger coverage), reached=False.
+    A precision on one or two answered items proves nothing, so such rows cannot reach the target."""
     for row in table:
-        if row["precision"] is not None and row["precision"] >= target:
+        if row["precision"] is not None and row["answered"] >= min_answered and row["precision"] >= target:
             return {**row, "reached": True}
-    answered = [r for r in table if r["precision"] is not None]
+    answered = [r for r in table if r["precision"] is not None and r["answered"] >= min_answered]
+    answered = answered or [r for r in table if r["precision"] is not None]
     if not answered:
         return {**table[-1], "reached": False}
     best = max(answered, key=lambda r: (r["precision"], r["coverage"]))
@@ -179,7 +181,7 @@ def run_calibration(model_dir: Path, items_val: Sequence[Any], items_test: Seque
     grid = thresholds_grid(c.threshold_start, c.threshold_stop, c.threshold_step)
     tables = {name: threshold_table(softmax(s.logits, temperature), s.labels, grid)
               for name, s in (("val", val), ("test", test))}
-    choice = pick_threshold(tables["val"], c.target_precision)
+    choice = pick_threshold(tables["val"], c.target_precision, c.min_answered)
     test_row = _at(tables["test"], choice["threshold"])
     figures = {"val": _split_figures(val, temperature, c.n_bins), "test": _split_figures(test, temperature, c.n_bins)}
 

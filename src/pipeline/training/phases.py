@@ -245,7 +245,7 @@ register(
         description="the distilled student fine-tuned with CE and stronger augmentation",
     ),
     PhaseSpec(
-        name="calibration", version="1", inputs=("split", "finetune", "crops"), inputs_for=_inputs("finetune"),
+        name="calibration", version="2", inputs=("split", "finetune", "crops"), inputs_for=_inputs("finetune"),
         outputs=("model.safetensors", "model.json", "thresholds.json", "report.md"),
         sections=("train", "calibration"), runtime_keys=_keys("train"), run=_run_calibration,
         reports=("report.md", "reliability.png", "gallery_errors.png", "gallery_not_conclusive.png", "thresholds.json"),
