@@ -1,7 +1,8 @@
 """Scale-out: per-item phases sharded over a real `distributed` cluster give the same artifacts.
 
-The retrieval flow runs twice on a small dataset, in two work dirs: in-process (`task_runner=thread`)
-and over a 2-process Dask cluster (`task_runner=dask`, `cluster_address`, shards of 16 items). Every
+The retrieval phases run once in-process through the library (the reference), then the retrieval flow
+runs over a 2-process Dask cluster (`task_runner=dask`, `cluster_address`, shards of 19 items: 2 shards of
+the 20 photos' crops, 3 of their 57 crops' embeddings; every shard loads its models, so few). Every
 artifact must be byte-identical (same ids, same content hashes), and the scheduler's own task stream
 must show shard tasks on more than one worker. The library part (plan, shards, merge) is also run
 without Prefect against a thread pool.
@@ -36,9 +37,17 @@ def test_chunks_keep_order_and_cover_everything():
     assert chunks([1, 2], 0) == [[1], [2]]  # a size below 1 means one item per shard
 
 
-def _library_chain(data: Path, workdir: Path, sharded: bool) -> dict[str, tuple[str, str]]:
+CHAIN = (("audit", ["dataset"]), ("split", ["audit"]), ("crops", ["split"]), ("contexts", ["crops"]),
+         ("embeddings", ["crops", "contexts"]), ("index", ["embeddings", "crops", "contexts"]),
+         ("validation", ["index", "embeddings", "crops", "split"]))
+SHARDED = ("crops", "contexts", "embeddings")  # contexts is not per-item: execute_sharded runs it whole
+
+
+def _library_chain(data: Path, workdir: Path, sharded: bool) -> tuple[dict[str, tuple[str, str]], dict]:
+    """The retrieval phases through the library (no Prefect): ({phase: (artifact id, content hash)}, metrics of
+    embeddings); `sharded`: crops and embeddings computed in two shards each on a thread pool first."""
     from pipeline.core.runner import PhaseContext, execute_phase, snapshot_dataset
-    from pipeline.core.sharding import execute_sharded
+    from pipeline.core.sharding import execute_sharded, plan_shards
     from pipeline.core.store import ArtifactStore
 
     cfg = build_config(overrides=SMALL)
@@ -46,30 +55,36 @@ def _library_chain(data: Path, workdir: Path, sharded: bool) -> dict[str, tuple[
     rt = {"dataset_root": str(data), "workdir": str(workdir), "item_cache": str(workdir / "items"), "device": "cpu"}
     opts = {"format": "labelme"}
     r = {"dataset": snapshot_dataset(data, ctx)}
-    r["audit"] = execute_phase("audit", cfg, {"dataset": r["dataset"]}, ctx, options=opts, runtime=rt)
-    r["split"] = execute_phase("split", cfg, {"audit": r["audit"]}, ctx, options=opts, runtime=rt)
     shards: dict[str, int] = {}
     with ThreadPoolExecutor(2) as pool:
-        for name, ins in (("crops", ["split"]), ("contexts", ["crops"]), ("embeddings", ["crops", "contexts"])):
+        for name, ins in CHAIN:
             inputs = {k: r[k] for k in ins}
-            if sharded:
-                r[name], manifests = execute_sharded(name, cfg, inputs, ctx, map_fn=pool.map, shard_items=8,
+            if sharded and name in SHARDED:  # two shards per sharded phase (each shard loads its models)
+                plan = plan_shards(name, cfg, inputs, ctx.store, opts, rt)
+                size = max(1, -(-len(plan.items) // 2)) if plan else None
+                r[name], manifests = execute_sharded(name, cfg, inputs, ctx, map_fn=pool.map, shard_items=size,
                                                      options=opts, runtime=rt)
                 shards[name] = len(manifests)
             else:
                 r[name] = execute_phase(name, cfg, inputs, ctx, options=opts, runtime=rt)
     if sharded:
-        assert shards["crops"] >= 2 and shards["embeddings"] >= 2, shards
-        assert shards["contexts"] == 0  # not a per-item phase
+        assert shards == {"crops": 2, "contexts": 0, "embeddings": 2}, shards  # contexts: not a per-item phase
         assert r["embeddings"].metrics["n_embedded"] == 0  # the merge found every vector in the cache
-    return {k: (v.artifact_id, v.content_hash) for k, v in r.items()}
+    return {k: (v.artifact_id, v.content_hash) for k, v in r.items()}, dict(r["embeddings"].metrics)
+
+
+@pytest.fixture(scope="module")
+def single_process(small_dataset, tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """The in-process reference every sharded run must reproduce byte for byte (computed once)."""
+    artifacts, embed_metrics = _library_chain(small_dataset, tmp_path_factory.mktemp("one"), sharded=False)
+    assert embed_metrics["n_embedded"] > 0  # computed here, not read from a cache
+    return artifacts
 
 
 @pytest.mark.slow
-def test_library_shards_merge_into_the_single_process_artifact(small_dataset, tmp_path):
-    single = _library_chain(small_dataset, tmp_path / "one", sharded=False)
-    sharded = _library_chain(small_dataset, tmp_path / "many", sharded=True)
-    assert sharded == single
+def test_library_shards_merge_into_the_single_process_artifact(small_dataset, single_process, tmp_path):
+    sharded, _ = _library_chain(small_dataset, tmp_path / "many", sharded=True)
+    assert sharded == single_process
 
 
 @pytest.fixture(scope="module")
@@ -83,33 +98,29 @@ def dask_cluster():
 
 
 @pytest.mark.slow
-def test_retrieval_flow_on_two_dask_workers_is_byte_identical(prefect_server, small_dataset, tmp_path, dask_cluster):
+def test_retrieval_flow_on_two_dask_workers_is_byte_identical(prefect_server, small_dataset, single_process, tmp_path,
+                                                              dask_cluster):
     import time
 
     from pipeline_flows.retrieval import retrieval
 
     cluster, client = dask_cluster
-
-    def run(workdir: Path, extra: list[str]) -> dict:
-        cfg = build_config(overrides=SMALL + ["runtime.device=cpu", *extra])
-        return retrieval(dataset=str(small_dataset), format="labelme", workdir=str(workdir), config=cfg)
-
-    local = run(tmp_path / "local", [])
+    cfg = build_config(overrides=SMALL + ["runtime.device=cpu", "runtime.task_runner=dask",
+                                          f"runtime.cluster_address={cluster.scheduler_address}",
+                                          "runtime.shard_items=19"])
     t0 = time.time()
-    spread = run(tmp_path / "dask", ["runtime.task_runner=dask", f"runtime.cluster_address={cluster.scheduler_address}",
-                                     "runtime.shard_items=16"])
-    assert set(spread["phases"]) == set(local["phases"])
-    for name, p in local["phases"].items():
+    spread = retrieval(dataset=str(small_dataset), format="labelme", workdir=str(tmp_path / "dask"), config=cfg)
+    # the same artifacts, byte for byte, as the in-process run (ids and content hashes)
+    assert set(spread["phases"]) == set(single_process)
+    for name, (artifact_id, content_hash) in single_process.items():
         q = spread["phases"][name]
-        assert q["artifact_id"] == p["artifact_id"], name
-        assert _content_hash(q["path"]) == _content_hash(p["path"]), name
+        assert (q["artifact_id"], _content_hash(q["path"])) == (artifact_id, content_hash), name
     # the engine's own records: shard tasks ran on both worker processes
     stream = client.get_task_stream(start=t0)  # only shard tasks are submitted to Dask
-    assert len(stream) >= 4, stream  # crops and embeddings, two shards or more each
+    assert len(stream) >= 5, stream  # crops: 2 shards, embeddings: 3
     assert len({rec["worker"] for rec in stream}) > 1, stream
     # the merge read every vector from the cache the shards filled
     assert spread["phases"]["embeddings"]["metrics"]["n_embedded"] == 0
-    assert local["phases"]["embeddings"]["metrics"]["n_embedded"] > 0
 
 
 def _content_hash(path: str) -> str:
