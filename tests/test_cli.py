@@ -63,7 +63,7 @@ def test_search_defaults_to_the_index_of_the_latest_run(tmp_path):
     some other run made; with no run records, the newest artifact."""
     import time
 
-    from pipeline.app.cli import _latest
+    from pipeline.app.cli_data import _latest
     from pipeline.core.store import ArtifactNotFound, ArtifactStore
 
     store = ArtifactStore(str(tmp_path / "artifacts"))
