@@ -68,7 +68,7 @@ def tracker_for(cfg: PipelineConfig, workdir: str):
 
 def store_for(cfg: PipelineConfig, workdir: str) -> ArtifactStore:
     ws = Workspace(Path(workdir))
-    return ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    return ws.store(cfg)
 
 
 def phase_context(cfg: PipelineConfig, run: RunInfo) -> PhaseContext:

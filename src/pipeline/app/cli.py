@@ -48,6 +48,23 @@ def _config(config: Optional[Path], overrides: Optional[List[str]]) -> PipelineC
         raise typer.Exit(2) from None
 
 
+def _open_workdir(workdir: Path, config: Optional[Path], overrides: Optional[List[str]]):
+    """(config, Workspace, ArtifactStore) of a work dir, for the commands that read it."""
+    from pipeline.core.workspace import Workspace
+
+    cfg = _config(config, overrides)
+    ws = Workspace(workdir.resolve())
+    return cfg, ws, ws.store(cfg)
+
+
+def _exactly_one(**options: Any) -> None:
+    """Exit 2 unless exactly one of the named options was given."""
+    if sum(v is not None for v in options.values()) != 1:
+        names = " or ".join(f"--{k}" for k in options)
+        typer.secho(f"error: give exactly one of {names}", err=True, fg="red")
+        raise typer.Exit(2)
+
+
 def _use_server(workdir: Path) -> str | None:
     """Send runs to the Prefect server `pipeline up` started for this work dir, if it runs."""
     import os

@@ -10,7 +10,7 @@ import typer
 
 
 from pipeline.app.cli import (  # noqa: F401
-    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _print_summary, _run_flow, app,
+    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _exactly_one, _open_workdir, _print_summary, _run_flow, app,
 )
 
 
@@ -87,13 +87,10 @@ def lineage(
     all_files: bool = typer.Option(False, "--all-files", help="List every raw file, not the first 20."),
 ) -> None:
     """Print an artifact's upstream graph down to the raw files and their hashes."""
-    cfg = _config(config, set_)
     from pipeline.core.lineage import render, walk
-    from pipeline.core.store import ArtifactNotFound, ArtifactStore
-    from pipeline.core.workspace import Workspace
+    from pipeline.core.store import ArtifactNotFound
 
-    ws = Workspace(workdir.resolve())
-    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    _, _, store = _open_workdir(workdir, config, set_)
     try:
         tree = walk(store, id_or_path, max_files=None if (all_files or as_json) else 20)
     except ArtifactNotFound as exc:
@@ -112,13 +109,9 @@ def diff_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """What changed between two runs: dataset files, config keys, recomputed artifacts and why, metric deltas."""
-    cfg = _config(config, set_)
     from pipeline.core.diff import RunNotFound, diff_runs, render
-    from pipeline.core.store import ArtifactStore
-    from pipeline.core.workspace import Workspace
 
-    ws = Workspace(workdir.resolve())
-    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    cfg, ws, store = _open_workdir(workdir, config, set_)
     try:
         result = diff_runs(ws.root, run_a, run_b, store)
     except RunNotFound as exc:
@@ -191,17 +184,15 @@ def search(
     as_json: bool = JsonOpt,
 ) -> None:
     """Search the crop index by image or text, with zone / damage filters."""
-    if (image is None) == (text is None):
-        typer.secho("error: give exactly one of --image or --text", err=True, fg="red")
-        raise typer.Exit(2)
+    _exactly_one(image=image, text=text)
     cfg = _config(config, set_)
     from pipeline.core.workspace import setup_environment
 
     ws = setup_environment(workdir, prefect_home=False)
     from pipeline.retrieval.retrieve import Retriever
-    from pipeline.core.store import ArtifactNotFound, ArtifactStore
+    from pipeline.core.store import ArtifactNotFound
 
-    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    store = ws.store(cfg)
     try:
         aid = store.find(index)[1] if index else _latest(store, "index", ws.runs)
         index_dir = store.dir_for("index", aid)

@@ -12,7 +12,7 @@ import typer
 from pipeline.core.config import ConfigError
 
 from pipeline.app.cli import (  # noqa: F401
-    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _print_summary, _run_flow, app,
+    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _exactly_one, _print_summary, _run_flow, app,
 )
 
 
@@ -30,9 +30,7 @@ def predict_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Answer from the model registry: label, calibrated confidence, and whether it is not conclusive."""
-    if (image is None) == (folder is None):
-        typer.secho("error: give exactly one of --image or --folder", err=True, fg="red")
-        raise typer.Exit(2)
+    _exactly_one(image=image, folder=folder)
     cfg = _config(config, set_)
     from pipeline.training.predict import image_files, predict_images
 

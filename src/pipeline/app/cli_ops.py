@@ -9,7 +9,7 @@ import typer
 
 
 from pipeline.app.cli import (  # noqa: F401
-    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _print_summary, _run_flow, app,
+    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _open_workdir, _print_summary, _run_flow, app,
 )
 
 
@@ -108,13 +108,9 @@ def gc_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """List (or with --yes delete) artifacts no run record references, and crashed runs' leftovers."""
-    cfg = _config(config, set_)
     from pipeline.core import gc
-    from pipeline.core.store import ArtifactStore
-    from pipeline.core.workspace import Workspace
 
-    ws = Workspace(workdir.resolve())
-    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    cfg, ws, store = _open_workdir(workdir, config, set_)
     results = ws.results_uri(cfg).removeprefix("file://")
     args = (ws.root, store, None if "://" in results else Path(results), min_age * 60)
     try:

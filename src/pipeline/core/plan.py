@@ -40,7 +40,7 @@ def _reason(node: PhaseNode, store: ArtifactStore, prev_id: str | None, params: 
 def plan(flow: str, cfg: PipelineConfig, workdir: Path, dataset_root: Path, fmt: str) -> list[dict[str, Any]]:
     """One row per phase of `flow`: name, artifact id, `hit` or `recompute`, and the reason."""
     ws = Workspace(Path(workdir))
-    store = ArtifactStore(ws.artifact_uri(cfg), cache_dir=ws.cache / "artifacts")
+    store = ws.store(cfg)
     records = RunRecord.all(ws.root)
     runtime = {"dataset_root": str(dataset_root), "hash_cache": str(ws.cache / "file-hashes.json"), "progress": False,
                "weights_dir": str(ws.weights), "workdir": str(ws.root)}

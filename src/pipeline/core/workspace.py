@@ -70,6 +70,12 @@ class Workspace:
     def artifact_uri(self, cfg: PipelineConfig) -> str:
         return cfg.store.artifacts or str(self.artifacts)
 
+    def store(self, cfg: PipelineConfig):
+        """The artifact store of this work dir (or `store.artifacts`), remote files cached locally."""
+        from pipeline.core.store import ArtifactStore
+
+        return ArtifactStore(self.artifact_uri(cfg), cache_dir=self.cache / "artifacts")
+
     def results_uri(self, cfg: PipelineConfig) -> str:
         return cfg.store.results or str(self.results)
 
