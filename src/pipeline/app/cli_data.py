@@ -19,6 +19,8 @@ def demo_data(
     out: Path = typer.Option(Path("demo-data"), "--out", "-o", help="Output folder."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of images (default: demo.n_images)."),
     seed: Optional[int] = typer.Option(None, help="Seed (default: demo.seed)."),
+    vehicle_id: Optional[str] = typer.Option(
+        None, "--vehicle-id", help="Name every photo zona1_<ko|ok>_<ID>_... (e.g. 2_3, as in the users' data)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
@@ -31,7 +33,7 @@ def demo_data(
     cfg = _config(config, overrides)
     from pipeline.demo.generator import generate_demo_data
 
-    summary = generate_demo_data(out, cfg.demo)
+    summary = generate_demo_data(out, cfg.demo, vehicle_id=vehicle_id)
     typer.echo(f"wrote {summary.get('n_images', '?')} synthetic images to {out}")
 
 
