@@ -158,10 +158,29 @@ def test_retry_after_injected_fault_reuses_finished_phases(stack):
     assert set(record["phases"]) == {"dataset", "audit", "split"}
 
 
-def test_factory_places_gpu_phases_on_the_gpu_worker_and_a_rerun_dispatches_nothing(stack):
-    """audit/split run in the factory's flow run on `cpu`; crops and embeddings as child flow runs of
-    phase/gpu on `gpu` (the flow-run records say which pool ran what); a second launch is all cache hits."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
+def _retrieval_deployment(client, stack) -> str:
+    """The retrieval flow (audit/split, crops, embeddings, index, validation: every kind of placement, no
+    training) deployed on `cpu` like the factory: the same flow body (`pipeline_flow`), so the same
+    placement, at a fraction of the factory's cost."""
+
+    flow_id = client.create_flow_from_name("retrieval")
+    client.create_deployment(
+        flow_id, "placement", entrypoint="pipeline_flows.retrieval:retrieval", work_pool_name="cpu",
+        parameters={"dataset": str(stack["dataset"]), "format": "labelme"},
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(stack["project"])}}])
+    return "retrieval/placement"
+
+
+def test_gpu_phases_are_placed_on_the_gpu_worker_and_a_rerun_dispatches_nothing(stack):
+    """audit/split run in the flow run on `cpu`; crops and embeddings as child flow runs of phase/gpu on
+    `gpu` (the flow-run records say which pool ran what); a second launch is all cache hits. The flow is
+    retrieval's, deployed on `cpu` as the factory is (the factory adds the training phases, also `gpu`)."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
 
     from pipeline.core.config import load_config
 
@@ -169,13 +188,14 @@ def test_factory_places_gpu_phases_on_the_gpu_worker_and_a_rerun_dispatches_noth
     cfg = load_config(demo, overrides=["detect.backend=none"]).model_dump(mode="json")
     params = {"config": cfg, "workdir": str(Path(stack["workdir"]) / "placement")}
     with client_for(stack) as client:
+        name = _retrieval_deployment(client, stack)
         phase_dep = client.read_deployment_by_name("phase/gpu")
 
         def children() -> list:
             return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[phase_dep.id])))
 
         before = {c.id for c in children()}
-        parent = wait_final(client, trigger(client, "factory/adhoc", params).id, timeout=900)
+        parent = wait_final(client, trigger(client, name, params).id, timeout=600)
         assert parent.state.is_completed(), parent.state
         assert parent.work_pool_name == "cpu"
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent.id])))
@@ -185,8 +205,8 @@ def test_factory_places_gpu_phases_on_the_gpu_worker_and_a_rerun_dispatches_noth
         assert {"crops", "embeddings"} <= set(by_phase), sorted(by_phase)
         for c in mine:
             assert c.work_pool_name == "gpu" and c.state.is_completed(), (c.name, c.work_pool_name, c.state)
-            assert c.parent_task_run_id is not None  # a subflow of the factory run
-        again = wait_final(client, trigger(client, "factory/adhoc", params).id, timeout=900)
+            assert c.parent_task_run_id is not None  # a subflow of the cpu flow run
+        again = wait_final(client, trigger(client, name, params).id, timeout=600)
         assert again.state.is_completed(), again.state
         assert {c.id for c in children()} == before | {c.id for c in mine}  # nothing dispatched to gpu
     record = json.loads((Path(stack["workdir"]) / "placement" / "runs" / f"{again.id}.json").read_text())
