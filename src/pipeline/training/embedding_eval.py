@@ -112,13 +112,17 @@ def evaluate_split(model: Any, loader: Any, frame: Any, labels: np.ndarray, k: i
     return SplitEval(metrics, x, r["per_query_p"], r["neigh"])
 
 
+UMAP_MIN_POINTS = 50  # below this a UMAP of 15 neighbours says little (and umap's numba start-up costs a minute)
+
+
 def umap_plot(x: np.ndarray, names: np.ndarray, path: Path, seed: int = 0) -> str | None:
-    """UMAP scatter coloured by class; None (with nothing written) when umap-learn is not installed."""
+    """UMAP scatter coloured by class; None (with nothing written) when umap-learn is not installed or
+    there are fewer than UMAP_MIN_POINTS points."""
+    if len(x) < UMAP_MIN_POINTS:
+        return None
     try:
         import umap
     except ImportError:
-        return None
-    if len(x) < 5:
         return None
     emb = umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(x)
     V._scatter(emb, names, "UMAP of embeddings", path)

@@ -4,9 +4,9 @@
 (a row per (backbone, loss, stage); each backbone's frozen baseline first, then its trained rows
 with the lift in test mAP@R and precision@k over that baseline), comparison.csv, comparison.png
 (test mAP@R per row), UMAP plots of the test embeddings of the best cell and its baseline (when
-umap-learn is installed), and best.json naming the best cell: the highest val mAP@R among rows
-of pretrained backbones (random-initialised rows are marked and never chosen; test figures are
-reported, never used to choose). `register_head` registers that head in the MLflow registry.
+umap-learn is installed and there are at least 50 test items), and best.json naming the best cell:
+the highest val mAP@R among rows of pretrained backbones (random-initialised rows are marked and never
+chosen; test figures are reported, never used to choose). `register_head` registers that head in the MLflow registry.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.training.embedding_eval import UMAP_MIN_POINTS
 
 BASELINE = "baseline"
 HEAD_MODEL = "embedding-head"
@@ -164,7 +166,7 @@ def run_study(cell_dirs: dict[str, Path], out_dir: Path, k: int = 5) -> dict[str
             f"{r['loss']}/{r['stage']} ({r['lift_test_map_at_r']:+.3f})" for r in worse) + ".", ""]
     lines += ["![comparison](comparison.png)", "", *[f"![{f}]({f})" for f in umaps]]
     if not umaps:
-        lines += ["(UMAP: not drawn; umap-learn is not installed.)"]
+        lines += [f"(UMAP: not drawn; umap-learn is not installed, or fewer than {UMAP_MIN_POINTS} test items.)"]
     (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
     metrics: dict[str, Any] = {"n_rows": float(len(rows))}
     for r in rows:

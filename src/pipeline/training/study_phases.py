@@ -86,7 +86,7 @@ register(
         description="one (backbone, loss) cell of the embedding study: staged metric learning, val/test retrieval figures",
     ),
     PhaseSpec(
-        name="embedding_study", version="2", inputs=("embedding_cell*",),
+        name="embedding_study", version="3", inputs=("embedding_cell*",),
         outputs=("comparison.md", "comparison.csv", "best.json"), sections=(), runtime_keys=("study.register_best",),
         run=_run_study, extra_params=lambda cfg, opt: {"k": cfg.study.k},
         reports=("comparison.md", "comparison.csv", "comparison.png", "best.json", "umap_baseline.png", "umap_best.png"),
