@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,7 +20,14 @@ def mixture(n: int, dim: int, k: int = 20, seed: int = 0) -> np.ndarray:
 
 
 def test_choose_index_thresholds():
-    from pipeline.retrieval.index import choose_index, hnsw_bytes, ivf_bytes, ivf_params, ivfpq_bytes, ivfpq_params
+    from pipeline.retrieval.index import (
+        choose_index,
+        hnsw_bytes,
+        ivf_bytes,
+        ivf_params,
+        ivfpq_bytes,
+        ivfpq_params,
+    )
 
     cfg = IndexConfig(flat_max=1000, memory_budget_mb=100, hnsw_m=32)
     assert choose_index(1000, 512, cfg) == "flat"
@@ -46,7 +54,8 @@ def test_choose_index_thresholds():
     assert ivfpq_params(500_000, 1664, IndexConfig(memory_budget_mb=1024))["refine"] == "SQ8"
     assert ivfpq_params(500_000, 1664, IndexConfig(memory_budget_mb=200))["refine"] == "none"
     forced = ivfpq_params(500_000, 1664, IndexConfig(memory_budget_mb=2048, ivf_refine="SQ8", ivf_k_factor=50))
-    assert forced["refine"] == "SQ8" and forced["k_factor"] == 50
+    # k_factor is cfg's at cfg.ivf_nprobe probes, scaled with the probes of 500k vectors' 2828 lists (23)
+    assert forced["refine"] == "SQ8" and forced["nprobe"] == 23 and forced["k_factor"] == math.ceil(50 * 23 / 16)
     assert choose_index(10, 512, IndexConfig(kind="hnsw")) == "hnsw"
     with pytest.raises(ValueError, match="memory_budget_mb"):
         ivfpq_params(10**9, 1664, IndexConfig(memory_budget_mb=1))
@@ -133,3 +142,39 @@ def test_run_index_files(tmp_path):
     assert all((crops / p).is_file() for p in meta.column("crop_path").to_pylist())
     assert all(t for t in meta.column("text").to_pylist())
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".pkl", ".pickle")]
+
+
+def test_auto_ivf_parameters_scale_with_n():
+    """nlist ~ 4*sqrt(n) (capped), nprobe a fixed share of the lists once cfg.ivf_nprobe is below it, the
+    refine's k_factor raised with nprobe, the k-means sample capped; <= 100k as before (16 probes, k_factor
+    cfg)."""
+    from pipeline.retrieval.index import (
+        NLIST_MAX,
+        PROBE_FRACTION,
+        TRAIN_MAX,
+        _train_size,
+        choose_index,
+        ivf_params,
+        ivfpq_params,
+    )
+
+    cfg = IndexConfig()
+    small, mid, big = (ivf_params(n, 512, cfg) for n in (10_000, 100_000, 1_000_000))
+    assert (small["nlist"], small["nprobe"]) == (256, 16)  # n / 39: training points for every list
+    assert (mid["nlist"], mid["nprobe"]) == (1265, 16)  # 1.26% of the lists, as before
+    assert big["nlist"] == 4000 and big["nprobe"] == 32  # not 16 of 4000 (recall@10 0.906 -> 0.954 at 1M)
+    huge = ivf_params(10_000_000, 512, IndexConfig(memory_budget_mb=8192))
+    assert huge["nlist"] == NLIST_MAX and huge["nprobe"] == math.ceil(NLIST_MAX * PROBE_FRACTION)
+    # a larger configured nprobe is kept
+    assert ivf_params(1_000_000, 512, IndexConfig(ivf_nprobe=64))["nprobe"] == 64
+    # IVF-PQ: the refine re-ranks proportionally more candidates as more lists are probed
+    budget = IndexConfig(memory_budget_mb=4096)
+    assert ivfpq_params(100_000, 512, budget)["k_factor"] == budget.ivf_k_factor
+    assert ivfpq_params(1_000_000, 512, budget)["k_factor"] == budget.ivf_k_factor * 2
+    # k-means sample: all points up to 256 per list, at most TRAIN_MAX (>= 39 per list)
+    assert _train_size(100_000, 1265) == 100_000 and _train_size(1_000_000, 4000) == TRAIN_MAX
+    # at a million within 0.3 x Flat's bytes (614 MB for 512-d): IVF with 8-bit codes
+    flat_mb = 1_000_000 * 512 * 4 / 2**20
+    at_million = IndexConfig(memory_budget_mb=int(0.3 * flat_mb))
+    assert choose_index(1_000_000, 512, at_million) == "ivf"
+    assert ivf_params(1_000_000, 512, at_million)["codes"] == "SQ8"

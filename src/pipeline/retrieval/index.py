@@ -32,6 +32,9 @@ REFINE_ORDER = ("SQfp16", "SQ8", "none")
 CODE_BYTES_PER_DIM = {"Flat": 4, "SQfp16": 2, "SQ8": 1, "none": 0}
 REFINE_FACTORY = {"Flat": "RFlat", "SQfp16": "Refine(SQfp16)", "SQ8": "Refine(SQ8)", "none": ""}
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per list
+NLIST_MAX = 4096  # 1M vectors: 4000 lists; k-means over 4096 centroids x TRAIN_MAX points is minutes on 2 cores
+TRAIN_MAX = 200_000  # k-means training sample cap (50 points per list at 4000 lists)
+PROBE_FRACTION = 1 / 128  # share of the lists probed once above cfg.ivf_nprobe (32 of 4000 at 1M)
 METADATA_COLUMNS = ("row", "crop_id", "split", "crop_type", "zone", "zone_name", "has_damage", "damage_types",
                     "part", "text", "crop_path")
 
@@ -42,8 +45,23 @@ def hnsw_bytes(n: int, dim: int, m: int) -> int:
 
 
 def _nlist(n: int) -> int:
-    """~4*sqrt(n) inverted lists, at most n/39 so that every list has training points."""
-    return max(1, min(int(round(4 * math.sqrt(n))), n // MIN_POINTS_PER_CENTROID))
+    """~4*sqrt(n) inverted lists, at most n/39 so that every list has training points, at most NLIST_MAX (the
+    k-means cost grows with nlist x training points)."""
+    return max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID, NLIST_MAX))
+
+
+def _nprobe(nlist: int, cfg: IndexConfig) -> int:
+    """Lists probed per query: cfg.ivf_nprobe, raised to PROBE_FRACTION of the lists as nlist grows with n.
+
+    Neighbours spread over a share of the lists that does not shrink with n (bench/faiss_recall.py, 100
+    clusters x 512-d, IVF-SQ8: recall@10 0.966 at 100k with 16 of 1265 lists; at 1M 0.906 with 16 of 4000,
+    0.954 with 32, 0.955 with 50 for ~0.1 ms more per query), so a fixed nprobe loses recall as n grows."""
+    return min(nlist, max(cfg.ivf_nprobe, math.ceil(nlist * PROBE_FRACTION)))
+
+
+def _train_size(n: int, nlist: int) -> int:
+    """k-means training points: up to 256 per list (faiss's own cap), at most TRAIN_MAX (the build time)."""
+    return min(n, 256 * nlist, max(TRAIN_MAX, MIN_POINTS_PER_CENTROID * nlist))
 
 
 def ivf_bytes(n: int, dim: int, nlist: int, codes: str) -> int:
@@ -62,7 +80,7 @@ def ivf_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
     codes = SQ_ORDER if cfg.ivf_codes == "auto" else (cfg.ivf_codes,)
     for c in codes:
         if ivf_bytes(n, dim, nlist, c) <= budget:
-            return {"nlist": nlist, "codes": c, "nprobe": min(cfg.ivf_nprobe, nlist)}
+            return {"nlist": nlist, "codes": c, "nprobe": _nprobe(nlist, cfg)}
     raise ValueError(f"{n} vectors of dim {dim} do not fit index.memory_budget_mb={cfg.memory_budget_mb} as IVF "
                      f"with {'/'.join(codes)} codes; index.kind=ivfpq compresses further")
 
@@ -92,9 +110,15 @@ def ivfpq_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
         fitting = [m for m in _pq_m_choices(dim) if ivfpq_bytes(n, dim, nlist, m, refine) <= budget]
         if fitting:
             return {"nlist": nlist, "pq_m": fitting[0], "pq_nbits": 4, "refine": refine,
-                    "k_factor": cfg.ivf_k_factor if refine != "none" else 1, "nprobe": min(cfg.ivf_nprobe, nlist)}
+                    "k_factor": _k_factor(nlist, cfg) if refine != "none" else 1, "nprobe": _nprobe(nlist, cfg)}
     raise ValueError(f"{n} vectors of dim {dim} do not fit index.memory_budget_mb={cfg.memory_budget_mb} even as "
                      f"IVF-PQ with refine {'/'.join(refines)}")
+
+
+def _k_factor(nlist: int, cfg: IndexConfig) -> int:
+    """Refine candidates per result: cfg.ivf_k_factor, scaled like nprobe (as many more PQ candidates re-ranked
+    as more vectors are scanned)."""
+    return math.ceil(cfg.ivf_k_factor * _nprobe(nlist, cfg) / min(cfg.ivf_nprobe, nlist))
 
 
 def choose_index(n: int, dim: int, cfg: IndexConfig) -> str:
@@ -177,7 +201,8 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str, report: dict[s
         raise ValueError(f"unknown index kind {kind!r}; expected flat, hnsw, ivf or ivfpq")
     if not base.is_trained:
         rng = np.random.default_rng(0)
-        train = x if n <= 256 * p["nlist"] else x[np.sort(rng.choice(n, 256 * p["nlist"], replace=False))]
+        size = _train_size(n, p["nlist"])
+        train = x if n <= size else x[np.sort(rng.choice(n, size, replace=False))]
         base, gpu_trained = _train(base, train, _gpus(cfg, kind) > 0)
         if report is not None:
             report["gpu_trained"] = gpu_trained
