@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -147,6 +147,12 @@ class EmbedConfig(Section):
         "embedding head of embed.head as the image tower, text as in hybrid).")
     head: str | None = Field(None, description="backend 'trained': an embedding_cell artifact id (or prefix), or "
                              "'registry:<alias or version>' of the registered best head.")
+
+    @field_validator("head", mode="before")
+    @classmethod
+    def _head_as_text(cls, v: object) -> object:
+        """`--set embed.head=12345678` parses as a number: an artifact id prefix is text."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
     clip_model: str = Field("ViT-H-14-quickgelu", description="open_clip model name.")
     clip_pretrained: str | None = Field("metaclip_fullcc", description="open_clip pretrained tag or local checkpoint path.")
     image_model: str = Field("tf_efficientnet_lite0", description="hybrid: timm backbone.")

@@ -91,7 +91,7 @@ register(
     ),
     PhaseSpec(
         name="embeddings", version="2", inputs=("crops", "contexts"), outputs=("embeddings.parquet", "embedder.json"),
-        sections=("embed",), runtime_keys=("embed.batch_size", "embed.num_workers", "embed.allow_download"),
+        sections=("embed",), runtime_keys=("embed.batch_size", "embed.num_workers", "embed.allow_download", "embed.head"),
         source=_embedding_head, extra_params=lambda cfg, opt: {"head": opt.get("head")} if opt.get("head") else {},
         run=_run_embeddings, reports=("report.md", "embedder.json"), pool="gpu",
         sharding=Sharding(embed_plan, embed_work),
