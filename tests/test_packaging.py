@@ -113,7 +113,7 @@ def check_entrypoints(python: str, cwd: Path, package_root: Path) -> dict:
                           env=clean_env(PREFECT_HOME=str(cwd / ".prefect")), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    flows = {"nightly": "factory", "adhoc": "factory", "data-prep": "data-prep", "run-phase": "run-phase"}
+    flows = {"nightly": "factory", "adhoc": "factory", "data-prep": "data-prep", "run-phase": "run-phase", "gpu": "phase"}
     assert {name: v[1] for name, v in loaded.items()} == flows
     for entrypoint, _, source in loaded.values():
         assert ".py:" not in entrypoint and entrypoint.startswith("pipeline_flows."), entrypoint
