@@ -68,10 +68,12 @@ def test_up_status_down(tmp_path: Path) -> None:
         code, pools = http("POST", f"{api}/work_pools/filter", {})
         assert code == 200 and {"cpu", "gpu"} <= {p["name"] for p in pools}
         assert all(p["type"] == "process" for p in pools if p["name"] in ("cpu", "gpu"))
-        assert http("GET", f"{api}/v2/concurrency_limits/gpu-host-{socket.gethostname()}")[1]["limit"] == 1
         assert set(state["workers"]) == {"cpu", "gpu"}
         for w in state["workers"].values():
             assert psutil.Process(w["pid"]).is_running()
+        # one GPU job per host comes from the gpu worker's own limit, not from a global concurrency limit
+        gpu_cmd = " ".join(psutil.Process(state["workers"]["gpu"]["pid"]).cmdline())
+        assert "--limit 1" in gpu_cmd and "--limit" not in " ".join(psutil.Process(state["workers"]["cpu"]["pid"]).cmdline())
         saved = json.loads((tmp_path / "services.json").read_text())
         assert saved["prefect"]["pid"] == state["prefect"]["pid"] and saved["pools"] == ["cpu", "gpu"]
 

@@ -185,8 +185,12 @@ def crop_loader(ds: CropDataset, cfg: EmbedConfig, device: str) -> Any:
     import torch
 
     loader_batch = -(-cfg.batch_size // FORWARD_CHUNK) * FORWARD_CHUNK
+    # Workers are spawned, not forked: a flow or worker process has threads (Prefect, MLflow), and a
+    # forked child of a threaded process can die at start (seen in the test suite).
+    context = "spawn" if cfg.num_workers > 0 else None
     return torch.utils.data.DataLoader(ds, batch_size=loader_batch, shuffle=False, num_workers=cfg.num_workers,
-                                       pin_memory=device.startswith("cuda"), collate_fn=_collate)
+                                       pin_memory=device.startswith("cuda"), collate_fn=_collate,
+                                       multiprocessing_context=context)
 
 
 def fresh_vectors(emb: Embedder, pixels: Any, counts: list[int], texts: list[str | None],
