@@ -129,17 +129,10 @@ def _run_calibration(run: PhaseRun) -> dict[str, Any]:
 
 def _export_veto(run: PhaseRun) -> str | None:
     """A student with no passing browser variant cannot become champion."""
-    import json
+    from pipeline.export.registry_io import browser_variants
 
     export = run.inputs.get("export")
-    if export is None:
-        return None
-    path = export / "export.json"
-    if not path.is_file():
-        return "the export phase wrote no export.json"
-    summary = json.loads(path.read_text())
-    browser = set(summary.get("browser_variants") or [])
-    if browser & set(summary.get("passed") or []):
+    if export is None or browser_variants(export):
         return None
     return "no TF.js variant passed the equivalence gate"
 
