@@ -47,9 +47,11 @@ class RunInfo(BaseModel):
 
     def runtime(self, cfg: PipelineConfig, phase: str) -> dict[str, Any]:
         ws = Workspace(Path(self.workdir))
+        mirror = ws.item_mirror(cfg)
         return {
             "dataset_root": self.dataset_root, "workdir": self.workdir, "device": cfg.runtime.device,
-            "item_cache": str(ws.cache / "items"), "hash_cache": str(ws.cache / "file-hashes.json"),
+            "item_cache": ws.item_cache_uri(cfg), "item_mirror": str(mirror) if mirror else None,
+            "hash_cache": str(ws.cache / "file-hashes.json"),
             "weights_dir": str(ws.cache / "weights"), "checkpoints": str(ws.cache / "checkpoints"),
         }
 

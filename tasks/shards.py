@@ -5,7 +5,9 @@ DaskTaskRunner (prefect-dask) from the flow process.
 `pipeline up --dask N` gives its workers) joins a running scheduler, else a temporary local cluster of `runtime.dask_workers` processes (one
 thread each, dashboard on loopback) lives for the phase. Each shard is a Prefect task run
 (`<phase>-shard`) on a Dask worker: it fills the per-item cache and returns a small manifest; the
-phase's own task then writes the artifact in the flow process, which alone writes to MLflow. A shard
+phase's own task then writes the artifact in the flow process, which alone writes to MLflow. Workers on
+several machines share the per-item cache through `store.items` (an fsspec URI such as s3://bucket/items,
+see `pipeline.core.item_cache`): a shard uploads its entries before it returns. A shard
 of a `gpu` phase on a CUDA device asks Dask for `GPU: 1`, so it only lands on workers started with
 that resource (`pipeline up --dask` declares the GPUs it sees).
 """

@@ -1,4 +1,4 @@
-"""Test environment: every tool's state in a temp dir, offline and quiet; one Prefect harness."""
+"""Test environment: every tool's state in a temp dir, offline and quiet; one Prefect harness; an S3 server."""
 import os
 import tempfile
 from pathlib import Path
@@ -42,3 +42,29 @@ def coco_dir() -> Path:
     if not COCO.is_dir():
         pytest.skip(f"real dataset not present at {COCO}")
     return COCO
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """moto's S3 server on 127.0.0.1 (a random port) with an empty bucket `factory`; the AWS variables
+    point boto3 and s3fs at it. Yields the endpoint URL."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (test extra)")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (test extra)")
+    import boto3
+    import fsspec
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    import urllib.request
+
+    # moto's state is per process, not per server: start from nothing, whatever an earlier test left
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="factory")
+    fsspec.config.conf.setdefault("s3", {})
+    yield endpoint
+    server.stop()

@@ -10,27 +10,8 @@ import json
 
 import pytest
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (test extra)")
+pytest.importorskip("moto.server", reason="moto[server] is not installed (test extra)")  # the `s3` fixture: conftest
 pytest.importorskip("s3fs", reason="s3fs is not installed (test extra)")
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    import boto3
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="factory")
-    import fsspec
-
-    fsspec.config.conf.setdefault("s3", {})
-    yield endpoint
-    server.stop()
 
 
 def _fresh_store(tmp_path, name):

@@ -212,6 +212,7 @@ def plan(workdir: str | Path, store: ArtifactStore, results: Path | None = None,
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         if path.is_dir() and owner_dead(path, min_age_s):
             garbage.append(Garbage("staging", str(path), tree_size(path)))
+    # a remote per-item cache (store.items: s3://...) is never collected: gc deletes nothing remote
     garbage += _item_cache_garbage(workdir / ".cache" / "items", min_age_s)
     return GcPlan(garbage, sorted(keep), sorted(missing), sorted(young), n_runs, active_runs(workdir))
 

@@ -72,10 +72,12 @@ class DemoConfig(Section):
 
 
 class StoreConfig(Section):
-    """Where artifacts and Prefect results live."""
+    """Where artifacts, Prefect results and the per-item caches live."""
 
     artifacts: str | None = Field(None, description="Artifact store root (path or fsspec URI); default <workdir>/artifacts.")
     results: str | None = Field(None, description="Prefect result storage (path or fsspec URI); default <workdir>/prefect-results.")
+    items: str | None = Field(None, description="Per-item cache root (path or fsspec URI, e.g. s3://bucket/items) that "
+                              "shard workers share; default <workdir>/.cache/items.")
 
 
 class TrackingConfig(Section):

@@ -8,7 +8,9 @@ cache, so the phase's own run writes the artifact, byte-identical to a single-pr
 return small manifests; only the flow process writes the artifact and tracks it.
 
 The per-item cache is what shards share: a directory every worker reaches (one host, or a shared
-file system). A phase without a per-item cache (`runtime.item_cache` unset) is never sharded.
+file system), or an fsspec URI (`store.items: s3://...`, `pipeline.core.item_cache`) that shards on
+several machines fill through their local mirrors (`runtime.item_mirror`). A phase without a per-item
+cache (`runtime.item_cache` unset) is never sharded.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from pipeline.core.item_cache import scratch_root
 from pipeline.core.store import ArtifactRef, ArtifactStore
 
 if TYPE_CHECKING:  # the phase declarations import this module: the phases and the runner only lazily
@@ -83,7 +86,7 @@ def plan_shards(name: str, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], 
     runtime = {"progress": False, **(runtime or {})}
     if spec.sharding is None or not runtime.get("item_cache"):
         return None
-    run, aid = _phase_run(name, cfg, inputs, store, options, runtime, Path(runtime["item_cache"]))
+    run, aid = _phase_run(name, cfg, inputs, store, options, runtime, scratch_root(runtime))
     if spec.cacheable and not force and store.is_complete(name, aid):
         return None
     items, context = spec.sharding.plan(run)
@@ -97,8 +100,8 @@ def run_shard(name: str, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], st
     from pipeline.core.runner import node_for
 
     runtime = {"progress": False, **(runtime or {})}
-    cache = Path(runtime["item_cache"])
-    scratch = cache / ".scratch" / f"{name}-{uuid.uuid4().hex}"  # same file system as the cache: links work
+    # local, on the file system of the cache (or of a remote cache's mirror): links into it work
+    scratch = scratch_root(runtime) / ".scratch" / f"{name}-{uuid.uuid4().hex}"
     scratch.mkdir(parents=True)
     t0 = time.perf_counter()
     try:

@@ -76,6 +76,19 @@ class Workspace:
 
         return ArtifactStore(self.artifact_uri(cfg), cache_dir=self.cache / "artifacts")
 
+    def item_cache_uri(self, cfg: PipelineConfig) -> str:
+        """The per-item cache root of the crops and embeddings phases (`store.items`, a path or an fsspec URI
+        that shard workers share); default <workdir>/.cache/items. Runtime only: in no artifact id."""
+        return cfg.store.items or str(self.cache / "items")
+
+    def item_mirror(self, cfg: PipelineConfig) -> Path | None:
+        """Where a remote per-item cache's entries are copied locally: <workdir>/.cache/items-mirror/<uri
+        hash>; None for a local cache (read in place)."""
+        from pipeline.core.item_cache import is_remote, mirror_dir
+
+        uri = self.item_cache_uri(cfg)
+        return mirror_dir(self.cache, uri) if is_remote(uri) else None
+
     def results_uri(self, cfg: PipelineConfig) -> str:
         return cfg.store.results or str(self.results)
 

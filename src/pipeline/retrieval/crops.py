@@ -26,6 +26,7 @@ contact_sheet.png (`crops_report`: inputs only; cache counts are returned metric
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -44,13 +45,14 @@ from pipeline.core.config import CropsConfig, DetectConfig
 from pipeline.retrieval.crops_report import contact_sheet, crops_report
 from pipeline.retrieval.detect import Detector, make_detector, resolve_detector
 from pipeline.core.hashing import canonical_json, sha256_bytes
+from pipeline.core.item_cache import DONE, ItemCache, as_item_cache
 from pipeline.data.images import ImageLoadError, load_rgb
 from pipeline.core.geometry import intersection, polygon_box  # noqa: F401  (re-exported)
 from pipeline.retrieval.crop_item import (  # noqa: F401  (re-exported)
     CROP_VERSION, DEFECT_MIN_INSIDE, grid_windows, cluster_boxes, cluster_crop_box, fit_size, crop_defects, crop_id, crop_item,
 )
 
-CACHE_DONE = "done"
+CACHE_DONE = DONE
 
 CROPS_SCHEMA = pa.schema(
     [
@@ -137,27 +139,23 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _cache_read(entry: Path) -> dict[str, Any] | None:
-    if not (entry / CACHE_DONE).is_file():
+def _cache_read(entry: Path | None) -> dict[str, Any] | None:
+    if entry is None or not (entry / CACHE_DONE).is_file():
         return None
     return json.loads((entry / "crops.json").read_text(encoding="utf-8"))
 
 
-def _cache_write(entry: Path, outcome: ItemOutcome, out_dir: Path) -> None:
-    """Store an outcome and its crop files: a temp dir, the done-marker last, then an atomic rename."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for rec in outcome.rows:
-        _place(out_dir / rec["crop_path"], tmp / f"{rec['crop_id']}.jpg")
+def _cache_write(cache: ItemCache, key: str, outcome: ItemOutcome, out_dir: Path) -> None:
+    """Store an outcome and its crop files as entry `key` (`ItemCache.write_entry`: a temp dir, the
+    done-marker last, then an atomic rename; on a remote cache, uploaded with the done-marker last)."""
     payload = {"rows": outcome.rows, "skipped": outcome.skipped, "found": outcome.found, "detector": outcome.detector}
-    (tmp / "crops.json").write_text(canonical_json(payload), encoding="utf-8")
-    (tmp / CACHE_DONE).write_text("", encoding="utf-8")
-    try:
-        tmp.rename(entry)
-    except OSError:  # another run stored it first
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def fill(tmp: Path) -> None:
+        for rec in outcome.rows:
+            _place(out_dir / rec["crop_path"], tmp / f"{rec['crop_id']}.jpg")
+        (tmp / "crops.json").write_text(canonical_json(payload), encoding="utf-8")
+
+    cache.write_entry(key, fill)
 
 
 def _process(row: dict[str, Any], root: Path, get_detector: Callable[[], Detector], det_cfg: DetectConfig,
@@ -189,7 +187,7 @@ def run_crops(
     det_cfg: DetectConfig,
     cfg: CropsConfig,
     out_dir: Path,
-    item_cache: Path | None,
+    item_cache: ItemCache | Path | None,
     progress: bool = True,
     max_pixels: int = 89_478_485,
     weights_dir: Path | None = None,
@@ -199,7 +197,9 @@ def run_crops(
     Returns numeric metrics plus the detector's info strings (`detector`, `detector_reason`,
     `detector_weights`). `weights_dir` is where bare Ultralytics weight names resolve
     (`Workspace.weights`). The per-item cache key holds the resolved detector's files by hash, so
-    adding weights to the weights dir recomputes every photo.
+    adding weights to the weights dir recomputes every photo. `item_cache`: a local directory or an
+    `ItemCache` (a remote one is listed once, its entries downloaded in batches, new ones uploaded
+    before this returns).
     """
     from tqdm import tqdm
 
@@ -215,26 +215,30 @@ def run_crops(
             detectors.append(make_detector(det_cfg, weights_dir, choice))
         return detectors[0]
 
+    cache = as_item_cache(item_cache)
     crops: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     found: list[bool] = []
     seen: dict[str, str] = {}
     counts: Counter[str] = Counter()
-    for row in tqdm(rows, desc="crops", unit="img", disable=not progress, leave=False):
-        if row["item_id"] in seen:
-            outcome = ItemOutcome(skipped={"reason": "duplicate_item", "detail": f"same bytes as {seen[row['item_id']]}"})
-        elif row.get("has_damage") is None:
-            outcome = ItemOutcome(skipped={"reason": "unknown_damage_state", "detail": "has_damage is null"})
-        else:
-            seen[row["item_id"]] = row["path"]
-            outcome, how = _cached_or_processed(row, params, item_cache, out_dir, lambda: _process(
-                row, Path(dataset_root), get_detector, det_cfg, cfg, out_dir, max_pixels))
-            counts[how] += 1
-        crops.extend(outcome.rows)
-        if outcome.skipped:
-            skipped.append({"item_id": row["item_id"], "path": row["path"], **outcome.skipped})
-        if outcome.found is not None:
-            found.append(outcome.found)
+    with cache or contextlib.nullcontext():  # a remote cache: what this run wrote is uploaded before it returns
+        if cache is not None:  # a remote cache: the entries it holds, downloaded in batches first (local: nothing)
+            cache.prefetch_entries(item_cache_key(r, params) for r in rows if r.get("has_damage") is not None)
+        for row in tqdm(rows, desc="crops", unit="img", disable=not progress, leave=False):
+            if row["item_id"] in seen:
+                outcome = ItemOutcome(skipped={"reason": "duplicate_item", "detail": f"same bytes as {seen[row['item_id']]}"})
+            elif row.get("has_damage") is None:
+                outcome = ItemOutcome(skipped={"reason": "unknown_damage_state", "detail": "has_damage is null"})
+            else:
+                seen[row["item_id"]] = row["path"]
+                outcome, how = _cached_or_processed(row, params, cache, out_dir, lambda: _process(
+                    row, Path(dataset_root), get_detector, det_cfg, cfg, out_dir, max_pixels))
+                counts[how] += 1
+            crops.extend(outcome.rows)
+            if outcome.skipped:
+                skipped.append({"item_id": row["item_id"], "path": row["path"], **outcome.skipped})
+            if outcome.found is not None:
+                found.append(outcome.found)
 
     crops.sort(key=lambda r: r["crop_id"])
     skipped.sort(key=lambda r: (r["path"], r["item_id"]))
@@ -254,16 +258,16 @@ def item_params(det_cfg: DetectConfig, cfg: CropsConfig, choice: Any) -> str:
                            "detector": choice.identity, "crops": cfg.model_dump(mode="json")})
 
 
-def _cached_or_processed(row: dict[str, Any], params: str, item_cache: Path | None, out_dir: Path,
+def _cached_or_processed(row: dict[str, Any], params: str, cache: ItemCache | None, out_dir: Path,
                          process: Callable[[], ItemOutcome]) -> tuple[ItemOutcome, str]:
     """One photo's outcome from the per-item cache ('cached'), else computed and stored ('processed')."""
     key = item_cache_key(row, params)
-    entry = Path(item_cache) / key[:2] / key if item_cache is not None else None
-    cached = _cache_read(entry) if entry is not None else None
+    entry = cache.entry(key) if cache is not None else None
+    cached = _cache_read(entry)
     if cached is None:
         outcome = process()
-        if entry is not None and outcome.found is not None:
-            _cache_write(entry, outcome, out_dir)
+        if cache is not None and outcome.found is not None:
+            _cache_write(cache, key, outcome, out_dir)
         return outcome, "processed"
     outcome = ItemOutcome(cached["rows"], cached["skipped"], cached["found"], cached["detector"])
     for rec in outcome.rows:

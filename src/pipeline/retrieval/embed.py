@@ -2,7 +2,8 @@
 order), embeddings.parquet (crop_id, shard, row), embedder.json (`describe()` plus the config without
 its runtime keys), report.md. Every file depends only on the inputs: no device, install path, timing
 or cache count (those are returned as metrics). The per-item cache holds one fused vector per crop:
-item_cache/<key[:2]>/<key>.npy.
+item_cache/<key[:2]>/<key>.npy (a local directory, or a remote one through its local mirror:
+`pipeline.core.item_cache`).
 
 Floats do not depend on `embed.batch_size` (a runtime option, not in the artifact id): the image
 tower always runs on exactly FORWARD_CHUNK views (the last chunk zero-padded), so each view meets the
@@ -13,10 +14,9 @@ its padded batch with others (sentence-transformers pads to the longest), which 
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.core.config import EmbedConfig
 from pipeline.core.hashing import canonical_json, sha256_bytes
+from pipeline.core.item_cache import ItemCache, as_item_cache
 
 from pipeline.retrieval.embedder import (  # noqa: F401  (re-exported)
     EMBED_VERSION, Embedder, FORWARD_CHUNK, LITE0_MEAN, LITE0_SIZE, LITE0_STD, Preprocess, RUNTIME_KEYS, TEXT_CHUNK, _trained_embedder, embedder_from_json, l2n, make_embedder, patch_boxes, resolve_head,
@@ -36,20 +37,21 @@ def cache_key(crop_id: str, text: str | None, params_json: str) -> str:
     return sha256_bytes(canonical_json([crop_id, text, params_json, EMBED_VERSION]).encode())
 
 
-def _cache_path(cache: Path, key: str) -> Path:
-    return cache / key[:2] / f"{key}.npy"
+SUFFIX = ".npy"  # a cache entry: item_cache/<key[:2]>/<key>.npy
 
 
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def cache_vector(cache: ItemCache, key: str, arr: np.ndarray) -> Path:
+    """Store one fused vector as cache entry `key` (atomically; on a remote cache one object, uploaded
+    when the cache flushes)."""
+    return cache.save_file(key, SUFFIX, lambda fh: np.save(fh, arr, allow_pickle=False))
+
+
+def cached_vectors(cache: ItemCache | None, keys: list[str]) -> list[Path | None]:
+    """The local file of each key's cached vector, or None (a remote cache's are downloaded in batches)."""
+    if cache is None:
+        return [None] * len(keys)
+    cache.prefetch_files(keys, SUFFIX)
+    return [cache.file(k, SUFFIX) for k in keys]
 
 
 class CropDataset:
@@ -106,9 +108,11 @@ class ShardWriter:
 
 
 def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig, out_dir: Path,
-                   item_cache: Path | None = None, device: str = "auto", progress: bool = True,
+                   item_cache: ItemCache | Path | None = None, device: str = "auto", progress: bool = True,
                    store: Any = None) -> dict[str, Any]:
     """Embed every crop of crops_dir (with its context text); write shards, index and reports to out_dir.
+    `item_cache`: a local directory or an `ItemCache` (a remote one: listed once, the vectors it holds
+    downloaded in batches, new ones uploaded before this returns).
 
     Returns metrics: n_total, n_embedded, n_cached, dim, n_shards, n_with_text, random_init (0/1), seconds,
     and `device` (info). The files hold none of the run-dependent ones (cache counts, timings, device).
@@ -124,15 +128,15 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
     crops, texts = read_items(crops_dir, contexts_dir)
     emb = make_embedder(cfg, device, store)
     keys = item_keys(emb, crops, texts)
-    cache = Path(item_cache) if item_cache is not None else None
-    paths = [_cache_path(cache, k) for k in keys] if cache is not None else [None] * len(keys)
-    cached = [p if p is not None and p.is_file() else None for p in paths]
+    cache = as_item_cache(item_cache)
+    cached = cached_vectors(cache, keys)
     ds = CropDataset([crops_dir / c["crop_path"] for c in crops], cached, emb.preprocess)
     loader = crop_loader(ds, cfg, emb.device)
     writer = ShardWriter(out_dir, emb.dim, cfg.shard_size)
     text_vecs = _text_vectors(emb, [texts.get(c["crop_id"]) for c, v in zip(crops, cached) if v is None])
     n_embedded = 0
-    with tqdm(total=len(ds), desc="embed", unit="crop", disable=not progress) as bar:
+    bar = tqdm(total=len(ds), desc="embed", unit="crop", disable=not progress)
+    with cache or contextlib.nullcontext(), bar:  # a remote cache: the new vectors are uploaded before this returns
         for idx, vecs, pixels, counts in loader:
             new = [i for i, v in zip(idx, vecs) if v is None]
             if new:
@@ -140,7 +144,7 @@ def run_embeddings(crops_dir: Path, contexts_dir: Path | None, cfg: EmbedConfig,
                 fresh = dict(zip(new, fused))
                 if cache is not None:
                     for i in new:
-                        _atomic_save(paths[i], fresh[i])
+                        cache_vector(cache, keys[i], fresh[i])
                 n_embedded += len(new)
             for i, v in zip(idx, vecs):
                 writer.add(v if v is not None else fresh[i])

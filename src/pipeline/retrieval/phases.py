@@ -4,14 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.item_cache import ItemCache
 from pipeline.core.phases import PhaseRun, PhaseSpec, register
 from pipeline.core.sharding import Sharding
 from pipeline.retrieval.shards import crops_plan, crops_work, embed_plan, embed_work
 
 
-def _item_cache(run: PhaseRun, name: str) -> Path | None:
-    cache = run.runtime.get("item_cache")
-    return Path(cache) / name if cache else None
+def _item_cache(run: PhaseRun, name: str) -> ItemCache | None:
+    """The phase's per-item cache: `<item_cache>/<name>`, local or remote (mirrored in `item_mirror`)."""
+    return ItemCache.from_runtime(run.runtime, name)
 
 
 def _run_crops(run: PhaseRun) -> dict[str, Any]:
