@@ -2,15 +2,16 @@
 
     python bench/faiss_recall.py [--sizes 10000 100000] [--dim 512] [--queries 300]
         [--ef 16 64 256] [--nprobe 4 16 64] [--codes SQfp16 SQ8] [--refine SQfp16 none]
-        [--k-factor 10 100] [--kinds auto flat hnsw ivf ivfpq] [--budget-flat 0.3] [--search-threads 1]
+        [--k-factor 10 100] [--kinds auto flat hnsw ivf ivfpq] [--budget-flat 0.3] [--search-threads 1 2]
         [--embeddings DIR]
 
-    python bench/faiss_recall.py --sizes 1000000 --kinds auto --budget-flat 0.3   # the index at a million
+    python bench/faiss_recall.py --sizes 1000000 --kinds auto --budget-flat 0.3 --search-threads 1 2 --nprobe 24
 
 `auto` is the kind `choose_index` picks with index.memory_budget_mb = budget-flat x Flat's bytes (every
 variant gets that budget when given), searched with the parameters it chose (and the --nprobe sweep).
---search-threads 1: single queries on one OpenMP thread (a server's per-query setting); on a loaded
-machine two threads wait for each other (seen here: p50 ~9 ms instead of ~1.1 ms at 1M).
+--search-threads 1 2: the single-query figures on one OpenMP thread, then on two (an IVF index scans a
+query's probed lists on every thread, `pipeline.retrieval.coarse.search_ready`); on a loaded machine
+threads wait for each other, so a busy server may want one.
 
 Data: clustered synthetic vectors (a Gaussian mixture), the way embeddings are clustered.
 Uniform random vectors are HNSW's worst case and say nothing about embeddings (seen here: recall@10
@@ -76,10 +77,9 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> None:
     n, dim = x.shape
     threads = faiss.omp_get_max_threads()
     _, truth = faiss.knn(q, x, 10, faiss.METRIC_INNER_PRODUCT)  # exact, without a second copy of x
-    print(f"\n{name}: n={n} dim={dim} queries={len(q)} build threads={threads} "
-          f"search threads={args.search_threads or threads}"
+    print(f"\n{name}: n={n} dim={dim} queries={len(q)} build threads={threads}"
           + (f" budget={args.budget_flat} x Flat" if args.budget_flat else ""))
-    print(f"{'kind':22} {'param':>12} {'build_s':>8} {'MB':>7} {'recall@10':>9} {'p50_ms':>8} {'p99_ms':>8}")
+    print(f"{'kind':22} {'param':>12} {'thr':>3} {'build_s':>8} {'MB':>7} {'recall@10':>9} {'p50_ms':>8} {'p99_ms':>8}")
     for label, cfg in variants(n, dim, args):
         kind = label.split(":")[-1]
         t = time.perf_counter()
@@ -91,22 +91,22 @@ def bench(name: str, x: np.ndarray, q: np.ndarray, args) -> None:
         sweep = {"flat": [None], "hnsw": args.ef, "ivf": args.nprobe, "ivfpq": args.nprobe}[kind]
         if label.startswith("auto") and kind != "flat":
             sweep = [None, *sweep]  # first as built: the parameters auto chose
-        if args.search_threads:
-            faiss.omp_set_num_threads(args.search_threads)
-        for s in sweep:
-            params = search_params(index, ef_search=s if kind == "hnsw" else None,
-                                   nprobe=s if kind.startswith("ivf") else None)
-            got, lat = [], []
-            for i in range(len(q)):  # one query at a time: the latency a user waits for
-                t = time.perf_counter()
-                _, ids = np_search(index, q[i:i + 1], 10, params)
-                lat.append((time.perf_counter() - t) * 1000)
-                got.append(ids[0])
-            recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, truth)])
-            setting = "as built" if s is None and kind != "flat" else "" if s is None else \
-                f"{'efSearch' if kind == 'hnsw' else 'nprobe'}={s}"
-            print(f"{label_kind:22} {setting:>12} {build:8.2f} {mb:7.1f} {recall:9.3f} {np.percentile(lat, 50):8.3f} "
-                  f"{np.percentile(lat, 99):8.3f}", flush=True)
+        for nt in args.search_threads or [threads]:
+            faiss.omp_set_num_threads(nt)
+            for s in sweep:
+                params = search_params(index, ef_search=s if kind == "hnsw" else None,
+                                       nprobe=s if kind.startswith("ivf") else None)
+                got, lat = [], []
+                for i in range(len(q)):  # one query at a time: the latency a user waits for
+                    t = time.perf_counter()
+                    _, ids = np_search(index, q[i:i + 1], 10, params)
+                    lat.append((time.perf_counter() - t) * 1000)
+                    got.append(ids[0])
+                recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, truth)])
+                setting = "as built" if s is None and kind != "flat" else "" if s is None else \
+                    f"{'efSearch' if kind == 'hnsw' else 'nprobe'}={s}"
+                print(f"{label_kind:22} {setting:>12} {nt:>3} {build:8.2f} {mb:7.1f} {recall:9.3f} "
+                      f"{np.percentile(lat, 50):8.3f} {np.percentile(lat, 99):8.3f}", flush=True)
         faiss.omp_set_num_threads(threads)  # builds use every thread
         if kind.startswith("ivf"):
             print(f"{'':18} params: {p}")
@@ -128,7 +128,9 @@ def main() -> None:
                     choices=["auto", "flat", "hnsw", "ivf", "ivfpq"], help="index kinds to build")
     ap.add_argument("--budget-flat", type=float, default=None,
                     help="index.memory_budget_mb as a fraction of Flat's bytes (e.g. 0.3)")
-    ap.add_argument("--search-threads", type=int, default=None, help="OpenMP threads for the timed queries")
+    ap.add_argument("--search-threads", type=int, nargs="+", default=None,
+                    help="OpenMP threads for the timed queries, each in turn (default: all); an IVF index scans one "
+                         "query's lists on all of them (pipeline.retrieval.coarse.search_ready)")
     ap.add_argument("--embeddings", type=Path, default=None, help="an embeddings artifact dir (real vectors)")
     args = ap.parse_args()
 

@@ -178,3 +178,58 @@ def test_auto_ivf_parameters_scale_with_n():
     at_million = IndexConfig(memory_budget_mb=int(0.3 * flat_mb))
     assert choose_index(1_000_000, 512, at_million) == "ivf"
     assert ivf_params(1_000_000, 512, at_million)["codes"] == "SQ8"
+
+
+def test_allocate_sub_centroids():
+    from pipeline.retrieval.coarse import allocate
+
+    # proportional, at least one per non-empty cluster, never more than its points, summing to the total
+    alloc = allocate(np.array([0, 1, 5, 1000, 3]), 20)
+    assert alloc.tolist() == [0, 1, 1, 17, 1] and alloc.sum() == 20
+    assert allocate(np.array([10, 10, 10]), 30).tolist() == [10, 10, 10]
+    assert allocate(np.array([1, 1, 1, 1, 100]), 5).tolist() == [1, 1, 1, 1, 1]
+
+
+def test_many_lists_get_an_hnsw_quantizer_over_two_level_centroids(tmp_path):
+    """From HNSW_QUANTIZER_MIN lists: centroids by two-level k-means (one per list, unit norm for inner
+    product), an HNSW quantizer (accurate while adding, QUANTIZER_EF for queries, kept in the file), one
+    query scanning its lists on every thread; recall like the exact quantizer's."""
+    import faiss
+
+    from pipeline.retrieval.coarse import EF_ASSIGN, HNSW_QUANTIZER_MIN, QUANTIZER_EF, search_ready, two_level_kmeans
+    from pipeline.retrieval.index import build_index, index_params, np_search, quality, search_params
+
+    x = mixture(70_000, 32, k=40, seed=3)
+    cfg = IndexConfig(ivf_codes="SQ8")
+    p = index_params("ivf", len(x), 32, cfg)
+    assert p["nlist"] >= HNSW_QUANTIZER_MIN
+    cents = two_level_kmeans(x[:50_000], 1100, spherical=True)
+    assert cents.shape == (1100, 32) and np.all(np.isfinite(cents))
+    idx = build_index(x, cfg, "ivf")
+    ivf = faiss.extract_index_ivf(idx)
+    q = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(q, faiss.IndexHNSWFlat) and q.ntotal == p["nlist"] == ivf.nlist
+    centroids = faiss.rev_swig_ptr(faiss.downcast_index(q.storage).get_xb(), q.ntotal * 32).reshape(-1, 32).copy()
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-4)  # spherical: inner product
+    assert q.hnsw.efSearch == max(QUANTIZER_EF, 2 * p["nprobe"]) < EF_ASSIGN
+    assert ivf.parallel_mode == 1
+    got = quality(idx, x, 300)
+    # the same lists probed through an exact quantizer: the HNSW graph loses (almost) nothing
+    exact = faiss.IndexFlatIP(32)
+    exact.add(centroids)
+    queries = x[np.random.default_rng(1).choice(len(x), 300, replace=False)]
+    dist, lists = exact.search(queries, p["nprobe"])
+    _, via_exact = ivf.search_preassigned(queries, 10, lists, dist)
+    _, via_hnsw = np_search(idx, queries, 10)
+    same = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(via_exact, via_hnsw)])
+    assert got["recall_at_10"] >= 0.9 and same >= 0.99, (got, same)
+    # a larger nprobe asks the quantizer for at least twice as many candidates
+    params = search_params(idx, nprobe=100)
+    assert params.nprobe == 100 and params.quantizer_params is not None and params._keep_q.efSearch == 200
+    assert np_search(idx, queries[:5], 10, params)[1].shape == (5, 10)
+    # written and read back: the quantizer's efSearch is in the file; parallel_mode is set by search_ready
+    faiss.write_index(idx, str(tmp_path / "i.faiss"))
+    back = faiss.read_index(str(tmp_path / "i.faiss"))
+    assert faiss.downcast_index(faiss.extract_index_ivf(back).quantizer).hnsw.efSearch == q.hnsw.efSearch
+    assert faiss.extract_index_ivf(search_ready(back)).parallel_mode == 1
+    assert np.array_equal(np_search(back, queries, 10)[1], via_hnsw)

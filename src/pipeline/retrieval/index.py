@@ -1,8 +1,10 @@
 """FAISS index over the fused crop vectors (inner product on L2-normalised vectors = cosine).
 
 `choose_index` picks the kind like autofaiss: exact Flat for small sets, HNSW when its memory fits
-the budget, else IVF-PQ sized to the budget. Every index is an IndexIDMap2 whose int64 ids are the
-row numbers of metadata.parquet (= rows of the embeddings, crop_id order).
+the budget, else IVF with scalar-quantised codes, else IVF-PQ sized to the budget; the IVF kinds' coarse
+level (k-means, HNSW quantizer over many centroids) is `pipeline.retrieval.coarse`. Every index is an
+IndexIDMap2 whose int64 ids are the row numbers of metadata.parquet (= rows of the embeddings, crop_id
+order).
 
 On disk (`run_index`): index.faiss (faiss.write_index), metadata.parquet (row, crop_id, split,
 crop_type, zone, zone_name, has_damage, damage_types, part, text, crop_path relative to the crops
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.config import IndexConfig
+from pipeline.retrieval.coarse import coarse_spec, quantizer_bytes, quantizer_params, search_ready, set_search_ef, train_ivf
 from pipeline.retrieval.embed import load_embeddings
 
 METRIC = "inner_product"
@@ -65,8 +68,9 @@ def _train_size(n: int, nlist: int) -> int:
 
 
 def ivf_bytes(n: int, dim: int, nlist: int, codes: str) -> int:
-    """IVF with scalar-quantised codes: codes + int64 id per vector, plus the centroids."""
-    return n * (CODE_BYTES_PER_DIM[codes] * dim + 8) + nlist * dim * 4
+    """IVF with scalar-quantised codes: codes + int64 id per vector, plus the coarse level (centroids and,
+    with many lists, their HNSW graph)."""
+    return n * (CODE_BYTES_PER_DIM[codes] * dim + 8) + quantizer_bytes(nlist, dim)
 
 
 def ivf_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
@@ -91,8 +95,8 @@ def _pq_m_choices(dim: int) -> list[int]:
 
 
 def ivfpq_bytes(n: int, dim: int, nlist: int, pq_m: int, refine: str) -> int:
-    """IVF-PQ memory: 4-bit PQ codes (pq_m/2 bytes) + int64 id per vector, the refine codes, the centroids."""
-    return n * (pq_m // 2 + 8 + CODE_BYTES_PER_DIM[refine] * dim) + nlist * dim * 4
+    """IVF-PQ memory: 4-bit PQ codes (pq_m/2 bytes) + int64 id per vector, the refine codes, the coarse level."""
+    return n * (pq_m // 2 + 8 + CODE_BYTES_PER_DIM[refine] * dim) + quantizer_bytes(nlist, dim)
 
 
 def ivfpq_params(n: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
@@ -156,30 +160,15 @@ def _gpus(cfg: IndexConfig, kind: str) -> int:
     return int(faiss.get_num_gpus())
 
 
-def _train(base: Any, train: np.ndarray, gpu: bool) -> tuple[Any, bool]:
-    """Train `base` on `train`, on all GPUs if `gpu` (copied back to the CPU); (index, trained on GPU)."""
-    import warnings
-
-    import faiss
-
-    if gpu:
-        try:
-            on_gpu = faiss.index_cpu_to_all_gpus(base)
-            on_gpu.train(train)
-            return faiss.index_gpu_to_cpu(on_gpu), True
-        except Exception as exc:  # noqa: BLE001 - a GPU problem must not stop the build
-            warnings.warn(f"GPU training of the index failed ({exc}); training on the CPU", RuntimeWarning)
-    base.train(train)
-    return base, False
-
-
 def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str, report: dict[str, Any] | None = None) -> Any:
     """An IndexIDMap2 (ids = row numbers) around Flat / HNSW / IVF-SQ / IVF-PQ (+refine), inner product.
 
-    IVF-SQ's k-means (its costly part) runs on all GPUs when faiss has GPUs and cfg.use_gpu, falling back to
-    the CPU with a warning if the GPU clone fails; vectors are added on the CPU. Flat has nothing to train;
-    HNSW and the 4-bit fast-scan IVF-PQ have no GPU build in faiss and are built on the CPU's threads.
-    `report`, if given, gets `gpu_trained`: whether the training really ran on a GPU.
+    IVF kinds: the coarse level of `pipeline.retrieval.coarse` (with many lists two-level k-means and an HNSW
+    quantizer), trained on at most `_train_size` vectors. IVF-SQ's k-means (its costly part) runs on all GPUs
+    when faiss has GPUs and cfg.use_gpu, falling back to the CPU with a warning; vectors are added on the CPU.
+    Flat has nothing to train; HNSW and the 4-bit fast-scan IVF-PQ have no GPU build in faiss and are built on
+    the CPU's threads. `report`, if given, gets `gpu_trained`: whether the training really ran on a GPU. The
+    index comes back `search_ready`.
     """
     import faiss
 
@@ -193,9 +182,9 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str, report: dict[s
         base.hnsw.efConstruction = p["efConstruction"]
         base.hnsw.efSearch = p["efSearch"]
     elif kind == "ivf":
-        base = faiss.index_factory(dim, f"IVF{p['nlist']},{p['codes']}", faiss.METRIC_INNER_PRODUCT)
+        base = faiss.index_factory(dim, f"{coarse_spec(p['nlist'])},{p['codes']}", faiss.METRIC_INNER_PRODUCT)
     elif kind == "ivfpq":
-        spec = ",".join(filter(None, [f"IVF{p['nlist']}", f"PQ{p['pq_m']}x4fs", REFINE_FACTORY[p["refine"]]]))
+        spec = ",".join(filter(None, [coarse_spec(p["nlist"]), f"PQ{p['pq_m']}x4fs", REFINE_FACTORY[p["refine"]]]))
         base = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     else:
         raise ValueError(f"unknown index kind {kind!r}; expected flat, hnsw, ivf or ivfpq")
@@ -203,16 +192,17 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig, kind: str, report: dict[s
         rng = np.random.default_rng(0)
         size = _train_size(n, p["nlist"])
         train = x if n <= size else x[np.sort(rng.choice(n, size, replace=False))]
-        base, gpu_trained = _train(base, train, _gpus(cfg, kind) > 0)
+        base, gpu_trained = train_ivf(base, train, _gpus(cfg, kind) > 0)
         if report is not None:
             report["gpu_trained"] = gpu_trained
     index = faiss.IndexIDMap2(base)
     index.add_with_ids(x, np.arange(n, dtype=np.int64))
     if kind in ("ivf", "ivfpq"):
         faiss.extract_index_ivf(index).nprobe = p["nprobe"]
+        set_search_ef(index, p["nprobe"])  # after adding: queries need fewer candidates than assignments
         if p.get("refine", "none") != "none":
             faiss.downcast_index(index.index).k_factor = float(p["k_factor"])
-    return index
+    return search_ready(index)
 
 
 def search_params(index: Any, selector: Any = None, ef_search: int | None = None, nprobe: int | None = None,
@@ -233,6 +223,9 @@ def search_params(index: Any, selector: Any = None, ef_search: int | None = None
     elif isinstance(base, faiss.IndexIVF):
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe if nprobe is not None else base.nprobe
+        if nprobe is not None and (qp := quantizer_params(base, nprobe)) is not None:
+            params.quantizer_params = qp  # an HNSW quantizer finds at least twice the probed lists
+            params._keep_q = qp
     else:
         params = faiss.SearchParameters()
     if selector is not None:

@@ -99,7 +99,7 @@ register(
         description="image + text embeddings of the crops, sharded, cached per crop",
     ),
     PhaseSpec(
-        name="index", version="4", inputs=("embeddings", "crops", "contexts"),
+        name="index", version="5", inputs=("embeddings", "crops", "contexts"),
         outputs=("index.faiss", "metadata.parquet", "index.json"), sections=("index",), runtime_keys=("index.use_gpu",),
         run=_run_index, reports=("report.md", "index.json"),
         description="FAISS index with a self-check and recall against exact search",

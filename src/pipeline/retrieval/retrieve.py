@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pipeline.retrieval.coarse import search_ready
 from pipeline.retrieval.index import np_search, search_params
 
 
@@ -51,7 +52,7 @@ class Retriever:
 
         index_dir = Path(index_dir)
         info = json.loads((index_dir / "index.json").read_text(encoding="utf-8"))
-        index = faiss.read_index(str(index_dir / "index.faiss"))
+        index = search_ready(faiss.read_index(str(index_dir / "index.faiss")))
         metadata = pq.read_table(index_dir / "metadata.parquet").to_pylist()
         if index.ntotal != len(metadata):
             raise ValueError(f"{index_dir}: index has {index.ntotal} vectors but metadata {len(metadata)} rows")
