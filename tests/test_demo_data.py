@@ -232,3 +232,16 @@ def test_users_naming_constant_2_3_splits_into_three_non_empty_parts(tmp_path: P
     assert "one group holds 81 of 81 items" in report and "split `val` is empty" in report
     assert sum("split:" in r.getMessage() for r in caplog.records) == 3
     assert pq.read_table(tmp_path / "vehicle" / "split" / "split.parquet")["split"].unique().to_pylist() == ["train"]
+
+
+def test_small_frames_with_any_seed_render(tmp_path):
+    """A zone's panel box can reach past a small frame (zoom, shift); the marks still render (seed 5 at
+    224x160 used to raise IndexError from getpixel)."""
+    from pipeline.core.config import DemoConfig
+    from pipeline.demo.generator import generate_demo_data
+
+    for seed in (5, 7):
+        out = tmp_path / f"d{seed}"
+        generate_demo_data(out, DemoConfig(n_images=20, seed=seed, width=224, height=160, bad_examples=False),
+                           progress=False)
+        assert len(list(out.rglob("*.jpg"))) == 20

@@ -58,7 +58,8 @@ def _place(img: Image.Image, rng: np.random.Generator, fn: MarkFn, box: tuple[fl
         if any(math.dist(c, tc) < 0.9 * (r + tr) for tc, tr in taken):
             continue
         trial = img.copy()
-        base = trial.getpixel((int(c[0]), int(c[1])))
+        # the zone's panel box may reach past the frame (zoom, shift): the base colour comes from inside it
+        base = trial.getpixel((min(max(int(c[0]), 0), img.width - 1), min(max(int(c[1]), 0), img.height - 1)))
         poly = mask_polygon(fn(trial, rng, c, r, base))
         if len(poly) >= 3 and (max_area is None or polygon_area(poly) < max_area):
             taken.append((c, r))
