@@ -184,9 +184,14 @@ def test_gpu_phases_are_placed_on_the_gpu_worker_and_a_rerun_dispatches_nothing(
 
     from pipeline.core.config import load_config
 
+    from pipeline.core.config import DemoConfig
+    from pipeline.demo.generator import generate_demo_data
+
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     cfg = load_config(demo, overrides=["detect.backend=none"]).model_dump(mode="json")
-    params = {"config": cfg, "workdir": str(Path(stack["workdir"]) / "placement")}
+    data = Path(stack["workdir"]) / "placement-data"  # 20 small photos: placement, not throughput, is tested
+    generate_demo_data(data, DemoConfig(n_images=20, seed=5, width=224, height=160, bad_examples=False), progress=False)
+    params = {"config": cfg, "workdir": str(Path(stack["workdir"]) / "placement"), "dataset": str(data)}
     with client_for(stack) as client:
         name = _retrieval_deployment(client, stack)
         phase_dep = client.read_deployment_by_name("phase/gpu")
