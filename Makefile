@@ -51,12 +51,14 @@ $(NODE_STAMP): export/package.json export/package-lock.json
 
 export-env: $(EXPORT_STAMP) $(NODE_STAMP)
 
-# Test set-up only (never `make demo`): Debian's chromium + chromedriver (+ nodejs) where apt-get may
-# run as root; elsewhere the browser tests skip and say why.
+# Test set-up only (never `make demo`): Debian's chromium + chromedriver (+ nodejs and npm unless a node is
+# already installed: Debian's nodejs conflicts with a NodeSource one) where apt-get may run as root;
+# elsewhere the browser tests skip and say why.
 browser-deps:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && command -v node >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver nodejs npm \
+	  pkgs="chromium chromium-driver"; command -v node >/dev/null || pkgs="$$pkgs nodejs npm"; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$pkgs \
 	  || echo "apt-get failed: the browser tests will skip"; \
 	else echo "chromium/chromedriver missing and apt-get unavailable: the browser tests will skip"; fi
 
