@@ -162,7 +162,7 @@ def test_what_the_remote_holds_is_listed_once_and_downloaded_in_batches(s3, tmp_
     import numpy as np
 
     from pipeline.core.item_cache import ItemCache
-    from pipeline.retrieval.embed import SUFFIX, cache_vector, cached_vectors
+    from pipeline.retrieval.embed import cache_vector, cached_vectors
 
     _fresh_fs()
     keys = [f"{i:02x}" + "e" * 62 for i in range(6)]

@@ -301,7 +301,6 @@ def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: In
     `input_ids`: artifact ids of the crops, embeddings and contexts, recorded in index.json; by default
     read from the input directories' lineage.json (None for a directory outside a store)."""
     import faiss
-    import pyarrow.parquet as pq
 
     from pipeline.core.tables import METADATA, write_table
 
