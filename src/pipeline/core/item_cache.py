@@ -85,7 +85,9 @@ class ItemCache:
         else:
             self.fs, root_path = fsspec.core.url_to_fs(self.uri)
             self.root, self.local = root_path.rstrip("/"), Path(mirror)
-        self._remote: set[str] | None = None if scan else set()  # relative object names on the remote
+        # what the remote holds: {folder relative to the root: the names in it} ("ab/<key>": a directory
+        # entry's files, "ab": the file entries of that prefix), listed once
+        self._remote: dict[str, set[str]] | None = None if scan else {}
         self._files: list[tuple[str, str]] = []  # pending uploads: (local path, remote path)
         self._markers: list[tuple[str, str]] = []  # pending `done` markers: uploaded after every file
 
@@ -113,29 +115,35 @@ class ItemCache:
     def _rel(self, key: str, name: str = "", suffix: str = "") -> str:
         return f"{key[:2]}/{key}/{name}" if name else f"{key[:2]}/{key}{suffix}"
 
-    def _remote_names(self) -> set[str]:
+    def _remote_names(self) -> dict[str, set[str]]:
         if self._remote is None:  # one listing of the whole prefix, whatever the number of items
             self.fs.invalidate_cache(self.root)
             try:
                 found = self.fs.find(self.root)
             except FileNotFoundError:
                 found = []
-            start = len(self.root) + 1
-            self._remote = {p[start:] for p in found if p.startswith(self.root + "/")}
+            self._remote = {}
+            self._note(p for p in found if p.startswith(self.root + "/"))
         return self._remote
+
+    def _note(self, paths: Iterable[str]) -> None:
+        """Record remote objects (full paths under the root) in the listing."""
+        for path in paths:
+            folder, _, name = path[len(self.root) + 1:].rpartition("/")
+            self._remote.setdefault(folder, set()).add(name)
 
     # -- presence (no download) --------------------------------------------------------------
     def has_entry(self, key: str) -> bool:
         """Whether directory entry `key` is complete (its `done` marker written)."""
         if self.is_local:
             return (self.entry_path(key) / DONE).is_file()
-        return self._rel(key, DONE) in self._remote_names()
+        return DONE in self._remote_names().get(f"{key[:2]}/{key}", ())
 
     def has_file(self, key: str, suffix: str) -> bool:
         """Whether file entry `key` is there."""
         if self.is_local:
             return self.file_path(key, suffix).is_file()
-        return self._rel(key, suffix=suffix) in self._remote_names()
+        return f"{key}{suffix}" in self._remote_names().get(key[:2], ())
 
     # -- reading -----------------------------------------------------------------------------
     def entry(self, key: str) -> Path | None:
@@ -161,16 +169,12 @@ class ItemCache:
         batches; returns how many. A mirror entry appears whole (a renamed temp dir) or not at all."""
         if self.is_local:
             return 0
-        names = self._remote_names()
-        by_key: dict[str, list[str]] = {}
-        for name in names:
-            parts = name.split("/")
-            if len(parts) == 3:
-                by_key.setdefault(parts[1], []).append(parts[2])
-        todo = sorted({k for k in keys if self._rel(k, DONE) in names and not (self.entry_path(k) / DONE).is_file()})
+        remote = self._remote_names()
+        todo = sorted({k for k in keys if self.has_entry(k) and not (self.entry_path(k) / DONE).is_file()})
         for batch in _batches(todo, BATCH):
             tmps = {k: self.entry_path(k).with_name(f".tmp-{k}-{os.getpid()}") for k in batch}
-            pairs = [(f"{self.root}/{self._rel(k, n)}", str(tmps[k] / n)) for k in batch for n in sorted(by_key[k])]
+            pairs = [(f"{self.root}/{self._rel(k, n)}", str(tmps[k] / n)) for k in batch
+                     for n in sorted(remote[f"{k[:2]}/{k}"])]
             for tmp in tmps.values():
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
@@ -188,8 +192,7 @@ class ItemCache:
         returns how many. Each lands in a temp file that replaces the mirror's path when complete."""
         if self.is_local:
             return 0
-        names = self._remote_names()
-        todo = sorted({k for k in keys if self._rel(k, suffix=suffix) in names and not self.file_path(k, suffix).is_file()})
+        todo = sorted({k for k in keys if self.has_file(k, suffix) and not self.file_path(k, suffix).is_file()})
         for batch in _batches(todo, BATCH):
             tmps = {k: self.file_path(k, suffix).with_name(f"{k}{suffix}.{os.getpid()}.tmp") for k in batch}
             try:
@@ -254,7 +257,7 @@ class ItemCache:
             for batch in _batches(pairs, BATCH * 4):
                 self.fs.put([lp for lp, _ in batch], [r for _, r in batch])
             if self._remote is not None:
-                self._remote.update(r[len(self.root) + 1:] for _, r in pairs)
+                self._note(r for _, r in pairs)
 
     def __enter__(self) -> ItemCache:
         return self

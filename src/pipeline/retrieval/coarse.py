@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -69,14 +69,7 @@ def train_ivf(base: Any, train: np.ndarray, gpu: bool) -> tuple[Any, bool]:
     if hnsw is None:
         return _train_whole(base, train, gpu)
     spherical = ivf.metric_type == faiss.METRIC_INNER_PRODUCT  # as faiss's own IVF training of an IP index
-    centroids, on_gpu = None, False
-    if gpu:
-        try:
-            centroids, on_gpu = two_level_kmeans(train, ivf.nlist, spherical, gpu=True), True
-        except Exception as exc:  # noqa: BLE001 - a GPU problem must not stop the build
-            warnings.warn(f"GPU k-means of the index failed ({exc}); training on the CPU", RuntimeWarning)
-    if centroids is None:
-        centroids = two_level_kmeans(train, ivf.nlist, spherical)
+    centroids, on_gpu = _gpu_first(lambda g: two_level_kmeans(train, ivf.nlist, spherical, gpu=g), gpu, "k-means")
     hnsw.hnsw.efConstruction = QUANTIZER_EF_CONSTRUCTION
     hnsw.add(centroids)
     hnsw.hnsw.efSearch = EF_ASSIGN
@@ -114,10 +107,8 @@ def two_level_kmeans(x: np.ndarray, nlist: int, spherical: bool, gpu: bool = Fal
     assign = assign[:, 0]
     alloc = allocate(np.bincount(assign, minlength=nc1), nlist)
     parts = []
-    for c in range(nc1):
+    for c in np.flatnonzero(alloc).tolist():
         sub = np.ascontiguousarray(x[assign == c])
-        if alloc[c] == 0:
-            continue
         if alloc[c] == 1:
             parts.append(sub.mean(axis=0, keepdims=True))
             continue
@@ -127,18 +118,30 @@ def two_level_kmeans(x: np.ndarray, nlist: int, spherical: bool, gpu: bool = Fal
     return np.ascontiguousarray(np.vstack(parts), dtype=np.float32)
 
 
-def _train_whole(base: Any, train: np.ndarray, gpu: bool) -> tuple[Any, bool]:
-    import faiss
-
+def _gpu_first(run: Callable[[bool], Any], gpu: bool, what: str) -> tuple[Any, bool]:
+    """(run(True), True) when `gpu` and it succeeds, else (run(False), False), warning when a GPU try failed:
+    a GPU problem must not stop the build."""
     if gpu:
         try:
-            on_gpu = faiss.index_cpu_to_all_gpus(base)
-            on_gpu.train(train)
-            return faiss.index_gpu_to_cpu(on_gpu), True
-        except Exception as exc:  # noqa: BLE001 - a GPU problem must not stop the build
-            warnings.warn(f"GPU training of the index failed ({exc}); training on the CPU", RuntimeWarning)
-    base.train(train)
-    return base, False
+            return run(True), True
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"GPU {what} of the index failed ({exc}); training on the CPU", RuntimeWarning)
+    return run(False), False
+
+
+def _train_whole(base: Any, train: np.ndarray, gpu: bool) -> tuple[Any, bool]:
+    """faiss's own training of the whole index, on all GPUs if `gpu` (copied back to the CPU)."""
+    import faiss
+
+    def run(on_gpu: bool) -> Any:
+        if not on_gpu:
+            base.train(train)
+            return base
+        clone = faiss.index_cpu_to_all_gpus(base)
+        clone.train(train)
+        return faiss.index_gpu_to_cpu(clone)
+
+    return _gpu_first(run, gpu, "training")
 
 
 def set_search_ef(index: Any, nprobe: int) -> None:

@@ -45,14 +45,12 @@ from pipeline.core.config import CropsConfig, DetectConfig
 from pipeline.retrieval.crops_report import contact_sheet, crops_report
 from pipeline.retrieval.detect import Detector, make_detector, resolve_detector
 from pipeline.core.hashing import canonical_json, sha256_bytes
-from pipeline.core.item_cache import DONE, ItemCache, as_item_cache
+from pipeline.core.item_cache import ItemCache, as_item_cache
 from pipeline.data.images import ImageLoadError, load_rgb
 from pipeline.core.geometry import intersection, polygon_box  # noqa: F401  (re-exported)
 from pipeline.retrieval.crop_item import (  # noqa: F401  (re-exported)
     CROP_VERSION, DEFECT_MIN_INSIDE, grid_windows, cluster_boxes, cluster_crop_box, fit_size, crop_defects, crop_id, crop_item,
 )
-
-CACHE_DONE = DONE
 
 CROPS_SCHEMA = pa.schema(
     [
@@ -140,9 +138,8 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
 
 
 def _cache_read(entry: Path | None) -> dict[str, Any] | None:
-    if entry is None or not (entry / CACHE_DONE).is_file():
-        return None
-    return json.loads((entry / "crops.json").read_text(encoding="utf-8"))
+    """The outcome stored in a complete cache entry (`ItemCache.entry`), None without one."""
+    return None if entry is None else json.loads((entry / "crops.json").read_text(encoding="utf-8"))
 
 
 def _cache_write(cache: ItemCache, key: str, outcome: ItemOutcome, out_dir: Path) -> None:
