@@ -17,7 +17,7 @@ Other objectives (metric learning): `evaluate(model, val_loader) -> {name: value
 val top-1/top-5/loss figures and `monitor` names the one that picks the best epoch and stops early
 (higher is better); `FitResult.best_val_top1` then holds that figure.
 
-Fault injection for tests: `fail_after_steps=N` (or env PIPELINE_FAIL_AFTER_STEPS) raises
+Fault injection for tests: `fail_after_steps=N` (an argument, never read from the environment) raises
 `InjectedFault` after N optimizer steps, once per checkpoint dir (a marker file remembers it).
 """
 from __future__ import annotations
@@ -32,7 +32,6 @@ import numpy as np
 
 from pipeline.core.config import PhaseTrainConfig
 
-FAULT_ENV = "PIPELINE_FAIL_AFTER_STEPS"
 FAULT_MARKER = "fault_injected"
 LossFn = Callable[[Any, Any, Any], Any]  # (logits, targets, row indices) -> scalar loss
 
@@ -112,8 +111,7 @@ def _load_checkpoint(ckpt: Path, model: Any, opt: Any, sched: Any, scaler: Any) 
 
 
 def _fault_budget(ckpt: Path, fail_after_steps: int | None) -> int | None:
-    n = fail_after_steps if fail_after_steps is not None else int(os.environ.get(FAULT_ENV, "0") or 0) or None
-    return None if n is None or (ckpt / FAULT_MARKER).exists() else n
+    return None if fail_after_steps is None or (ckpt / FAULT_MARKER).exists() else fail_after_steps
 
 
 def _make_optim(model: Any, recipe: PhaseTrainConfig, epochs: int, updates_per_epoch: int) -> tuple[Any, Any]:

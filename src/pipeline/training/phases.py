@@ -36,16 +36,15 @@ def _keys(*sections: str) -> tuple[str, ...]:
 
 
 def _runtime(run: PhaseRun):
-    """Device, per-epoch logging into the phase's MLflow run, fault injection (tests)."""
-    import os
-
+    """Device, per-epoch logging into the phase's MLflow run, fault injection (tests: the runtime option
+    `fail_after_steps`, which only a caller of execute_phase sets; never read from the environment)."""
     from pipeline.models.loading import pick_device
     from pipeline.training.runner import PhaseRuntime
 
     def on_epoch(epoch: int, values: dict[str, float]) -> None:
         run.steps.extend((k, float(v), int(epoch)) for k, v in values.items())
 
-    fail = os.environ.get("PIPELINE_FAIL_AFTER_STEPS")
+    fail = run.runtime.get("fail_after_steps")
     return PhaseRuntime(device=pick_device(run.cfg.runtime.device), on_epoch=on_epoch,
                         fail_after_steps=int(fail) if fail else None)
 
