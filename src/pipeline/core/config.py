@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from pipeline.core.errors import ConfigError  # noqa: E402  (re-exported: pipeline.core.config.ConfigError)
 from pipeline.core.sections import (  # noqa: F401  (re-exported)
     Section, DataConfig, AuditConfig, SplitConfig, DemoConfig, StoreConfig, TrackingConfig,
-    RuntimeConfig, DetectConfig, CropsConfig, EmbedConfig, IndexConfig,
+    RuntimeConfig, DetectConfig, CropsConfig, EmbedConfig, IndexConfig, DriftConfig, ReviewConfig,
 )
 from pipeline.core.training_sections import (  # noqa: F401  (re-exported)
     CalibrationConfig, PromotionConfig, ExportConfig, AugmentConfig, TrainConfig, PhaseTrainConfig,
@@ -51,6 +51,8 @@ class PipelineConfig(Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     study: StudyConfig = Field(default_factory=StudyConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 

@@ -22,6 +22,10 @@ class DataConfig(Section):
         default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"],
         description="File extensions treated as images.",
     )
+    inbox: str | None = Field(
+        None, description="Folder of photos without labels (any images, nested) that the review phase scores for a "
+        "person to label; none: review is skipped and says so. Read at run time (its content, not its path, is in "
+        "the review's id).")
 
 
 class AuditConfig(Section):
@@ -193,3 +197,56 @@ class IndexConfig(Section):
     ivf_k_factor: int = Field(100, ge=1, description="IVF-PQ refine: candidates re-ranked per result (k_factor * k).")
     self_check_sample: int = Field(200, ge=1)
     use_gpu: bool = Field(True, description="Use a GPU index when faiss's GPU build and a GPU are present.")
+
+
+class DriftConfig(Section):
+    """The drift phase and `pipeline drift`: a reference run against the current one (pipeline.monitor)."""
+
+    reference: str = Field(
+        "previous", description="The run compared against: 'previous' = the newest completed run of the work dir "
+        "with a split (the running one excluded), or a flow run id / unique prefix.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the chi-squared, KS, proportion and "
+                         "MMD tests (used while both sides have at most large_n items).")
+    large_n: int = Field(1000, ge=10, description="Above this many items on a side, distances replace p-values "
+                         "(Jensen-Shannon for categories, the KS distance for numbers, the absolute change for "
+                         "shares): with thousands of items every negligible difference is significant.")
+    js_threshold: float = Field(0.1, gt=0, le=1, description="Jensen-Shannon distance (base 2) above which a "
+                                "category distribution has drifted (large samples).")
+    ks_threshold: float = Field(0.1, gt=0, le=1, description="Kolmogorov-Smirnov statistic above which a numeric "
+                                "distribution has drifted (large samples).")
+    rate_threshold: float = Field(0.05, gt=0, le=1, description="Absolute change of a share (quarantined files, "
+                                  "not-conclusive answers) above which it has drifted (large samples).")
+    auc_threshold: float = Field(0.55, ge=0.5, le=1, description="Domain classifier (reference vs current, "
+                                 "cross-validated ROC AUC on the image embeddings): drift above this AUC when the "
+                                 "AUC is also significant at alpha.")
+    cv_folds: int = Field(5, ge=2, le=20, description="Folds of the domain classifier's cross-validation (grouped "
+                          "by photo).")
+    mmd_permutations: int = Field(200, ge=20, description="Permutations of the MMD test.")
+    max_items: int = Field(1000, ge=20, description="At most this many photos per side (sampled by seed) for the "
+                           "embedding, image and prediction checks.")
+    seed: int = Field(0, description="Seed of the samples, folds and permutations.")
+
+
+class ReviewConfig(Section):
+    """The review phase and `pipeline review`: what a person should label next (pipeline.monitor)."""
+
+    n: int = Field(50, ge=1, description="Photos queued per review.")
+    uncertainty: Literal["least_confidence", "margin", "entropy"] = Field(
+        "least_confidence", description="Uncertainty of the calibrated probabilities: 1 - max p, 1 - (p1 - p2), or "
+        "the entropy normalised to [0, 1]. Not-conclusive photos come first whatever the score.")
+    min_distance: float = Field(0.05, ge=0, le=2, description="No two queued photos closer than this cosine "
+                                "distance in the champion's feature space (greedy farthest-first over the "
+                                "candidates, most uncertain first).")
+    scoring: Literal["auto", "image", "windows"] = Field(
+        "auto", description="How the champion sees a photo: 'image' whole; 'windows' the crops phase's grid windows "
+        "inside the vehicle box, the window most likely damaged deciding (a crops model); 'auto': windows when the "
+        "model has the crops' 'clean' class.")
+    label_check: bool = Field(False, description="Also score the current run's val and test photos and queue those "
+                              "whose label the champion contradicts (likely label errors).")
+    model: str = Field("champion", description="Registry alias or version number of the model that scores.")
+    max_candidates: int = Field(2000, ge=1, description="At most this many inbox photos scored per review (sampled "
+                                "by seed; the report says how many were left for later).")
+    top_k: int = Field(3, ge=1, description="Probabilities written per photo in queue.csv.")
+    out_dir: str | None = Field(None, description="Where the LabelMe folder for people is written (a sub-folder "
+                                "per review); default <workdir>/review.")
+    seed: int = Field(0, description="Seed of the candidate sample and ties.")
