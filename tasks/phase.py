@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.phases import PHASES, PhaseNode
-from pipeline.core.runner import PhaseContext, PhaseResult, execute_phase, phase_id
+from pipeline.core.runner import PhaseContext, PhaseResult, execute_phase, node_for, phase_id, reusable
 from pipeline.core.store import ArtifactRef, ArtifactStore
 from pipeline.core.tracking import MlflowTracker, NullTracker
 from pipeline.core.workspace import Workspace
@@ -98,8 +98,8 @@ class ArtifactIdPolicy(CachePolicy):
         refs: dict[str, ArtifactRef] = inputs.get("inputs") or {}
         aid, _ = phase_id(name, cfg, {k: r.artifact_id for k, r in refs.items()}, run.options())
         key = f"{name}-{aid}"
-        if not store_for(cfg, run.workdir).is_complete(name, aid):
-            drop_result_record(cfg, run.workdir, key)  # its artifact is gone: the record must not be trusted
+        if not reusable(store_for(cfg, run.workdir), node_for(name, cfg, run.options()).spec, name, aid):
+            drop_result_record(cfg, run.workdir, key)  # its artifact is gone or damaged: the record must not be trusted
         return key
 
 
@@ -201,8 +201,24 @@ def publish_result(result: PhaseResult, node: PhaseNode, cfg: PipelineConfig, ru
         )
     except Exception as exc:  # the UI summary must never fail a run
         print(f"warning: could not create the Prefect artifact for {node.name}: {exc}")
+    if result.info.get("prefect_tags"):  # e.g. drift:data, so an automation can alert on the flow run
+        add_flow_run_tags(result.info["prefect_tags"].split(","))
     record_phase(run, result)
     return result
+
+
+def add_flow_run_tags(tags: list[str]) -> None:
+    """Add tags to the current flow run (never fails the run)."""
+    from prefect.client.orchestration import get_client
+
+    if not rt_flow_run.id:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(rt_flow_run.id)
+            client.update_flow_run(rt_flow_run.id, tags=sorted(set(current.tags or []) | {t.strip() for t in tags}))
+    except Exception as exc:  # noqa: BLE001 - a tag is a convenience
+        print(f"warning: could not tag the flow run with {tags}: {exc}")
 
 
 def drop_result_record(cfg: PipelineConfig, workdir: str, key: str) -> None:

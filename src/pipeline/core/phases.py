@@ -22,14 +22,14 @@ from pipeline.core.hashing import artifact_id
 
 # The stage modules that declare phases (discovered in this order, like Kedro's pipeline registry).
 STAGE_MODULES = ("pipeline.data.phases", "pipeline.retrieval.phases", "pipeline.training.phases",
-                 "pipeline.export.phases", "pipeline.training.study_phases")
+                 "pipeline.export.phases", "pipeline.training.study_phases", "pipeline.monitor.phases")
 
 # Flows: the phases each flow must produce; everything upstream of them is run too.
 FLOWS: dict[str, tuple[str, ...]] = {
     "data-prep": ("split",),
     "retrieval": ("validation",),
     "train": ("student_no_teacher", "promotion"),
-    "factory": ("validation", "student_no_teacher", "promotion"),
+    "factory": ("validation", "student_no_teacher", "promotion", "drift", "review"),
     "embedding-study": ("embedding_study",),
 }
 
