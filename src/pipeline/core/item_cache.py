@@ -4,8 +4,15 @@ Items are content-addressed (a key says everything that decides them), so an ent
 once written. Two kinds of entry, both under `<root>/<key[:2]>/`:
 
 - a directory entry `<key>/` (crops): its files, then a `done` marker written last; a directory
-  without `done` is absent;
-- a file entry `<key><suffix>` (embeddings: `.npy`): one file, written whole.
+  without `done` is absent. `done` holds each file's size and sha256 (JSON `{name: [size, sha256]}`);
+- a file entry `<key><suffix>` (embeddings: `.npy`): one file, written whole: the payload followed by
+  a 48-byte trailer (`PIPESUM1`, the payload's size as 8 bytes little-endian, its sha256). Readers of
+  the path that parse a self-delimiting format (`np.load`) ignore the trailer; `read_file` strips it.
+
+Reading an entry checks it: `entry()` and `file()` re-hash what they return against the sizes and
+hashes recorded at write time, and a corrupt, truncated or unverifiable entry (one written before
+checksums) is a miss: it is discarded with a warning and the phase recomputes it, never served as
+data (`n_discarded` counts them). `check_entry` / `check_file` are what `pipeline verify` uses.
 
 On a local path the entries live in place: a directory entry is built in `.tmp-<key>-<pid>` and
 renamed, a file in a `*.tmp` file that replaces it (the names `pipeline.core.gc` collects after a
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,8 +39,11 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 import fsspec
 
-DONE = "done"
+from pipeline.core.integrity import DONE, append_trailer, check_entry, check_file, entry_listing, read_file  # noqa: F401
+
+
 BATCH = 256  # entries per download or upload batch (each batch runs concurrently in s3fs)
+log = logging.getLogger(__name__)
 
 
 def is_remote(uri: str | Path) -> bool:
@@ -90,6 +102,7 @@ class ItemCache:
         self._remote: dict[str, set[str]] | None = None if scan else {}
         self._files: list[tuple[str, str]] = []  # pending uploads: (local path, remote path)
         self._markers: list[tuple[str, str]] = []  # pending `done` markers: uploaded after every file
+        self.n_discarded = 0  # entries found corrupt on reading (recomputed by the caller)
 
     @classmethod
     def from_runtime(cls, runtime: dict[str, Any], name: str, scan: bool = True) -> ItemCache | None:
@@ -147,22 +160,50 @@ class ItemCache:
 
     # -- reading -----------------------------------------------------------------------------
     def entry(self, key: str) -> Path | None:
-        """The local directory of complete entry `key` (downloaded first from a remote), else None."""
+        """The local directory of complete, intact entry `key` (downloaded first from a remote), else None.
+        A corrupt entry is discarded with a warning: a miss, so the caller recomputes it."""
         if not self.has_entry(key):
             return None
         path = self.entry_path(key)
         if not self.is_local and not (path / DONE).is_file():
             self.prefetch_entries([key])
-        return path
+        why = check_entry(path)
+        if why is None:
+            return path
+        self._discard(key, path, why, f"{key[:2]}/{key}")
+        return None
 
     def file(self, key: str, suffix: str) -> Path | None:
-        """The local path of file entry `key` (downloaded first from a remote), else None."""
+        """The local path of intact file entry `key` (downloaded first from a remote), else None. A
+        corrupt one is discarded with a warning: a miss, so the caller recomputes it."""
         if not self.has_file(key, suffix):
             return None
         path = self.file_path(key, suffix)
         if not self.is_local and not path.is_file():
             self.prefetch_files([key], suffix)
-        return path
+        why = check_file(path)
+        if why is None:
+            return path
+        self._discard(key, path, why, key[:2], f"{key}{suffix}")
+        return None
+
+    def _discard(self, key: str, path: Path, why: str, folder: str, name: str | None = None) -> None:
+        """Remove a corrupt entry (locally; a remote one is overwritten when the caller stores it again)."""
+        self.n_discarded += 1
+        log.warning("item cache %s: entry %s is corrupt (%s); discarded, it will be recomputed", self.uri, key, why)
+        if path.is_dir():
+            bad = path.with_name(f".tmp-bad-{path.name}-{os.getpid()}")
+            with contextlib.suppress(OSError):
+                os.replace(path, bad)  # out of sight at once, then removed
+                shutil.rmtree(bad, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        if self._remote is not None:
+            names = self._remote.get(folder, set())
+            if name is None:
+                self._remote.pop(folder, None)
+            else:
+                names.discard(name)
 
     def prefetch_entries(self, keys: Iterable[str]) -> int:
         """Download the remote's complete entries among `keys` that the mirror lacks, in concurrent
@@ -214,8 +255,12 @@ class ItemCache:
         tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        fill(tmp)
-        (tmp / DONE).write_text("", encoding="utf-8")
+        try:
+            fill(tmp)
+            (tmp / DONE).write_text(json.dumps(entry_listing(tmp), sort_keys=True), encoding="utf-8")
+        except BaseException:  # a full disk, an error in fill: no half entry stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             tmp.rename(entry)
         except OSError:  # another run stored it first
@@ -228,14 +273,16 @@ class ItemCache:
         return entry
 
     def save_file(self, key: str, suffix: str, write: Callable[[BinaryIO], None]) -> Path:
-        """Store file entry `key`: `write(fh)` fills a temp file that then replaces the entry's path
-        atomically. On a remote the finished file is queued for upload (one object, one PUT)."""
+        """Store file entry `key`: `write(fh)` fills a temp file, its checksum trailer is appended, and it
+        replaces the entry's path atomically. On a remote the finished file is queued for upload (one
+        object, one PUT)."""
         path = self.file_path(key, suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
+            append_trailer(Path(tmp))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -7,15 +7,22 @@ tracks it. Files inside an artifact depend only on its inputs and params; what d
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.integrity import disk_full_cause, disk_full_error, staged_bytes
 from pipeline.core.phases import PhaseNode, PhaseRun, PhaseSpec
-from pipeline.core.store import ArtifactRef, ArtifactStore
+from pipeline.core.store import ArtifactNotFound, ArtifactRef, ArtifactStore
 from pipeline.core.tracking import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+# Files checked against their lineage before an artifact is reused: the phase's declared outputs and
+# every model or index file (a corrupt one is a miss, recomputed, never read as data).
+CHECKED_SUFFIXES = (".safetensors", ".faiss", ".onnx", ".bin")
 
 
 @dataclass
@@ -102,6 +109,26 @@ def _dataset_record(out_dir: Path, name: str, aid: str, store: ArtifactStore) ->
     return None
 
 
+def checked_files(spec: PhaseSpec, lineage: dict[str, Any]) -> list[str]:
+    """What a reuse of the artifact re-hashes: its declared outputs and its model and index files."""
+    return sorted({*spec.outputs, *(o["path"] for o in lineage.get("outputs", []) if o["path"].endswith(CHECKED_SUFFIXES))})
+
+
+def reusable(store: ArtifactStore, spec: PhaseSpec, name: str, aid: str) -> bool:
+    """Whether artifact `name/aid` is complete and its checked files match its lineage; a damaged one is
+    reported (warning) and is not reusable, so it is recomputed."""
+    if not store.is_complete(name, aid):
+        return False
+    try:
+        lineage = store.read_lineage(name, aid)
+        problems = store.check(name, aid, checked_files(spec, lineage))
+    except (ArtifactNotFound, ValueError, KeyError) as exc:
+        problems = [{"path": "lineage.json", "problem": "unreadable", "detail": str(exc)}]
+    for p in problems:
+        log.warning("artifact %s/%s: %s %s (%s); recomputing it", name, aid[:12], p["path"], p["problem"], p["detail"])
+    return not problems
+
+
 def execute_phase(
     name: str,
     cfg: PipelineConfig,
@@ -127,7 +154,8 @@ def execute_phase(
     aid = spec.artifact_id(cfg, [r.artifact_id for r in inputs.values()], options, node.instance or None)
     store = ctx.store
 
-    if spec.cacheable and not force and store.is_complete(name, aid):
+    damaged = spec.cacheable and not force and store.is_complete(name, aid) and not reusable(store, spec, name, aid)
+    if spec.cacheable and not force and not damaged and store.is_complete(name, aid):
         lineage = store.read_lineage(name, aid)
         metrics, info = split_metrics({**lineage.get("metrics", {}), **lineage.get("info", {})})
         run_id = ctx.tracker.log_phase(ctx.parent_run_id, name, aid, True, params, metrics)
@@ -136,20 +164,26 @@ def execute_phase(
     input_dirs = {k: store.local_path(r) for k, r in inputs.items()}
     t0 = time.perf_counter()
     with store.staging(name) as tmp:
-        run = PhaseRun(inputs=input_dirs, cfg=cfg, params=params, out_dir=tmp, runtime=runtime, store=store,
-                       instance=dict(node.instance), artifact_id=aid, name=name)
-        metrics, info = split_metrics(spec.run(run))
-        absent = [f for f in spec.outputs if not (tmp / f).exists()]
-        if absent:
-            raise PhaseOutputMissing(f"phase {name} did not write its declared outputs {absent}")
-        metrics["seconds"] = round(time.perf_counter() - t0, 3)
-        run_id = ctx.tracker.log_phase(
-            ctx.parent_run_id, name, aid, False, params, metrics,
-            artifact_dir=tmp, artifact_files=list(spec.reports), dataset=_dataset_record(tmp, name, aid, store),
-            **({"steps": run.steps} if run.steps else {}),
-        )
-        record = _lineage(node, aid, params, inputs, metrics, info, runtime, ctx, run_id)
-        ref = store.commit(tmp, record, replace=force or not spec.cacheable)
+        try:
+            run = PhaseRun(inputs=input_dirs, cfg=cfg, params=params, out_dir=tmp, runtime=runtime, store=store,
+                           instance=dict(node.instance), artifact_id=aid, name=name)
+            metrics, info = split_metrics(spec.run(run))
+            absent = [f for f in spec.outputs if not (tmp / f).exists()]
+            if absent:
+                raise PhaseOutputMissing(f"phase {name} did not write its declared outputs {absent}")
+            metrics["seconds"] = round(time.perf_counter() - t0, 3)
+            run_id = ctx.tracker.log_phase(
+                ctx.parent_run_id, name, aid, False, params, metrics,
+                artifact_dir=tmp, artifact_files=list(spec.reports), dataset=_dataset_record(tmp, name, aid, store),
+                **({"steps": run.steps} if run.steps else {}),
+            )
+            record = _lineage(node, aid, params, inputs, metrics, info, runtime, ctx, run_id)
+            ref = store.commit(tmp, record, replace=force or damaged or not spec.cacheable)
+        except Exception as exc:  # a full disk: one clear message, never retried; the staging goes
+            cause = disk_full_cause(exc)
+            if cause is None:
+                raise
+            raise disk_full_error(cause, name, tmp, staged_bytes(tmp)) from exc
     return _result(ref, store, metrics, info, run_id)
 
 

@@ -230,6 +230,16 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactNotFound(f"no complete artifact {phase}/{artifact_id}") from None
 
+    def check(self, phase: str, artifact_id: str, names: list[str] | None = None,
+              extra: bool = False) -> list[dict[str, Any]]:
+        """Re-hash the artifact's files (all, or only `names`) against its lineage.json: one
+        {path, problem, detail} per missing, resized or changed file (and, with `extra`, per file lineage
+        does not record). ArtifactNotFound if the artifact is not complete."""
+        from pipeline.core.integrity import check_outputs
+
+        outputs = self.read_lineage(phase, artifact_id).get("outputs", [])
+        return check_outputs(self.fs, self.dir_path(phase, artifact_id), outputs, names, extra)
+
     def ref(self, phase: str, artifact_id: str, cache_hit: bool = False) -> ArtifactRef:
         lineage = self.read_lineage(phase, artifact_id)
         return ArtifactRef(
