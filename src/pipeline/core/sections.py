@@ -46,7 +46,16 @@ class AuditConfig(Section):
     )
     clip_polygons: bool = Field(True, description="Clip polygons to the image; reject if nothing is left.")
     min_polygon_area: float = Field(1.0, ge=0, description="Polygons below this area (px^2) are degenerate.")
-    workers: int = Field(0, ge=0, description="Decode worker threads (0 = min(8, cpu count)).")
+    workers: int = Field(0, ge=0, description="Decode workers (0 = min(8, cpu count)).")
+    isolate: bool = Field(True, description="Decode each file in a bounded worker process (time, memory, a crashing "
+                          "decoder); false: threads of the flow process, no bounds.")
+    max_seconds_per_file: float = Field(60.0, gt=0, description="A file whose decode takes longer is quarantined as "
+                                        "too_costly (with isolate).")
+    max_memory_mb: int = Field(4096, ge=64, description="Memory a decode worker may add to what it maps at start; a "
+                               "file needing more is quarantined as too_costly (with isolate).")
+    max_annotation_bytes: int = Field(256 * 1024 * 1024, ge=1, description="An annotation or manifest file larger "
+                                      "than this is quarantined as too_costly, never parsed.")
+    max_shape_points: int = Field(100_000, ge=3, description="A shape with more points is dropped as too_costly.")
 
 
 class SplitConfig(Section):

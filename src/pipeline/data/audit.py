@@ -18,7 +18,6 @@ class_hist.png, zone_hist.png, audit_summary.json.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter
@@ -36,7 +35,8 @@ from pipeline.core.tables import MANIFEST, QUARANTINE, write_table
 from pipeline.data.adapters import POLYGON_FORMATS, damage_types, dominant_label, scan
 from pipeline.data.adapters.sniff import sniff_format
 from pipeline.data.annotations import check_annotations
-from pipeline.data.images import DecodeError, DecompressionBomb, load_rgb, phash
+from pipeline.data.bounded import run_bounded
+from pipeline.data.images import Decoded, decode
 from pipeline.data.near_duplicates import near_duplicate_pairs
 from pipeline.data.manifest import (
     MANIFEST_SCHEMA,
@@ -51,19 +51,6 @@ from pipeline.data.manifest import (
 
 
 @dataclass
-class Decoded:
-    """What decoding one file gave: its id and image facts, or the reason it failed."""
-
-    item_id: str | None = None
-    width: int = 0
-    height: int = 0
-    orig_mode: str = ""
-    exif_rotated: bool = False
-    phash: int = 0
-    error: tuple[str, str] | None = None  # (reason, detail)
-
-
-@dataclass
 class Item:
     """An accepted image: its candidate (fields updated by the checks) and its decode facts."""
 
@@ -72,32 +59,37 @@ class Item:
     near_duplicate_of: str | None = None
 
 
-def decode(path: Path, max_pixels: int) -> Decoded:
-    """Read a file once: sha256 of its bytes, decode, pHash."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return Decoded(error=("decode_error", f"unreadable: {exc.strerror or type(exc).__name__}"))
-    item_id = hashlib.sha256(data).hexdigest()
-    try:
-        img, info = load_rgb(data, max_pixels)
-    except DecompressionBomb as exc:
-        return Decoded(item_id, error=("decompression_bomb", str(exc)))
-    except DecodeError as exc:
-        return Decoded(item_id, error=("decode_error", str(exc)))
-    return Decoded(item_id, info["width"], info["height"], info["orig_mode"], info["exif_rotated"], phash(img))
-
-
 # -- the phase ---------------------------------------------------------------------------------------
 
 
 def _decode_all(root: Path, cands: list[Candidate], cfg: AuditConfig, progress: bool) -> list[Decoded]:
+    """Decode every candidate: in bounded worker processes (`audit.isolate`: a file over
+    `audit.max_seconds_per_file` or `audit.max_memory_mb` is `too_costly`, a crashing decoder a
+    `decode_error`), else in threads of this process."""
     from tqdm import tqdm
 
     workers = cfg.workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda c: decode(root / c.path, cfg.max_pixels), cands)
-        return list(tqdm(results, total=len(cands), desc="audit: decode", unit="img", disable=not progress, leave=False))
+    bar = tqdm(total=len(cands), desc="audit: decode", unit="img", disable=not progress, leave=False)
+    with bar:
+        if not cfg.isolate:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                done = []
+                for d in pool.map(lambda c: decode(root / c.path, cfg.max_pixels), cands):
+                    done.append(d)
+                    bar.update(1)
+                return done
+        outcomes = run_bounded("pipeline.data.images:decode", [(str(root / c.path), cfg.max_pixels) for c in cands],
+                               workers, cfg.max_seconds_per_file, cfg.max_memory_mb, on_done=lambda: bar.update(1))
+    out = []
+    for o in outcomes:
+        if o.status == "ok":
+            out.append(o.value)
+        elif o.status in ("timeout", "memory"):
+            bound = "audit.max_seconds_per_file" if o.status == "timeout" else "audit.max_memory_mb"
+            out.append(Decoded(error=("too_costly", f"decoding {o.detail} ({bound})")))
+        else:
+            out.append(Decoded(error=("decode_error", f"the decoder failed: {o.detail}")))
+    return out
 
 
 def _apply_near_duplicates(items: list[Item], cfg: AuditConfig) -> tuple[list[Item], list[Item], int]:

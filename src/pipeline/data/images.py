@@ -1,14 +1,18 @@
 """Image loading: the one way every phase decodes an image.
 
 `load_rgb` applies a decompression-bomb guard, the EXIF orientation, and converts any PIL mode
-to 8-bit RGB (16-bit and float data scaled, not clipped; transparency composited on white).
+to 8-bit RGB (16-bit and float data scaled, not clipped; transparency composited on white). An
+animated or multi-page file gives its first frame. `decode` is the audit's per-file work (sha256,
+decode, pHash), run in a bounded worker process (`pipeline.data.bounded`).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +118,32 @@ def phash(img: Image.Image) -> int:
     import imagehash
 
     return int(str(imagehash.phash(img)), 16)
+
+
+@dataclass
+class Decoded:
+    """What decoding one file gave: its id and image facts, or the reason it failed."""
+
+    item_id: str | None = None
+    width: int = 0
+    height: int = 0
+    orig_mode: str = ""
+    exif_rotated: bool = False
+    phash: int = 0
+    error: tuple[str, str] | None = None  # (reason, detail)
+
+
+def decode(path: str | os.PathLike[str], max_pixels: int) -> Decoded:
+    """Read a file once: sha256 of its bytes, decode, pHash."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return Decoded(error=("decode_error", f"unreadable: {exc.strerror or type(exc).__name__}"))
+    item_id = hashlib.sha256(data).hexdigest()
+    try:
+        img, info = load_rgb(data, max_pixels)
+    except DecompressionBomb as exc:
+        return Decoded(item_id, error=("decompression_bomb", str(exc)))
+    except DecodeError as exc:
+        return Decoded(item_id, error=("decode_error", str(exc)))
+    return Decoded(item_id, info["width"], info["height"], info["orig_mode"], info["exif_rotated"], phash(img))

@@ -63,6 +63,7 @@ REASONS: dict[str, str] = {
     "orphan_annotation": "an annotation file with no matching image",
     "unsupported_file": "a file that is neither an image nor an annotation of this format",
     "bad_record": "a manifest record that is not valid JSON or lacks required fields",
+    "too_costly": "a file or shape over a work bound (audit.max_seconds_per_file, max_memory_mb, max_annotation_bytes, max_shape_points)",
 }
 
 

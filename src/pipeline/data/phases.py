@@ -48,7 +48,8 @@ register(
     ),
     PhaseSpec(
         name="audit", version="2", inputs=("dataset",), outputs=("manifest.parquet", "quarantine.parquet"),
-        sections=("data", "audit"), runtime_keys=("audit.workers", "data.inbox"), run=_run_audit,
+        sections=("data", "audit"), runtime_keys=("audit.workers", "audit.isolate", "audit.max_seconds_per_file",
+                                                   "audit.max_memory_mb", "data.inbox"), run=_run_audit,
         extra_params=lambda cfg, opt: {"format": opt.get("format")},
         reports=("report.md", "class_hist.png", "zone_hist.png", "quarantine.parquet"),
         description="decode, size, duplicate, licence and annotation checks; the manifest",
