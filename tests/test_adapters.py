@@ -308,7 +308,8 @@ def test_jsonl_symlink_dir_escape_and_orphan_manifest(tmp_path):
     write_jsonl(root, [{"path": "linked/x.jpg", "label": "dent"}])
     result = scan(root, "jsonl", DataConfig())
     assert_accounted(result)
-    assert reasons(result) == {"linked/x.jpg": "path_escape", "manifest.jsonl": "orphan_annotation"}
+    # the folder link itself is listed (never followed) and the record through it is refused
+    assert reasons(result) == {"linked": "path_escape", "linked/x.jpg": "path_escape", "manifest.jsonl": "orphan_annotation"}
 
 
 def test_jsonl_needs_a_manifest(tmp_path):

@@ -32,7 +32,7 @@ from pipeline.core.components import component_roots
 from pipeline.core.config import AuditConfig, DataConfig
 from pipeline.core.errors import DatasetError
 from pipeline.core.tables import MANIFEST, QUARANTINE, write_table
-from pipeline.data.adapters import POLYGON_FORMATS, damage_types, dominant_label, scan
+from pipeline.data.adapters import POLYGON_FORMATS, Limits, damage_types, dominant_label, scan
 from pipeline.data.adapters.sniff import sniff_format
 from pipeline.data.annotations import check_annotations
 from pipeline.data.bounded import run_bounded
@@ -190,7 +190,7 @@ def run_audit(
 ) -> dict[str, int]:
     """Audit the dataset at `dataset_root` (format `fmt`) into `out_dir`; returns flat numeric metrics."""
     root = Path(dataset_root)
-    scanned = scan(root, fmt, data_cfg)
+    scanned = scan(root, fmt, data_cfg, Limits.of(cfg))
     decoded = _decode_all(root, scanned.candidates, cfg, progress)
     quarantine = list(scanned.quarantine)
     items: list[Item] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,12 @@ class HashCache:
 
 
 def list_files(root: Path) -> list[Path]:
-    """Regular files under root, sorted, hidden files and folders skipped."""
+    """Files under root, sorted, hidden files and folders skipped; symlinked folders are listed as
+    entries, never followed."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / d for d in dirnames if not d.startswith(".") and os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not os.path.islink(os.path.join(dirpath, d)))
         for name in sorted(filenames):
             if not name.startswith("."):
                 out.append(Path(dirpath) / name)
@@ -63,7 +66,8 @@ def list_files(root: Path) -> list[Path]:
 
 
 def snapshot(root: Path, cache: HashCache | None = None, progress: bool = False) -> list[dict[str, Any]]:
-    """[{path, size, sha256}] for every file under root (symlinks are hashed by their target)."""
+    """[{path, size, sha256}] for every file under root (a symlink inside the root is hashed by its
+    target; one that leads outside the root, a FIFO or a folder link is listed, never opened)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
@@ -74,11 +78,20 @@ def snapshot(root: Path, cache: HashCache | None = None, progress: bool = False)
 
         files = tqdm(files, desc="hash dataset", unit="file", leave=False)
     rows = []
+    root_real = os.path.realpath(root)
     for f in files:
+        rel = f.relative_to(root).as_posix()
+        rel = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # non-UTF-8 names
+        if f.is_symlink() and os.path.commonpath([root_real, os.path.realpath(f)]) != root_real:
+            rows.append({"path": rel, "size": -1, "sha256": "symlink outside the root"})  # never opened
+            continue
         try:
-            rows.append({"path": f.relative_to(root).as_posix(), "size": f.stat().st_size, "sha256": cache.sha256(f)})
+            if not stat.S_ISREG(f.stat().st_mode):  # a FIFO would block, a folder link is not followed
+                rows.append({"path": rel, "size": -1, "sha256": "not a regular file"})
+                continue
+            rows.append({"path": rel, "size": f.stat().st_size, "sha256": cache.sha256(f)})
         except OSError:  # dangling symlink or unreadable: still listed, the audit quarantines it
-            rows.append({"path": f.relative_to(root).as_posix(), "size": -1, "sha256": "unreadable"})
+            rows.append({"path": rel, "size": -1, "sha256": "unreadable"})
     cache.save()
     return rows
 

@@ -103,7 +103,7 @@ def load_rgb(source: str | os.PathLike[str] | bytes, max_pixels: int) -> tuple[I
         orig_mode = im.mode
         rotated = im.getexif().get(_ORIENTATION_TAG, 1) in range(2, 9)
         out = to_rgb(ImageOps.exif_transpose(im) if rotated else im)
-    except ImageLoadError:
+    except (ImageLoadError, MemoryError):  # out of memory is a cost, not a broken file: the caller decides
         raise
     except Image.DecompressionBombError as exc:
         raise DecompressionBomb(str(exc)) from exc

@@ -86,6 +86,9 @@ class QuarantineEntry:
     def __post_init__(self) -> None:
         if self.reason not in REASONS:
             raise ValueError(f"unknown quarantine reason {self.reason!r}")
+        # text from hostile names or JSON may hold lone surrogates: keep it writable (as \udcxx escapes)
+        self.path = self.path.encode("utf-8", "backslashreplace").decode("utf-8")
+        self.detail = self.detail.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass

@@ -9,17 +9,19 @@ Images under the root that no annotation file lists are quarantined as `missing_
 """
 from __future__ import annotations
 
-import json
 import os
 import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import DataConfig
 from pipeline.data.manifest import NO_DAMAGE_LABEL, Annotation, Candidate, QuarantineEntry
-from pipeline.data.adapters.common import DatasetMeta, ScanResult, damage_types, dominant_label, is_image, list_root, parse_points, read_meta, within
+from pipeline.data.adapters.common import (DatasetMeta, Limits, ScanResult, damage_types, dominant_label, is_image, list_root,
+                                           parse_points, read_json, read_meta, too_many_points, within)
 
 ANNOTATION_NAMES = ("annotations.json", "_annotations.coco.json")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # a Windows drive path: outside any dataset root
 
 
 def _polygons(ann: dict[str, Any]) -> list[list[list[float]]] | None:
@@ -51,8 +53,9 @@ def _key(value: Any) -> int | str | None:
 class _CocoReader:
     """Reads annotation files one by one, collecting candidates and quarantine rows."""
 
-    def __init__(self, root: Path, meta: DatasetMeta, skip: set[str]):
+    def __init__(self, root: Path, meta: DatasetMeta, skip: set[str], limits: Limits | None = None):
         self.root = root
+        self.limits = limits or Limits()
         self.root_real = Path(os.path.realpath(root))
         self.meta = meta
         self.skip = skip  # paths already quarantined by the listing
@@ -61,10 +64,9 @@ class _CocoReader:
 
     def read(self, ann_rel: str) -> None:
         """Add the images of one annotation file; quarantine the file if it is malformed or yields nothing."""
-        try:
-            doc = json.loads((self.root / ann_rel).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            self.quarantine.append(QuarantineEntry(ann_rel, "malformed_annotation", f"not JSON: {exc}"))
+        doc, problem = read_json(self.root / ann_rel, self.limits)
+        if problem is not None:
+            self.quarantine.append(QuarantineEntry(ann_rel, *problem))
             return
         if not (isinstance(doc, dict) and isinstance(doc.get("images"), list) and isinstance(doc.get("annotations"), list)):
             self.quarantine.append(QuarantineEntry(ann_rel, "malformed_annotation", "expected COCO 'images' and 'annotations' lists"))
@@ -90,8 +92,13 @@ class _CocoReader:
             cand = by_id[ann["image_id"]]
             where = f"{ann_rel} annotation {ann.get('id', j)}"
             cat = categories.get(_key(ann.get("category_id")))
-            polys = _polygons(ann)
-            if cat is None:
+            seg = ann.get("segmentation")
+            costly = max((too_many_points(f, self.limits, flat=True) or "" for f in seg), key=len, default="") \
+                if isinstance(seg, list) else ""
+            polys = None if costly else _polygons(ann)
+            if costly:
+                cand.issues.append(QuarantineEntry(cand.path, "too_costly", f"{where}: {costly}", "shape"))
+            elif cat is None:
                 cand.issues.append(QuarantineEntry(cand.path, "unknown_label", f"{where}: category_id {ann.get('category_id')!r}", "shape"))
             elif polys is None:
                 cand.issues.append(QuarantineEntry(cand.path, "malformed_annotation", f"{where}: unreadable segmentation", "shape"))
@@ -123,7 +130,7 @@ class _CocoReader:
             rel = posixpath.normpath(posixpath.join(folder, name))
             if rel in self.skip:
                 continue
-            if name.startswith("/") or rel == ".." or rel.startswith("../"):
+            if name.startswith(("/", "\\")) or rel == ".." or rel.startswith("../") or _DRIVE.match(name):
                 self.quarantine.append(QuarantineEntry(name, "path_escape", f"file_name in {ann_rel}"))
             elif not (self.root / rel).is_file():
                 self.quarantine.append(QuarantineEntry(rel, "missing_file", f"listed in {ann_rel}"))
@@ -144,13 +151,13 @@ class _CocoReader:
         return by_id, listed_ids
 
 
-def scan_coco(root: Path, data_cfg: DataConfig) -> ScanResult:
+def scan_coco(root: Path, data_cfg: DataConfig, limits: Limits | None = None) -> ScanResult:
     """Read a COCO dataset (see the module docstring)."""
     listing = list_root(root)
     ann_files = [r for r in listing.usable if posixpath.basename(r) in ANNOTATION_NAMES]
     if not ann_files:
         raise FileNotFoundError(f"no COCO annotation file ({' or '.join(ANNOTATION_NAMES)}) under {root}; is the format right?")
-    reader = _CocoReader(root, read_meta(root), {q.path for q in listing.quarantine})
+    reader = _CocoReader(root, read_meta(root), {q.path for q in listing.quarantine}, limits)
     for ann_rel in ann_files:
         reader.read(ann_rel)
     quarantine = listing.quarantine + reader.quarantine

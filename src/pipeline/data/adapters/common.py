@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,62 @@ from pipeline.data.manifest import DAMAGE_TYPES, AdapterResult, Annotation, Quar
 METADATA_FILES = frozenset({"README.md", "README.txt", "dataset.json", "LICENSE"})
 
 _DAMAGE_CODE = {name: code for code, name in DAMAGE_TYPES.items()}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Work bounds of the adapters (audit.max_annotation_bytes, audit.max_shape_points)."""
+
+    max_annotation_bytes: int = 256 * 1024 * 1024
+    max_shape_points: int = 100_000
+
+    @classmethod
+    def of(cls, audit_cfg: object | None) -> "Limits":
+        if audit_cfg is None:
+            return cls()
+        return cls(getattr(audit_cfg, "max_annotation_bytes", cls.max_annotation_bytes),
+                   getattr(audit_cfg, "max_shape_points", cls.max_shape_points))
+
+
+def read_json(path: Path, limits: Limits) -> tuple[object, tuple[str, str] | None]:
+    """(parsed JSON, None), or (None, (reason, detail)) for a file that is too large (`too_costly`, never
+    read), not UTF-8, not JSON or nested too deeply (`malformed_annotation`)."""
+    try:
+        size = path.stat().st_size
+        if size > limits.max_annotation_bytes:
+            return None, ("too_costly", f"{size} bytes > audit.max_annotation_bytes {limits.max_annotation_bytes}")
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text), None
+    except UnicodeDecodeError as exc:
+        return None, ("malformed_annotation", f"not UTF-8: {exc.reason} at byte {exc.start}")
+    except RecursionError:
+        return None, ("malformed_annotation", "not JSON: nested too deeply")
+    except (OSError, ValueError) as exc:
+        return None, ("malformed_annotation", f"not JSON: {exc}")
+
+
+def too_many_points(raw: object, limits: Limits, flat: bool = False) -> str | None:
+    """Why a shape's point list is over the bound (`too_costly`), else None. `flat`: COCO's [x, y, x, y...]."""
+    n = len(raw) // 2 if flat and isinstance(raw, list) else len(raw) if isinstance(raw, list) else 0
+    return f"{n} points > audit.max_shape_points {limits.max_shape_points}" if n > limits.max_shape_points else None
+
+
+def display_path(rel: str) -> str:
+    """A path as text that can be written anywhere: bytes that are not UTF-8 (surrogate escapes) shown as \\xNN."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def name_problem(rel: str) -> str | None:
+    """Why a file name is refused in any format: bytes that are not UTF-8, or control characters
+    (newlines, tabs, escapes: they forge lines in logs, reports and CSVs)."""
+    if display_path(rel) != rel:
+        return f"the name is not UTF-8: {display_path(rel)!r}"
+    bad = sorted({c for c in rel if unicodedata.category(c) == "Cc"})
+    return f"control character(s) {', '.join(repr(c) for c in bad)} in the name" if bad else None
 
 
 @dataclass
@@ -48,8 +106,10 @@ def read_meta(root: Path) -> DatasetMeta:
     """Read `root/dataset.json` when present; an unreadable one gives the defaults."""
     path = root / "dataset.json"
     try:
+        if path.is_symlink() or path.stat().st_size > 1 << 20:  # a link may lead out of the root; 1 MB is plenty
+            return DatasetMeta()
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return DatasetMeta()
     if not isinstance(data, dict):
         return DatasetMeta()
@@ -69,18 +129,25 @@ def within(root_real: Path, path: Path) -> bool:
 def list_root(root: Path) -> Listing:
     """List files under root (sorted posix paths, hidden ones skipped, as the dataset snapshot does).
 
-    A symlink that resolves outside the root is quarantined as `path_escape` (never read); a
-    dangling one as `missing_file`.
+    A symlink (to a file or a folder) that resolves outside the root is quarantined as `path_escape`
+    (never read or followed); a dangling one as `missing_file`; a symlinked folder inside the root
+    (not followed) and anything that is not a regular file (a FIFO would block a reader for ever) as
+    `unsupported_file`; a name with control characters or bytes that are not UTF-8 as `bad_filename`.
     """
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     root_real = Path(os.path.realpath(root))
     files, usable, quarantine = [], [], []
     for p in list_files(root):
-        rel = p.relative_to(root).as_posix()
+        raw = p.relative_to(root).as_posix()
+        rel = display_path(raw)
         if rel in METADATA_FILES:
             continue
         files.append(rel)
+        why = name_problem(raw)
+        if why:
+            quarantine.append(QuarantineEntry(rel, "bad_filename", why))
+            continue
         if p.is_symlink():
             if not p.exists():
                 quarantine.append(QuarantineEntry(rel, "missing_file", "dangling symlink"))
@@ -88,6 +155,17 @@ def list_root(root: Path) -> Listing:
             if not within(root_real, p):
                 quarantine.append(QuarantineEntry(rel, "path_escape", "symlink resolves outside the dataset root"))
                 continue
+        try:
+            mode = p.stat().st_mode
+        except OSError as exc:
+            quarantine.append(QuarantineEntry(rel, "missing_file", f"unreadable: {exc.strerror or type(exc).__name__}"))
+            continue
+        if stat.S_ISDIR(mode):
+            quarantine.append(QuarantineEntry(rel, "unsupported_file", "a symlinked folder (not followed)"))
+            continue
+        if not stat.S_ISREG(mode):
+            quarantine.append(QuarantineEntry(rel, "unsupported_file", "not a regular file (FIFO, socket or device)"))
+            continue
         usable.append(rel)
     return Listing(files, usable, quarantine)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from pipeline.core.config import DataConfig
 from pipeline.data.manifest import NO_DAMAGE_LABEL, Candidate, QuarantineEntry
-from pipeline.data.adapters.common import ScanResult, is_image, list_root, read_meta
+from pipeline.data.adapters.common import Limits, ScanResult, is_image, list_root, read_meta
 
 CLEAN_FOLDERS = frozenset({NO_DAMAGE_LABEL, "ok", "clean"})
 
 
-def scan_folders(root: Path, data_cfg: DataConfig) -> ScanResult:
+def scan_folders(root: Path, data_cfg: DataConfig, limits: Limits | None = None) -> ScanResult:
     """Read a class-per-folder dataset (see the module docstring)."""
     listing = list_root(root)
     meta = read_meta(root)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.core.config import DataConfig
 from pipeline.data.manifest import NO_DAMAGE_LABEL, ZONES, Candidate, QuarantineEntry
-from pipeline.data.adapters.common import DatasetMeta, ScanResult, list_root, read_meta, within
+from pipeline.data.adapters.common import DatasetMeta, Limits, ScanResult, list_root, name_problem, read_meta, within
 
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -67,7 +67,7 @@ def _candidate(record: dict[str, Any], path: str, jsonl: str, meta: DatasetMeta)
     )
 
 
-def scan_jsonl(root: Path, data_cfg: DataConfig) -> ScanResult:
+def scan_jsonl(root: Path, data_cfg: DataConfig, limits: Limits | None = None) -> ScanResult:
     """Read a JSONL-manifest dataset (see the module docstring)."""
     listing = list_root(root)
     jsonls = [r for r in listing.usable if "/" not in r and r.endswith(".jsonl")]
@@ -85,7 +85,12 @@ def scan_jsonl(root: Path, data_cfg: DataConfig) -> ScanResult:
             known.add(path)
             quarantine.append(QuarantineEntry(path, reason, detail))
 
+    limits = limits or Limits()
     for jsonl in jsonls:
+        size = (root / jsonl).stat().st_size
+        if size > limits.max_annotation_bytes:
+            reject(jsonl, "too_costly", f"{size} bytes > audit.max_annotation_bytes {limits.max_annotation_bytes}")
+            continue
         text = (root / jsonl).read_text(encoding="utf-8", errors="replace")
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -93,6 +98,9 @@ def scan_jsonl(root: Path, data_cfg: DataConfig) -> ScanResult:
             where = f"{jsonl}:{lineno}"
             try:
                 record = json.loads(line)
+            except RecursionError:
+                reject(where, "bad_record", "not JSON: nested too deeply")
+                continue
             except ValueError as exc:
                 reject(where, "bad_record", f"not JSON: {exc}")
                 continue
@@ -104,8 +112,11 @@ def scan_jsonl(root: Path, data_cfg: DataConfig) -> ScanResult:
                 reject(raw, "url_not_fetchable", f"{where}: runs are offline; download it under the root")
                 continue
             rel = posixpath.normpath(raw)
-            if raw.startswith("/") or rel == ".." or rel.startswith("../"):
+            if raw.startswith("/") or rel == ".." or rel.startswith("../") or re.match(r"^[A-Za-z]:[\\/]", raw):
                 reject(raw, "path_escape", f"{where}: outside the dataset root")
+                continue
+            if name_problem(raw):
+                reject(where, "bad_record", f"path: {name_problem(raw)}")
                 continue
             if rel in known:  # already quarantined (e.g. an escaping symlink)
                 continue

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from pipeline.core.config import DataConfig
 from pipeline.core.geometry import BUFFERED_TYPES, ShapeError, shape_rings
-from pipeline.data.adapters.common import DatasetMeta, ScanResult, damage_types, dominant_label, is_image, list_root, parse_points, read_meta
+from pipeline.data.adapters.common import (DatasetMeta, Limits, ScanResult, damage_types, dominant_label, is_image, list_root,
+                                           parse_points, read_json, read_meta, too_many_points)
 from pipeline.data.manifest import DAMAGE_TYPES, IGNORED_LABELS, NO_DAMAGE_LABEL, ZONES, Annotation, Candidate, QuarantineEntry
 
 IMAGE_SUFFIX = "_imageDANO_original"
@@ -54,7 +55,7 @@ class Shapes:
     damage_shapes: list[str] = field(default_factory=list)  # "#i dent (circle)", valid or not
 
 
-def _shape(shape: object, where: str, image: str, out: Shapes, stats: dict[str, int]) -> None:
+def _shape(shape: object, where: str, image: str, out: Shapes, stats: dict[str, int], limits: Limits) -> None:
     if not isinstance(shape, dict):
         out.issues.append(QuarantineEntry(image, "malformed_annotation", f"{where}: not an object", "shape"))
         return
@@ -67,6 +68,10 @@ def _shape(shape: object, where: str, image: str, out: Shapes, stats: dict[str, 
         return
     shape_type = str(shape.get("shape_type") or "polygon").strip().lower()
     out.damage_shapes.append(f"#{where.rsplit(' ', 1)[-1]} {_DAMAGE_LABELS[label]} ({shape_type})")
+    costly = too_many_points(shape.get("points"), limits)
+    if costly:
+        out.issues.append(QuarantineEntry(image, "too_costly", f"{where}: {costly}", "shape"))
+        return
     points = parse_points(shape.get("points"))
     if points is None:
         out.issues.append(QuarantineEntry(image, "malformed_annotation", f"{where}: points are not [[x, y], ...]", "shape"))
@@ -80,17 +85,18 @@ def _shape(shape: object, where: str, image: str, out: Shapes, stats: dict[str, 
     out.annotations.extend(Annotation(_DAMAGE_LABELS[label], r, "damage", shape_type) for r in rings)
 
 
-def read_shapes(root: Path, ann_path: str, image: str, stats: dict[str, int]) -> Shapes | str:
-    """The shapes of a LabelMe file, or why the file is malformed."""
-    try:
-        data = json.loads((root / ann_path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"not JSON: {exc}"
+def read_shapes(root: Path, ann_path: str, image: str, stats: dict[str, int],
+                limits: Limits | None = None) -> Shapes | tuple[str, str]:
+    """The shapes of a LabelMe file, or (reason, detail) when the file is malformed or too large. The
+    file's `imagePath` and `imageData` are never used: the photo is the file named like it."""
+    data, problem = read_json(root / ann_path, limits or Limits())
+    if problem is not None:
+        return problem
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
-        return "no 'shapes' list"
+        return "malformed_annotation", "no 'shapes' list"
     out = Shapes()
     for i, shape in enumerate(data["shapes"]):
-        _shape(shape, f"{ann_path} shape {i}", image, out, stats)
+        _shape(shape, f"{ann_path} shape {i}", image, out, stats, limits or Limits())
     return out
 
 
@@ -168,7 +174,7 @@ def _reject(photo: Photo, files: list[str], reason: str, detail: str, quarantine
             quarantine.append(QuarantineEntry(p, reason, f"sidecar of {photo.path}"))
 
 
-def scan_labelme(root: Path, data_cfg: DataConfig) -> ScanResult:
+def scan_labelme(root: Path, data_cfg: DataConfig, limits: Limits | None = None) -> ScanResult:
     """Read a LabelMe dataset (see the module docstring)."""
     meta = read_meta(root)
     quarantine: list[QuarantineEntry] = []
@@ -182,13 +188,14 @@ def scan_labelme(root: Path, data_cfg: DataConfig) -> ScanResult:
         extra = [truth_json] if truth_json else []
         shapes = Shapes()
         if label_json:
-            result = read_shapes(root, label_json, photo.path, stats)
-            if isinstance(result, str):
+            result = read_shapes(root, label_json, photo.path, stats, limits)
+            if isinstance(result, tuple):
                 if label_json not in placed:
                     placed.add(label_json)
-                    quarantine.append(QuarantineEntry(label_json, "malformed_annotation", result))
+                    quarantine.append(QuarantineEntry(label_json, *result))
                 if photo.state == "ko":
-                    _reject(photo, extra, "missing_annotation", f"damage annotation {label_json} is malformed", quarantine, placed)
+                    why = "too large to read" if result[0] == "too_costly" else "malformed"
+                    _reject(photo, extra, "missing_annotation", f"damage annotation {label_json} is {why}", quarantine, placed)
                     continue
                 label_json = None
             else:
