@@ -7,6 +7,9 @@ import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="pipeline-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_DIR / "prefect-home"))
+# Every process the suite starts inherits this mark; at the end none may still run (pytest_sessionfinish).
+SESSION_MARK = "PIPELINE_TEST_SESSION"
+os.environ[SESSION_MARK] = f"{os.getpid()}-{_SESSION_DIR.name}"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 from pipeline.core.workspace import setup_environment  # noqa: E402
@@ -68,3 +71,47 @@ def s3(monkeypatch):
     fsspec.config.conf.setdefault("s3", {})
     yield endpoint
     server.stop()
+
+
+def _leftover_processes() -> list:
+    """Processes this session started (they carry its mark, orphans included) that still run, but for this
+    process's own multiprocessing fork server and resource tracker (they exit with it)."""
+    import psutil
+
+    me, mark = os.getpid(), os.environ[SESSION_MARK]
+    found = []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
+        try:
+            if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE or proc.environ().get(SESSION_MARK) != mark:
+                continue
+        except psutil.Error:
+            continue
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["ppid"] == me and ("multiprocessing.forkserver" in cmd or "multiprocessing.resource_tracker" in cmd):
+            continue
+        found.append(proc)
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite fails if a process it started is still alive at the end (they are then killed)."""
+    import sys
+
+    import psutil
+
+    left = _leftover_processes()
+    if left:
+        grace = float(os.environ.get("PIPELINE_TEST_LEFTOVER_GRACE_S", "5"))
+        _, left = psutil.wait_procs(left, timeout=grace)  # those on their way out
+    if not left:
+        return
+    lines = []
+    for proc in left:
+        try:
+            lines.append(f"  pid {proc.pid} (parent {proc.ppid()}): {' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+        except psutil.Error:
+            pass
+    sys.stderr.write(f"\nERROR: {len(left)} process(es) started by the tests are still alive (killed now):\n"
+                     + "\n".join(lines) + "\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

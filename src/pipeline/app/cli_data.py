@@ -128,6 +128,7 @@ def app_cmd(
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
 ) -> None:
     """The search and runs app (Streamlit) on http://127.0.0.1:PORT: search, runs, compare, models."""
+    from pipeline.app.process import child_options, run_foreground
     from pipeline.app.webapp.launch import start
 
     if not workdir.is_dir():
@@ -135,15 +136,12 @@ def app_cmd(
         raise typer.Exit(1)
     typer.echo(f"app: http://127.0.0.1:{port}  (work dir {workdir.resolve()}; Ctrl-C stops it)", err=True)
     try:
-        proc = start(workdir, port)
+        proc = start(workdir, port, **child_options())  # its own group, and it dies with this process
     except ModuleNotFoundError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
-    try:
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
+    code = run_foreground(proc)  # Ctrl-C, SIGTERM or SIGHUP stop Streamlit and its children
+    raise typer.Exit(0 if code in (130, 143) else code)
 
 
 class YesNo(str, Enum):

@@ -115,5 +115,8 @@ def serve_model_cmd(
     except ConfigError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
-    serve_forever(variant, mods, ws.cache / "serve-model", port,
-                  lambda url: typer.echo(f"serving {variant.name} at {url} (Ctrl-C stops)"))
+    from pipeline.app.process import signals_unwind
+
+    with signals_unwind():  # SIGTERM / SIGHUP stop the server as Ctrl-C does
+        serve_forever(variant, mods, ws.cache / "serve-model", port,
+                      lambda url: typer.echo(f"serving {variant.name} at {url} (Ctrl-C stops)"))

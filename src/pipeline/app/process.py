@@ -1,6 +1,14 @@
 """Background processes of `pipeline up`: start one in its own session with its output in a log,
 recognise it later (PID, command line and start time, so a recycled PID is never taken for it),
-wait until it is ready, and stop it with its process group and descendants."""
+wait until it is ready, and stop it with its process group and descendants.
+
+Foreground commands that own children (`pipeline app`, `pipeline serve-model`, `pipeline up` while it
+starts the stack) turn SIGTERM and SIGHUP into `Terminated`, a KeyboardInterrupt, with
+`signals_unwind()`: the same clean-up as Ctrl-C runs, so a terminated command (a test, a process
+manager, `docker stop`) stops its children. `run_foreground` waits for a child started in its own
+session (`child_options()`: it also gets SIGTERM if its parent dies, even by SIGKILL) and stops its
+whole process group on any of these signals.
+"""
 from __future__ import annotations
 
 import os
@@ -8,9 +16,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil  # a hard dependency of ultralytics
 
@@ -22,6 +32,96 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 
 class ServiceError(RuntimeError):
     """A service could not be started (port taken, crash, timeout)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so the same clean-up stops the children."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def signals_unwind(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Within the block, `signums` raise `Terminated` in the main thread (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = {s: signal.signal(s, raise_terminated) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def child_options() -> dict[str, Any]:
+    """Popen options of a foreground command's child: its own session (so its whole group can be
+    stopped) and, on Linux, SIGTERM when its parent dies."""
+    opts: dict[str, Any] = {"start_new_session": True}
+    if sys.platform.startswith("linux"):
+        opts["preexec_fn"] = _die_with_parent
+    return opts
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the process group of `proc` (started with child_options), then SIGKILL what is left."""
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        family = []
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except OSError:
+        pass
+    for p in family:  # descendants that left the group
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def run_foreground(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """Wait for `proc`; on Ctrl-C, SIGTERM or SIGHUP stop its process group and return 128 + the signal."""
+    sigint = signal.getsignal(signal.SIGINT)
+    with signals_unwind():
+        try:
+            return proc.wait()
+        except KeyboardInterrupt as exc:
+            if threading.current_thread() is threading.main_thread():  # a second signal must not cut it short
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(s, signal.SIG_IGN)
+            try:
+                stop_group(proc, timeout)
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, sigint)
+            return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 def bin_path(name: str) -> str:

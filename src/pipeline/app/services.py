@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.app.process import ServiceError, bin_path, live_process, log_tail, spawn, stop, wait_until
+from pipeline.app.process import ServiceError, bin_path, live_process, log_tail, signals_unwind, spawn, stop, wait_until
 from pipeline.core.workspace import OFFLINE_ENV
 
 STATE_FILE = "services.json"
@@ -261,6 +261,8 @@ def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: 
     started: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
     since = time.time()
+    unwind = signals_unwind()  # SIGTERM / SIGHUP while starting: stop what was started, as Ctrl-C does
+    unwind.__enter__()
     try:
         if team:
             from pipeline.app.postgres import start_postgres, urls
@@ -295,6 +297,8 @@ def up(workdir: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pools: 
     except BaseException:
         stop(started)
         raise
+    finally:
+        unwind.__exit__(None, None, None)
 
     state = {"prefect": prefect, "mlflow": mlflow, "workers": workers, "pools": list(pools), **extra,
              "team": team, "host": host, "workdir": str(workdir),

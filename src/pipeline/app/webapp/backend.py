@@ -16,6 +16,8 @@ from pipeline.core.store import ArtifactNotFound, ArtifactStore
 from pipeline.core.workspace import Workspace
 
 WORKDIR_ENV = "PIPELINE_APP_WORKDIR"
+UPLOAD_MAX_MB = 20  # Streamlit refuses bigger uploads (launch.py passes --server.maxUploadSize)
+UPLOAD_MAX_PIXELS = 40_000_000  # checked from the header, before decoding
 DAMAGED = {"any": None, "yes": True, "no": False}
 
 
@@ -93,15 +95,18 @@ class SearchOutcome:
 
 
 def read_upload(data: bytes) -> tuple[Any, str | None]:
-    """(RGB PIL image, None) from uploaded bytes, or (None, a message) when they are not an image."""
-    from PIL import Image, UnidentifiedImageError
+    """(RGB PIL image, None) from uploaded bytes, or (None, a message) when they are not an image or are
+    over the bounds (UPLOAD_MAX_MB, UPLOAD_MAX_PIXELS: checked before decoding)."""
+    from pipeline.data.images import DecodeError, DecompressionBomb, load_rgb
 
+    if len(data) > UPLOAD_MAX_MB * 1024 * 1024:
+        return None, f"The uploaded file is {len(data) / 2**20:.1f} MB; the limit is {UPLOAD_MAX_MB} MB."
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB"), None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        return None, f"The uploaded file is not a readable image ({type(exc).__name__}: {exc})."
+        return load_rgb(data, UPLOAD_MAX_PIXELS)[0], None
+    except DecompressionBomb as exc:
+        return None, f"The uploaded image is too large ({exc})."
+    except (DecodeError, MemoryError) as exc:
+        return None, f"The uploaded file is not a readable image ({exc})."
 
 
 def search(retriever: Any, query: Any, k: int = 12, zones: list[int] | None = None, damaged: str = "any",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.app.webapp.backend import WORKDIR_ENV
+from pipeline.app.webapp.backend import UPLOAD_MAX_MB, WORKDIR_ENV
 
 MAIN = Path(__file__).with_name("main.py")
 
@@ -17,7 +17,8 @@ def streamlit_command(port: int, address: str = "127.0.0.1") -> list[str]:
             "--server.address", address, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
             "--server.runOnSave", "false", "--global.developmentMode", "false",
-            "--theme.base", "light", "--client.toolbarMode", "minimal"]
+            "--theme.base", "light", "--client.toolbarMode", "minimal",
+            "--server.maxUploadSize", str(UPLOAD_MAX_MB)]
 
 
 def app_env(workdir: Path) -> dict[str, str]:
