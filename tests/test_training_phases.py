@@ -30,7 +30,20 @@ def test_teacher_regional_soft_labels_student_finetune(tmp_path):
 
     regional = run_regional_teacher(split, tmp_path / "t", "north", cfg, tmp_path / "tn", tmp_path / "ck_tn", **kw)
     assert regional["n_train"] == 12 and regional["test_n"] == 6
-    assert json.loads((tmp_path / "tn" / "model.json").read_text())["subset"]["column"] == "region"
+    rmeta = json.loads((tmp_path / "tn" / "model.json").read_text())
+    assert rmeta["subset"]["column"] == "region"
+    # the soft labels use a regional teacher only when it beats the global teacher on its subset's val
+    assert rmeta["soft_labels_use"]["use"] == bool(regional["teaches"])
+    assert (regional["val_top1"] > regional["baseline_val_top1"]) == bool(regional["teaches"])
+    rmeta["soft_labels_use"] = {"use": False, "reason": "lost on val"}
+    (tmp_path / "tn" / "model.json").write_text(json.dumps(rmeta))
+    left_out = run_soft_labels(split, {"teacher": tmp_path / "t", "teacher_north": tmp_path / "tn"}, cfg,
+                               tmp_path / "s_out", **kw)
+    assert left_out["n_excluded"] == 1 and "coverage_teacher_north" not in left_out
+    assert json.loads((tmp_path / "s_out" / "soft_labels.json").read_text())["excluded"] == {"teacher_north": "lost on val"}
+    assert "teacher_north: lost on val" in (tmp_path / "s_out" / "report.md").read_text()
+    rmeta["soft_labels_use"] = {"use": True, "reason": "won on val"}
+    (tmp_path / "tn" / "model.json").write_text(json.dumps(rmeta))
 
     soft = run_soft_labels(split, {"teacher": tmp_path / "t", "teacher_north": tmp_path / "tn"}, cfg,
                            tmp_path / "s", **kw)

@@ -11,7 +11,12 @@ from pipeline.core.sections import Section
 class CalibrationConfig(Section):
     """Temperature scaling and the "not conclusive" threshold of the fine-tuned student."""
 
-    n_bins: int = Field(15, ge=2, description="Equal-width confidence bins of ECE / MCE (torchmetrics).")
+    n_bins: int = Field(15, ge=2, description="Confidence bins of ECE / MCE (equal-width: torchmetrics).")
+    bins: Literal["auto", "equal_width", "equal_mass"] = Field(
+        "auto", description="ECE bins: equal-width (torchmetrics), equal-mass (adaptive: about n / n_bins items per "
+                            "bin), or auto: equal-mass when the split has fewer than min_items items.")
+    min_items: int = Field(100, ge=1, description="Val items below which the temperature and threshold are reported "
+                           "as unreliable (the run goes on).")
     max_iter: int = Field(100, ge=1, description="LBFGS iterations fitting log T on val NLL.")
     target_precision: float = Field(0.95, gt=0, le=1, description="Val precision the threshold must reach.")
     min_answered: int = Field(10, ge=1, description="Answered val items a threshold needs before its precision "
@@ -42,13 +47,32 @@ class ExportConfig(Section):
         default_factory=lambda: ["fp32", "fp16", "int8"], description="ONNX variants to export.")
     tfjs_variants: list[Literal["fp32", "fp16", "uint8"]] = Field(
         default_factory=lambda: ["fp32", "fp16", "uint8"], description="TF.js graph-model variants to export.")
-    min_corr: float = Field(0.995, ge=-1, le=1, description="Gate: pooled logit correlation with torch must be above this.")
-    min_image_corr: float = Field(0.9, ge=-1, le=1, description="Gate: the lowest per-image logit correlation must be above this.")
+    min_corr: float = Field(0.995, ge=-1, le=1, description="Gate: correlation with torch of the logits centred per "
+                            "image (softmax ignores a per-image constant), pooled over the inputs, must be above this.")
+    min_image_corr: float = Field(0.9, ge=-1, le=1, description="Gate (3+ classes): the lowest per-image logit correlation "
+                                  "must be above this.")
     min_top1_agreement: float = Field(0.99, ge=0, le=1, description="Gate: share of inputs whose top-1 matches torch's.")
-    n_inputs: int = Field(200, ge=1, description="Held-back gate inputs: test images, then their flips/crops to reach this.")
-    n_calibration: int = Field(64, ge=1, description="Train images calibrating the INT8 quantisation.")
+    max_prob_diff: float = Field(0.05, ge=0, le=1, description="Gate: largest |p - p_torch| of the calibrated "
+                                 "probabilities over every input and class.")
+    max_kl: float = Field(0.005, ge=0, description="Gate: mean KL(p_torch || p) of the calibrated probabilities (nats).")
+    n_inputs: int = Field(200, ge=1, description="Held-back gate inputs: test items (crops for a crops-trained model), "
+                          "then their flips/crops to reach this.")
+    n_calibration: int = Field(256, ge=1, description="INT8 calibration inputs: train items (crops for a crops-trained "
+                               "model), then their flips to reach this.")
     int8_per_channel: bool = Field(True, description="INT8: per-channel weight scales.")
-    int8_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="INT8 calibration method.")
+    int8_method: Literal["auto", "minmax", "entropy", "percentile"] = Field(
+        "auto", description="INT8 calibration method; auto tries MinMax, then Percentile, keeping the first whose "
+        "figures on the calibration inputs pass the gate.")
+    int8_percentile: float = Field(99.999, gt=90, le=100, description="INT8 Percentile calibration: the percentile kept.")
+    int8_reduce_range: Literal["auto", "true", "false"] = Field(
+        "auto", description="INT8 7-bit weights: auto = on x86 CPUs without VNNI (avx512_vnni / avx_vnni), where "
+        "onnxruntime's u8s8 kernels can saturate; the card records the CPU and the choice.")
+    int8_keep_head_float: Literal["auto", "always", "never"] = Field(
+        "auto", description="INT8: keep the classifier layer in float; auto only when the all-INT8 candidates fail.")
+    tfjs_uint8_weights: list[str] = Field(
+        default_factory=lambda: ["pointwise", "dense"], description="TF.js uint8: which weights are stored as uint8 "
+        "(the rest fp16): any of 'pointwise' (1x1 conv kernels), 'dense' (the classifier), 'conv' (other conv "
+        "kernels), 'depthwise', or 'all' (tensorflowjs' --quantize_uint8 on every weight).")
     seed: int = Field(0, description="Seed of the input sample and the augmentations.")
     require_browser: bool = Field(False, description="A TF.js variant passes only if the Chromium check ran and passed.")
     browser: bool = Field(True, description="Run the Chromium check (runtime; skipped with its reason when absent).")
@@ -81,7 +105,14 @@ class TrainConfig(Section):
     """Shared by every training phase. epochs / image_size / batch_size are inherited by a phase
     section that leaves them null; a `--set train.X=` also beats the phase sections' YAML values."""
 
-    epochs: int = Field(5, ge=1, description="Epochs of every training phase that does not set its own.")
+    epochs: int | None = Field(None, ge=1, description="Epochs of every training phase that does not set its own; "
+                               "null: derived from the step budget (train.min_steps).")
+    min_steps: int = Field(200, ge=1, description="Step budget: a training phase whose epochs are not set runs at "
+                           "least this many optimizer steps (epochs = ceil(min_steps / updates per epoch)).")
+    max_epochs: int = Field(60, ge=1, description="Cap of the derived epochs (a tiny set would otherwise need hundreds); "
+                            "the report says when the cap leaves a phase short of its budget.")
+    select_by: Literal["top1", "nll"] = Field("top1", description="Best epoch: val top-1 (ties: lower val NLL, then "
+                                              "the later epoch) or val NLL (ties: the later epoch).")
     image_size: int = Field(224, ge=16, description="Input side of every training phase that does not set its own.")
     batch_size: int = Field(32, ge=1, description="Runtime: batch size of every phase that does not set its own.")
     max_items: int | None = Field(None, ge=1, description="Use at most this many items per split (a deterministic subset).")
@@ -111,7 +142,9 @@ class PhaseTrainConfig(Section):
     lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
     min_lr: float = Field(1e-6, ge=0, description="Cosine floor.")
     weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: int = Field(1, ge=0, description="Linear warmup epochs, then cosine (timm scheduler).")
+    warmup: float = Field(0.05, ge=0, le=0.5, description="Linear warmup as a fraction of the phase's optimizer "
+                          "steps, then cosine to min_lr (timm scheduler, stepped per update).")
+    warmup_epochs: int | None = Field(None, ge=0, description="Warmup in whole epochs instead (null: `warmup`).")
     accum_steps: int = Field(1, ge=1, description="Gradient accumulation steps (effective batch = batch_size x this).")
     clip_grad: float | None = Field(1.0, gt=0, description="Gradient norm clip; null: none.")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
@@ -120,7 +153,8 @@ class PhaseTrainConfig(Section):
     cutmix_alpha: float = Field(0.0, ge=0, description="timm CutMix alpha (0: off).")
     mixup_prob: float = Field(0.5, ge=0, le=1, description="Probability of mixing a batch.")
     mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="Probability of CutMix instead of Mixup.")
-    patience: int | None = Field(3, ge=1, description="Early stopping on val top-1 after this many epochs without gain.")
+    patience: int | None = Field(None, ge=1, description="Early stopping after this many epochs without a better "
+                                 "val figure (train.select_by); null: the whole budget runs, the best epoch is kept.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
@@ -147,13 +181,28 @@ class RegionalConfig(TeacherConfig):
     epochs: int | None = Field(None, ge=1, description="null: train.epochs (recipe: 12).")
 
 
+def _short_list(key: str, value: float | list[float], lo: float, hi: float | None) -> None:
+    values = value if isinstance(value, list) else [value]
+    if not 1 <= len(values) <= 4:
+        raise ValueError(f"{key}: one value or a list of 1-4 candidates (each trains a student)")
+    for v in values:
+        if v < lo or (hi is not None and v > hi) or (lo == 0 and hi is None and v <= 0):
+            raise ValueError(f"{key}: {v} is out of range")
+
+
 class SoftLabelsConfig(Section):
     """Teachers' logits on the train split, combined into soft targets."""
 
-    temperature: float = Field(3.0, gt=0, description="Distillation temperature T of the combined probabilities.")
+    temperature: float | list[float] = Field(3.0, description="Distillation temperature T of the combined "
+                                             "probabilities; a short list: the student tries each on val.")
     default_weight: float = Field(0.5, gt=0, description="Weight of a teacher not listed in weights.")
     weights: dict[str, float] = Field(default_factory=dict, description="Per teacher phase name (teacher, teacher_<name>).")
     shard_size: int = Field(4096, ge=16, description="Rows per .npy shard.")
+
+    @model_validator(mode="after")
+    def _temperatures(self) -> "SoftLabelsConfig":
+        _short_list("soft_labels.temperature", self.temperature, 0.0, None)
+        return self
 
 
 class StudentConfig(PhaseTrainConfig):
@@ -165,7 +214,13 @@ class StudentConfig(PhaseTrainConfig):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    distill_weight: float = Field(0.7, ge=0, le=1, description="Loss = w * KL(teacher_T || student_T) * T^2 + (1-w) * CE.")
+    distill_weight: float | list[float] = Field(0.7, description="Loss = w * KL(teacher_T || student_T) * T^2 + "
+                                                "(1-w) * CE; a short list: the student tries each on val.")
+
+    @model_validator(mode="after")
+    def _weights(self) -> "StudentConfig":
+        _short_list("student.distill_weight", self.distill_weight, 0.0, 1.0)
+        return self
 
 
 class FinetuneConfig(PhaseTrainConfig):
@@ -176,7 +231,6 @@ class FinetuneConfig(PhaseTrainConfig):
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    warmup_epochs: int = Field(0, ge=0)
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(
         crop_scale=(0.6, 1.0), rotation=30.0, vflip=0.3, color_jitter=(0.4, 0.4, 0.4, 0.2), blur_p=0.2))
 

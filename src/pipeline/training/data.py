@@ -158,9 +158,12 @@ class ImageDataset:
 
 def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0, workers: int = 0,
                 device: str = "cpu", balanced: bool = False) -> Any:
-    """A DataLoader: shuffled (or class-balanced) with a seeded generator for train, in order otherwise."""
+    """A DataLoader: shuffled (or class-balanced) with a seeded generator for train, in order otherwise;
+    the last partial train batch is dropped only when it is a sliver of the set (`budget.drop_last`)."""
     import torch
     from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    from pipeline.training.budget import drop_last
 
     generator = torch.Generator().manual_seed(seed)
     sampler = None
@@ -170,4 +173,4 @@ def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: in
         sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       generator=generator, num_workers=workers, pin_memory=str(device).startswith("cuda"),
-                      drop_last=train and len(dataset) > batch_size, persistent_workers=workers > 0)
+                      drop_last=train and drop_last(len(dataset), batch_size), persistent_workers=workers > 0)

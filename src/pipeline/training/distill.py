@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,11 +85,15 @@ def run_soft_labels(split_path: Path, teacher_dirs: dict[str, Path], cfg: Pipeli
     data = build_items(split_path, cfg.train, dataset_root, crops_dir, class_names=classes)
     train = data.part("train")
     labels = data.labels(train)
-    logits, covered, index, weights = {}, {}, [], {}
+    logits, covered, index, weights, excluded = {}, {}, [], {}, {}
     for name in sorted(teacher_dirs, key=lambda n: (n != GLOBAL_TEACHER, n)):
         meta = json.loads((Path(teacher_dirs[name]) / "model.json").read_text())
         if meta["class_names"] != classes:
             raise ConfigError(f"{name}: class list differs from the global teacher's")
+        use = meta.get("soft_labels_use") or {"use": True}
+        if name != GLOBAL_TEACHER and not use["use"]:
+            excluded[name] = use.get("reason", "left out")
+            continue
         mask = np.ones(len(train), bool) if not meta.get("subset") else \
             select_subset(train, RegionSpec(**meta["subset"])).to_numpy(bool)
         part = train[mask]
@@ -99,27 +103,66 @@ def run_soft_labels(split_path: Path, teacher_dirs: dict[str, Path], cfg: Pipeli
         where = _write_shards(z[mask], out_dir / "logits", name, sl.shard_size)
         index += [{"key": k, "teacher": name, "shard": s, "row": r} for k, (s, r) in zip(part["key"], where)]
         logits[name], covered[name], weights[name] = z, mask, float(sl.weights.get(name, sl.default_weight))
-    probs = combine(logits, covered, weights, sl.temperature)
+    probs = combine(logits, covered, weights, temperatures(sl.temperature)[0])
     where = _write_shards(probs, out_dir / "probs", "probs", sl.shard_size)
     teachers = [[n for n in logits if covered[n][i]] for i in range(len(train))]
     pd.DataFrame(index).to_parquet(out_dir / "index.parquet", index=False)
     pd.DataFrame({"key": list(train["key"]), "shard": [s for s, _ in where], "row": [r for _, r in where],
                   "teachers": teachers}).to_parquet(out_dir / "soft_labels.parquet", index=False)
     (out_dir / "soft_labels.json").write_text(json.dumps(
-        {"class_names": classes, "temperature": sl.temperature, "weights": weights, "n_items": len(train),
-         "coverage": {n: int(c.sum()) for n, c in covered.items()}}, indent=2, sort_keys=True) + "\n")
+        {"class_names": classes, "temperature": temperatures(sl.temperature)[0],
+         "temperatures": temperatures(sl.temperature), "weights": weights, "n_items": len(train),
+         "coverage": {n: int(c.sum()) for n, c in covered.items()}, "excluded": excluded},
+        indent=2, sort_keys=True) + "\n")
+    _soft_labels_report(out_dir, weights, covered, excluded, len(train))
     agree = float((probs.argmax(axis=1) == np.asarray(labels)).mean()) if labels else 0.0
     return {"n_items": float(len(train)), "n_teachers": float(len(logits)), "train_agreement": agree,
             "max_sum_error": float(np.abs(probs.sum(axis=1) - 1).max()),
-            **{f"coverage_{n}": float(c.sum()) for n, c in covered.items()}}
+            "n_excluded": float(len(excluded)), **{f"coverage_{n}": float(c.sum()) for n, c in covered.items()}}
 
 
-def load_soft_labels(soft_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """({key: probability row}, soft_labels.json)."""
+def _soft_labels_report(out_dir: Path, weights: dict[str, float], covered: dict[str, np.ndarray],
+                        excluded: dict[str, str], n: int) -> None:
+    lines = ["# Soft labels", "", f"{n} train items; teachers combined with weights renormalised where they cover an item:",
+             "", "| teacher | weight | items covered |", "|---|---|---|"]
+    lines += [f"| {t} | {weights[t]:g} | {int(covered[t].sum())} |" for t in weights]
+    if excluded:
+        lines += ["", "Left out (a regional teacher that does not beat the global teacher on its own subset's val):", ""]
+        lines += [f"- {t}: {why}" for t, why in sorted(excluded.items())]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def temperatures(value: float | Sequence[float]) -> list[float]:
+    """soft_labels.temperature as a list (a single value or a short list of candidates)."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+def distill_weights(value: float | Sequence[float]) -> list[float]:
+    """student.distill_weight as a list (a single value or a short list of candidates)."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+def load_soft_labels(soft_dir: Path, temperature: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """({key: probability row}, soft_labels.json): the stored probabilities, or at another `temperature`
+    the teachers' stored logits combined again with the same weights and coverage."""
     meta = json.loads((soft_dir / "soft_labels.json").read_text())
     table = pd.read_parquet(soft_dir / "soft_labels.parquet")
-    shards = {s: np.load(soft_dir / s) for s in sorted(set(table["shard"]))}
-    return {k: shards[s][r] for k, s, r in zip(table["key"], table["shard"], table["row"])}, meta
+    if temperature is None or abs(float(temperature) - float(meta["temperature"])) < 1e-12:
+        shards = {s: np.load(soft_dir / s) for s in sorted(set(table["shard"]))}
+        return {k: shards[s][r] for k, s, r in zip(table["key"], table["shard"], table["row"])}, meta
+    index = pd.read_parquet(soft_dir / "index.parquet")
+    keys = list(table["key"])
+    row_of = {k: i for i, k in enumerate(keys)}
+    logits, covered = {}, {}
+    shards = {s: np.load(soft_dir / s) for s in sorted(set(index["shard"]))}
+    for teacher, part in index.groupby("teacher", sort=False):
+        z = np.zeros((len(keys), len(meta["class_names"])), np.float32)
+        mask = np.zeros(len(keys), bool)
+        for k, sh, r in zip(part["key"], part["shard"], part["row"]):
+            z[row_of[k]], mask[row_of[k]] = shards[sh][r], True
+        logits[teacher], covered[teacher] = z, mask
+    probs = combine(logits, covered, {t: float(meta["weights"][t]) for t in logits}, float(temperature))
+    return {k: probs[i] for i, k in enumerate(keys)}, {**meta, "temperature": float(temperature)}
 
 
 def distill_loss(soft: Any, weight: float, temperature: float, label_smoothing: float = 0.0) -> Any:
@@ -134,36 +177,112 @@ def distill_loss(soft: Any, weight: float, temperature: float, label_smoothing: 
     return loss
 
 
-def run_student(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, *,
-                soft_dir: Path | None = None, dataset_root: Path | None = None, crops_dir: Path | None = None,
-                runtime: PhaseRuntime | None = None) -> dict[str, Any]:
-    """The student: distilled from `soft_dir` (phase student), or CE only when None (student_no_teacher)."""
-    import torch
+def _student_model(cfg: PipelineConfig, data: Any, rt: PhaseRuntime) -> tuple[Any, dict[str, Any], Any, bool]:
+    """(model, info, loaders, lp_ft): the student's backbone with its linear probe as the head."""
+    from pipeline.training.probe import probe_start
 
-    rt, recipe, t = runtime or PhaseRuntime(), cfg.student, cfg.train
-    soft, meta = load_soft_labels(soft_dir) if soft_dir is not None else ({}, {})
-    data = build_items(split_path, t, dataset_root, crops_dir, class_names=meta.get("class_names"))
+    recipe, t = cfg.student, cfg.train
     model, info = create_classifier(recipe.arch, len(data.class_names), recipe.weights or recipe.pretrained,
                                     recipe.drop_rate, allow_random_init=t.allow_random_init,
                                     allow_download=t.allow_download, seed=t.seed, keys=("student.weights",
                                                                                         "train.allow_random_init"))
     loaders = make_loaders(data, recipe, cfg, info["pretrained_cfg"], rt.device)
-    loss_fn, lines = None, ["Trained without teachers (cross-entropy only).", ""]
-    if soft_dir is not None:
-        if recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0:
-            raise ConfigError("student: mixup/cutmix is not supported with distillation; set student.mixup_alpha=0 "
-                              "and student.cutmix_alpha=0")
-        keys = list(loaders.frames["train"]["key"])
-        missing = [k for k in keys if k not in soft]
-        if missing:
-            raise DatasetError(f"{len(missing)} train items have no soft label (e.g. {missing[0]}); rerun soft_labels")
-        matrix = torch.from_numpy(np.stack([soft[k] for k in keys]))
-        loss_fn = distill_loss(matrix, recipe.distill_weight, float(meta["temperature"]), recipe.label_smoothing)
-        lines = [f"Distilled from {', '.join(sorted(meta['weights']))} (weights {meta['weights']}, "
-                 f"T = {meta['temperature']}, KL weight {recipe.distill_weight}).", ""]
-    title = "Student" if soft_dir is not None else "Student without teachers"
-    return train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt, title=title,
-                            loss_fn=loss_fn, use_mixup=soft_dir is None, baseline_lines=lines)
+    lp_ft = probe_start(model, loaders, rt.device, cfg, len(data.class_names))
+    return model.train(), info, loaders, lp_ft
+
+
+def _candidates(cfg: PipelineConfig, soft_dir: Path | None) -> list[tuple[float, float]]:
+    if soft_dir is None:
+        return []
+    meta = json.loads((soft_dir / "soft_labels.json").read_text())
+    temps = [float(v) for v in meta.get("temperatures", [meta["temperature"]])]
+    return [(w, t) for w in distill_weights(cfg.student.distill_weight) for t in temps]
+
+
+def _start_line(lp_ft: bool) -> str:
+    return ("It starts from a linear probe on its frozen backbone as the head (LP-FT); that probe is epoch 0 and "
+            "stays the answer when no trained epoch beats it on val." if lp_ft else
+            "It starts from a fresh near-zero head (no linear probe fitted).")
+
+
+def run_student(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, *,
+                soft_dir: Path | None = None, dataset_root: Path | None = None, crops_dir: Path | None = None,
+                runtime: PhaseRuntime | None = None) -> dict[str, Any]:
+    """The student: distilled from `soft_dir` (phase student), or CE only when None (student_no_teacher).
+    With several distillation candidates (lists in student.distill_weight / soft_labels.temperature) each
+    trains from the same start; the best on val (train.select_by) is kept and the report shows them all."""
+    rt, recipe, t = runtime or PhaseRuntime(), cfg.student, cfg.train
+    meta = json.loads((soft_dir / "soft_labels.json").read_text()) if soft_dir is not None else {}
+    data = build_items(split_path, t, dataset_root, crops_dir, class_names=meta.get("class_names"))
+    candidates = _candidates(cfg, soft_dir)
+    if soft_dir is not None and (recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0):
+        raise ConfigError("student: mixup/cutmix is not supported with distillation; set student.mixup_alpha=0 "
+                          "and student.cutmix_alpha=0")
+    if not candidates:
+        model, info, loaders, lp_ft = _student_model(cfg, data, rt)
+        lines = ["Trained without teachers (cross-entropy only). " + _start_line(lp_ft), ""]
+        return train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt,
+                                title="Student without teachers", use_mixup=True, baseline_lines=lines,
+                                start_is_model=lp_ft, start_name="the linear probe")
+    results = []
+    for i, (w, temp) in enumerate(candidates):
+        cand_dir = out_dir if len(candidates) == 1 else out_dir / "candidates" / f"w{w:g}_T{temp:g}"
+        ckpt = checkpoint_dir if len(candidates) == 1 else Path(checkpoint_dir) / f"candidate_{i}"
+        results.append(_distill_candidate(split_path, soft_dir, data, cfg, rt, w, temp, cand_dir, ckpt))  # type: ignore[arg-type]
+    if len(candidates) == 1:
+        return results[0]
+    return _keep_best(out_dir, candidates, results, t.select_by)
+
+
+def _distill_candidate(split_path: Path, soft_dir: Path, data: Any, cfg: PipelineConfig, rt: PhaseRuntime,
+                       weight: float, temperature: float, out_dir: Path, checkpoint_dir: Path) -> dict[str, Any]:
+    import torch
+
+    recipe = cfg.student
+    soft, meta = load_soft_labels(soft_dir, temperature)
+    model, info, loaders, lp_ft = _student_model(cfg, data, rt)
+    keys = list(loaders.frames["train"]["key"])
+    missing = [k for k in keys if k not in soft]
+    if missing:
+        raise DatasetError(f"{len(missing)} train items have no soft label (e.g. {missing[0]}); rerun soft_labels")
+    matrix = torch.from_numpy(np.stack([soft[k] for k in keys]))
+    loss_fn = distill_loss(matrix, weight, temperature, recipe.label_smoothing)
+    excluded = meta.get("excluded") or {}
+    lines = [f"Distilled from {', '.join(sorted(meta['weights']))} (weights {meta['weights']}, T = {temperature:g}, "
+             f"KL weight {weight:g})." + (f" Left out of the soft labels: {', '.join(sorted(excluded))}." if excluded
+                                          else "") + " " + _start_line(lp_ft), ""]
+    metrics = train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt, title="Student",
+                               loss_fn=loss_fn, use_mixup=False, baseline_lines=lines, start_is_model=lp_ft,
+                               start_name="the linear probe", meta_extra={"distill": {"weight": weight,
+                                                                                      "temperature": temperature}})
+    return {**metrics, "distill_weight": weight, "distill_temperature": temperature}
+
+
+def _keep_best(out_dir: Path, candidates: list[tuple[float, float]], results: list[dict[str, Any]],
+               select_by: str) -> dict[str, Any]:
+    """Move the best candidate's files to out_dir; the report gains the table of every candidate."""
+    import shutil
+
+    def key(i: int) -> tuple[float, ...]:
+        r = results[i]
+        nll = -float(r["val_nll"]) if np.isfinite(r["val_nll"]) else -np.inf
+        return (nll, -i) if select_by == "nll" else (float(r["val_top1"]), nll, -i)
+
+    best = max(range(len(results)), key=key)
+    src = out_dir / "candidates" / f"w{candidates[best][0]:g}_T{candidates[best][1]:g}"
+    for f in src.iterdir():
+        shutil.copy2(f, out_dir / f.name)
+    for cand in (out_dir / "candidates").iterdir():  # keep every candidate's report, not its weights
+        for f in cand.iterdir():
+            if f.suffix in (".safetensors", ".parquet"):
+                f.unlink()
+    rows = ["", "## Distillation candidates (chosen on val)", "", "| KL weight | T | val top-1 | val NLL | test top-1 | kept |",
+            "|---|---|---|---|---|---|"]
+    rows += [f"| {w:g} | {temp:g} | {r['val_top1']:.3f} | {r['val_nll']:.3f} | {r['test_top1']:.3f} | "
+             f"{'**yes**' if i == best else ''} |" for i, ((w, temp), r) in enumerate(zip(candidates, results))]
+    with open(out_dir / "report.md", "a") as fh:
+        fh.write("\n".join(rows) + "\n")
+    return {**results[best], "n_candidates": float(len(results))}
 
 
 def run_finetune(split_path: Path, student_dir: Path, cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, *,
@@ -177,4 +296,6 @@ def run_finetune(split_path: Path, student_dir: Path, cfg: PipelineConfig, out_d
     info = {"random_init": meta["random_init"], "weights_source": f"student ({meta['weights_source']})"}
     loaders = make_loaders(data, recipe, cfg, {"mean": meta["mean"], "std": meta["std"]}, rt.device)
     return train_and_report(model.train(), info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt,
-                            title="Fine-tuned student", baseline_lines=["Starts from the distilled student.", ""])
+                            title="Fine-tuned student", start_is_model=True, start_name="the distilled student",
+                            baseline_lines=["Starts from the distilled student, which is epoch 0: it stays the "
+                                            "answer when no fine-tuned epoch beats it on val.", ""])

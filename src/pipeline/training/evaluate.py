@@ -80,7 +80,7 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, class_names: list[str]
 def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
     """Train/val loss and val top-1/top-5 per epoch."""
     plt = _pyplot()
-    epochs = list(range(1, len(history) + 1))
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]  # epoch 0: the starting model
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
     a.plot(epochs, [h["val_loss"] for h in history], marker="o", label="val loss")

@@ -2,9 +2,16 @@
 
 `fit(model, train_loader, val_loader, recipe, ...)`: timm's optimizer factory (AdamW / Adam /
 SGD, no weight decay on norms and biases), timm's cosine scheduler with linear warmup stepped
-per optimizer update, gradient accumulation, gradient-norm clipping, label smoothing, timm
-Mixup/CutMix with SoftTargetCrossEntropy, early stopping on val top-1 after `patience` epochs
-without gain, AMP (bf16, or fp16 with a GradScaler) and channels_last on CUDA.
+per optimizer update (warmup: `warmup_steps`, else the recipe's `warmup` fraction of the steps or
+its `warmup_epochs`), gradient accumulation, gradient-norm clipping, label smoothing, timm
+Mixup/CutMix with SoftTargetCrossEntropy, optional early stopping after `patience` epochs without
+a better val figure, AMP (bf16, or fp16 with a GradScaler) and channels_last on CUDA.
+
+The best epoch (whose weights the model ends with) is picked by `monitor`: `val_top1` (ties: the
+lower val NLL, then the later epoch), `val_nll` (ties: the later epoch), or a custom figure of
+`evaluate` (higher is better). With `eval_initial=True` the model as it starts (e.g. a pretrained
+backbone with its linear-probe head) is scored first, as epoch 0, and stays the answer when no
+trained epoch beats it.
 
 Checkpoints: `<checkpoint_dir>/last/` after every epoch (model.safetensors + state.pt with the
 optimizer, scheduler, scaler, history and best figures, written with torch.save of tensors and
@@ -42,14 +49,18 @@ class InjectedFault(RuntimeError):
 
 @dataclass
 class FitResult:
-    history: list[dict[str, float]]
-    best_epoch: int
-    best_val_top1: float
-    epochs_run: int
+    history: list[dict[str, float]]  # one row per evaluated epoch ("epoch": 0 is the initial model)
+    best_epoch: int  # 0-based index of the best trained epoch; -1: the initial model (eval_initial)
+    best_val_top1: float  # the best row's val top-1 (or its monitor figure when there is no top-1)
+    epochs_run: int  # trained epochs (the initial evaluation not counted)
     resumed_from: int | None  # the last finished epoch found in checkpoint_dir, else None
     stopped_early: bool
     steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    total_steps: int = 0  # optimizer steps of the whole schedule
+    lr_peak: float = 0.0
+    stop_reason: str = ""
+    best_row: dict[str, float] = field(default_factory=dict)
 
 
 def amp_dtype(device: str, amp: str) -> Any:
@@ -114,16 +125,26 @@ def _fault_budget(ckpt: Path, fail_after_steps: int | None) -> int | None:
     return None if fail_after_steps is None or (ckpt / FAULT_MARKER).exists() else fail_after_steps
 
 
-def _make_optim(model: Any, recipe: PhaseTrainConfig, epochs: int, updates_per_epoch: int) -> tuple[Any, Any]:
+def warmup_steps_of(recipe: PhaseTrainConfig, epochs: int, updates_per_epoch: int) -> int:
+    """The recipe's warmup in optimizer steps: whole epochs when `warmup_epochs` is set, else the
+    `warmup` fraction of all steps."""
+    if getattr(recipe, "warmup_epochs", None) is not None:
+        return min(int(recipe.warmup_epochs), max(epochs - 1, 0)) * updates_per_epoch
+    return int(round(float(getattr(recipe, "warmup", 0.0)) * epochs * updates_per_epoch))
+
+
+def _make_optim(model: Any, recipe: PhaseTrainConfig, epochs: int, updates_per_epoch: int,
+                warmup_steps: int | None = None) -> tuple[Any, Any]:
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
+    from timm.scheduler import CosineLRScheduler
 
     opt = create_optimizer_v2(model, opt=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    warmup = min(recipe.warmup_epochs, max(epochs - 1, 0))
-    sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=epochs, warmup_epochs=warmup,
-                                   warmup_lr=recipe.lr * 0.01 if warmup else 0.0, min_lr=recipe.min_lr,
-                                   decay_epochs=epochs, step_on_epochs=False,
-                                   updates_per_epoch=max(updates_per_epoch, 1))
+    total = max(epochs * max(updates_per_epoch, 1), 1)
+    warmup = warmup_steps_of(recipe, epochs, updates_per_epoch) if warmup_steps is None else int(warmup_steps)
+    warmup = min(warmup, total - 1)
+    sched = CosineLRScheduler(opt, t_initial=max(total - warmup, 1), lr_min=recipe.min_lr, warmup_t=warmup,
+                              warmup_lr_init=recipe.lr * 0.01 if warmup else recipe.lr, warmup_prefix=True,
+                              t_in_epochs=False)
     return opt, sched
 
 
@@ -242,8 +263,22 @@ def _val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "val_top5": float((top == y[:, None]).any(dim=1).float().mean())}
 
 
+def _finite(v: Any, default: float) -> float:
+    v = float(v)
+    return v if math.isfinite(v) else default
+
+
 def _best(history: list[dict[str, float]], monitor: str = "val_top1") -> int:
-    return max(range(len(history)), key=lambda i: (history[i][monitor], -i))
+    """Index of the best row: see the module docstring (ties in top-1 or NLL go to the later epoch)."""
+    def key(i: int) -> tuple[float, ...]:
+        h = history[i]
+        if monitor == "val_top1":
+            return (h["val_top1"], -_finite(h["val_loss"], math.inf), i)
+        if monitor == "val_nll":
+            return (-_finite(h["val_loss"], math.inf), i)
+        return (h[monitor], -i)
+
+    return max(range(len(history)), key=key)
 
 
 def _early_stop(history: list[dict[str, float]], patience: int | None, monitor: str = "val_top1") -> bool:
@@ -257,7 +292,7 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         checkpoint_dir: str | Path, device: str = "cpu", amp: str = "auto", channels_last: bool = True,
         loss_fn: LossFn | None = None, mixup: Any = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         fail_after_steps: int | None = None, evaluate: Callable[[Any, Any], dict[str, float]] | None = None,
-        monitor: str = "val_top1") -> FitResult:
+        monitor: str = "val_top1", eval_initial: bool = False, warmup_steps: int | None = None) -> FitResult:
     """Train `model` in place (see the module docstring); it ends holding the best epoch's weights."""
     import torch
     from safetensors.torch import load_file
@@ -270,7 +305,7 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     if cuda and channels_last:
         model.to(memory_format=torch.channels_last)
     per_epoch = math.ceil(len(train_loader) / recipe.accum_steps)
-    opt, sched = _make_optim(model, recipe, epochs, per_epoch)
+    opt, sched = _make_optim(model, recipe, epochs, per_epoch, warmup_steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     run = _Run(model, opt, sched, scaler, device, dtype, cuda and channels_last, loss_fn or default_loss(recipe),
                mixup, recipe, _fault_budget(ckpt, fail_after_steps), ckpt)
@@ -279,20 +314,26 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     resumed = int(state["epoch"]) if state else None
     start = resumed + 1 if state else 0
     stopped = bool(state and state.get("stopped_early"))
+    lr_peak = float(recipe.lr)
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(not cuda, warn_only=True)
+
+    def score() -> dict[str, float]:
+        if evaluate is not None:
+            return evaluate(model, val_loader)
+        return _val_metrics(*evaluate_loader(model, val_loader, device, dtype, run.channels_last))
+
     try:
+        if eval_initial and state is None:
+            history.append({"epoch": 0, "train_loss": math.nan, **score(), "lr": 0.0})
+            _state_save(model, ckpt / "best" / "model.safetensors")
         for epoch in range(start, epochs):
             if stopped:
                 break
             _seed_epoch(seed, epoch, train_loader)
             train_loss = _train_epoch(run, train_loader, epoch)
             sched.step(epoch + 1)
-            if evaluate is not None:
-                val = evaluate(model, val_loader)
-            else:
-                val = _val_metrics(*evaluate_loader(model, val_loader, device, dtype, run.channels_last))
-            row = {"train_loss": train_loss, **val, "lr": float(opt.param_groups[0]["lr"])}
+            row = {"epoch": epoch + 1, "train_loss": train_loss, **score(), "lr": float(opt.param_groups[0]["lr"])}
             history.append(row)
             best = _best(history, monitor)
             if best == len(history) - 1:
@@ -304,8 +345,15 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
                 on_epoch(epoch, row)
     finally:
         torch.use_deterministic_algorithms(deterministic)
-    if not history:
+    trained = [h for h in history if h.get("epoch", 1) != 0]
+    if not trained:
         raise ValueError("fit: no epoch ran (epochs must be >= 1)")
     best = _best(history, monitor)
+    offset = len(history) - len(trained)
     model.load_state_dict({k: v.to(device) for k, v in load_file(str(ckpt / "best" / "model.safetensors")).items()})
-    return FitResult(history, best, history[best][monitor], len(history), resumed, stopped, run.steps)
+    row = history[best]
+    reason = (f"early stop: {recipe.patience} epochs without a better val figure" if stopped else
+              f"the schedule ended ({epochs} epochs, {epochs * per_epoch} optimizer steps)")
+    return FitResult(history, best - offset, float(row.get("val_top1", row.get(monitor, math.nan))), len(trained),
+                     resumed, stopped, run.steps, total_steps=epochs * per_epoch, lr_peak=lr_peak, stop_reason=reason,
+                     best_row=dict(row))

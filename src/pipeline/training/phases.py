@@ -14,7 +14,7 @@ from pipeline.core.config import TRAIN_RUNTIME_KEYS, PipelineConfig
 from pipeline.core.phases import PHASES, PhaseRun, PhaseSpec, register
 
 CROP_FORMATS = ("labelme", "coco")
-MODEL_OUTPUTS = ("model.safetensors", "model.json", "report.md")
+MODEL_OUTPUTS = ("model.safetensors", "model.json", "report.md", "predictions.parquet")
 MODEL_REPORTS = ("report.md", "curves.png", "confusion.png")
 MANIFEST_FILE = "training_manifest.yaml"
 
@@ -200,44 +200,44 @@ def _regional_params(cfg: PipelineConfig, options: dict[str, Any]) -> dict[str, 
 
 register(
     PhaseSpec(
-        name="teacher", version="1", inputs=("split", "crops"), inputs_for=_inputs(), outputs=MODEL_OUTPUTS,
+        name="teacher", version="2", inputs=("split", "crops"), inputs_for=_inputs(), outputs=MODEL_OUTPUTS,
         sections=("train", "teacher"), runtime_keys=_keys("train", "teacher"), run=_run_teacher,
         reports=MODEL_REPORTS, pool="gpu",
         description="the global teacher: linear-probe baseline, then fine-tuning (timm, Mixup, warmup + cosine)",
     ),
     PhaseSpec(
-        name="teacher_regional", version="1", inputs=("split", "teacher", "crops"), inputs_for=_inputs("teacher"),
+        name="teacher_regional", version="2", inputs=("split", "teacher", "crops"), inputs_for=_inputs("teacher"),
         outputs=MODEL_OUTPUTS, sections=("train",), runtime_keys=_keys("train"), run=_run_regional,
         extra_params=_regional_params, instances=_regional_instances, member="teacher_{name}",
         reports=MODEL_REPORTS, pool="gpu",
         description="a regional teacher per `regional.teachers` entry, from the global teacher, on its subset",
     ),
     PhaseSpec(
-        name="soft_labels", version="1", inputs=("split", "teacher", "teacher_regional*", "crops"),
+        name="soft_labels", version="2", inputs=("split", "teacher", "teacher_regional*", "crops"),
         inputs_for=_inputs("teacher", "teacher_regional*"), outputs=("soft_labels.parquet", "soft_labels.json"),
         sections=("train", "soft_labels"), runtime_keys=_keys("train"), run=_run_soft_labels, pool="gpu",
         reports=("report.md",) , description="the teachers' combined soft labels on the train split",
     ),
     PhaseSpec(
-        name="student", version="1", inputs=("split", "soft_labels", "crops"), inputs_for=_inputs("soft_labels"),
+        name="student", version="2", inputs=("split", "soft_labels", "crops"), inputs_for=_inputs("soft_labels"),
         outputs=MODEL_OUTPUTS, sections=("train", "student"), runtime_keys=_keys("train", "student"),
         run=_run_student, reports=MODEL_REPORTS, pool="gpu",
         description="the small student distilled from the soft labels (KL at T plus CE)",
     ),
     PhaseSpec(
-        name="student_no_teacher", version="1", inputs=("split", "crops"), inputs_for=_inputs(),
+        name="student_no_teacher", version="2", inputs=("split", "crops"), inputs_for=_inputs(),
         outputs=MODEL_OUTPUTS, sections=("train", "student"), runtime_keys=_keys("train", "student"),
         run=_run_student_no_teacher, reports=MODEL_REPORTS, pool="gpu",
         description="the same student trained without teachers: what distillation bought",
     ),
     PhaseSpec(
-        name="finetune", version="1", inputs=("split", "student", "crops"), inputs_for=_inputs("student"),
+        name="finetune", version="2", inputs=("split", "student", "crops"), inputs_for=_inputs("student"),
         outputs=MODEL_OUTPUTS, sections=("train", "finetune"), runtime_keys=_keys("train", "finetune"),
         run=_run_finetune, reports=MODEL_REPORTS, pool="gpu",
         description="the distilled student fine-tuned with CE and stronger augmentation",
     ),
     PhaseSpec(
-        name="calibration", version="2", inputs=("split", "finetune", "crops"), inputs_for=_inputs("finetune"),
+        name="calibration", version="3", inputs=("split", "finetune", "crops"), inputs_for=_inputs("finetune"),
         outputs=("model.safetensors", "model.json", "thresholds.json", "report.md"),
         sections=("train", "calibration"), runtime_keys=_keys("train"), run=_run_calibration,
         reports=("report.md", "reliability.png", "gallery_errors.png", "gallery_not_conclusive.png", "thresholds.json"),

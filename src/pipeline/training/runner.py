@@ -77,40 +77,100 @@ def score(model: Any, loader: Any, frame: Any, class_names: list[str], device: s
     return classification_metrics(logits, labels, class_names, prefix, _groups(frame)), logits, labels
 
 
+MONITOR = {"top1": "val_top1", "nll": "val_nll"}
+PREDICTIONS = "predictions.parquet"
+
+
+def save_predictions(out_dir: Path, parts: dict[str, tuple[Any, np.ndarray, np.ndarray]]) -> None:
+    """predictions.parquet: per val/test item its key, photo (group), label index and logits, so any
+    two models can be compared item by item later (paired intervals over photos)."""
+    import pandas as pd
+
+    rows = []
+    for split, (frame, logits, labels) in parts.items():
+        groups = frame["item_id"] if "item_id" in frame.columns else frame["key"]
+        for key, group, y, z in zip(frame["key"], groups, labels, logits):
+            rows.append({"split": split, "key": str(key), "group": str(group), "label": int(y),
+                         "logits": [float(v) for v in z]})
+    pd.DataFrame(rows, columns=["split", "key", "group", "label", "logits"]).to_parquet(out_dir / PREDICTIONS,
+                                                                                         index=False)
+
+
+def _estimates(frame: Any, logits: np.ndarray, labels: np.ndarray, majority: int, prefix: str,
+               seed: int) -> dict[str, Any]:
+    """top-1 and the majority-class rate with n and a bootstrap interval over photos."""
+    from pipeline.core.stats import mean_ci
+
+    groups = list(frame["item_id"]) if "item_id" in frame.columns else None
+    correct = (logits.argmax(axis=1) == labels) if len(labels) else np.zeros(0, bool)
+    top1 = mean_ci(correct.astype(float), groups, seed=seed)
+    maj = mean_ci((labels == majority).astype(float), groups, seed=seed)
+    return {**top1.as_dict(f"{prefix}_top1_ci_"), f"{prefix}_majority_rate": maj.value,
+            f"{prefix}_groups": float(top1.n_groups), "_top1": top1, "_majority": maj}
+
+
 def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loaders: Loaders, recipe: PhaseTrainConfig,
                      cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, rt: PhaseRuntime, *, title: str,
                      loss_fn: LossFn | None = None, use_mixup: bool = True, meta_extra: dict[str, Any] | None = None,
-                     baseline_lines: list[str] | None = None, baseline: dict[str, float] | None = None) -> dict[str, Any]:
-    """Fit, test, save the model directory and the report; return the phase metrics."""
+                     baseline_lines: list[str] | None = None, baseline: dict[str, float] | None = None,
+                     start_is_model: bool = False, start_name: str = "the starting model") -> dict[str, Any]:
+    """Fit within the phase's step budget, test, save the model directory, its predictions and the
+    report; return the phase metrics. `start_is_model`: the model as it starts (a linear probe, or a
+    trained model) is scored as epoch 0 and kept when no trained epoch beats it on val."""
+    from pipeline.training.budget import plan
+
     t = cfg.train
-    epochs = int(recipe.epochs or t.epochs)
+    budget = plan(len(loaders.train.dataset), int(loaders.train.batch_size or 1), recipe, t)
     mixup = make_mixup(recipe, len(data.class_names)) if use_mixup else None
-    result = fit(model, loaders.train, loaders.val, recipe, epochs=epochs, seed=t.seed, checkpoint_dir=checkpoint_dir,
-                 device=rt.device, amp=t.amp, channels_last=t.channels_last, loss_fn=loss_fn, mixup=mixup,
-                 on_epoch=rt.on_epoch, fail_after_steps=rt.fail_after_steps)
+    result = fit(model, loaders.train, loaders.val, recipe, epochs=budget.epochs, seed=t.seed,
+                 checkpoint_dir=checkpoint_dir, device=rt.device, amp=t.amp, channels_last=t.channels_last,
+                 loss_fn=loss_fn, mixup=mixup, on_epoch=rt.on_epoch, fail_after_steps=rt.fail_after_steps,
+                 monitor=MONITOR[t.select_by], eval_initial=start_is_model, warmup_steps=budget.warmup_steps)
     test, logits, labels = score(model, loaders.test, loaders.frames["test"], data.class_names, rt.device, cfg)
+    _, val_logits, val_labels = score(model, loaders.val, loaders.frames["val"], data.class_names, rt.device, cfg,
+                                      prefix="val")
+    majority = _majority(data)
+    val_est = _estimates(loaders.frames["val"], val_logits, val_labels, majority, "val", t.seed)
+    est = {**_estimates(loaders.frames["test"], logits, labels, majority, "test", t.seed),
+           **{("_val" + k if k.startswith("_") else k): v for k, v in val_est.items()}}
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = model_meta(recipe.arch if not meta_extra or "arch" not in meta_extra else meta_extra["arch"],
                       data.class_names, loaders.image_size, resize_size(loaders.image_size, recipe.augment),
                       loaders.mean, loaders.std, info)
     meta.update({k: v for k, v in (meta_extra or {}).items() if k != "arch"})
     meta.update({"source": data.source, "target": data.target})
+    from pipeline.export.crop_rule import training_rule  # what predict and the page need to reproduce the input
+    meta["crop_rule"] = training_rule(data, cfg)
     save_classifier(model.to("cpu"), meta, out_dir)
+    save_predictions(out_dir, {"val": (loaders.frames["val"], val_logits, val_labels),
+                               "test": (loaders.frames["test"], logits, labels)})
     plot_curves(result.history, out_dir / "curves.png", title)
     preds = logits.argmax(axis=1) if len(labels) else labels
     plot_confusion(labels, preds, data.class_names, out_dir / "confusion.png", f"{title}: test")
-    metrics = _headline(result, test, info, data, baseline or {})
-    (out_dir / "report.md").write_text(_report(title, metrics, test, result, data, recipe, info, baseline_lines or []))
+    metrics = _headline(result, test, info, data, baseline or {}, budget, est)
+    report = _report(title, metrics, test, result, data, recipe, info, baseline_lines or [], budget, est, start_name)
+    (out_dir / "report.md").write_text(report)
     return metrics
 
 
+def _majority(data: TrainingData) -> int:
+    """The most frequent train class (ties: the first in the class list)."""
+    counts = data.counts().get("train", {})
+    return max(range(len(data.class_names)), key=lambda i: (counts.get(data.class_names[i], 0), -i))
+
+
 def _headline(result: FitResult, test: dict[str, Any], info: dict[str, Any], data: TrainingData,
-              baseline: dict[str, float]) -> dict[str, Any]:
+              baseline: dict[str, float], budget: Any, est: dict[str, Any]) -> dict[str, Any]:
     counts = data.counts()
-    return {"val_top1": result.best_val_top1, "best_epoch": float(result.best_epoch + 1),
+    return {"val_top1": result.best_val_top1, "val_nll": float(result.best_row.get("val_loss", float("nan"))),
+            "best_epoch": float(result.best_epoch + 1),
             "epochs_run": float(result.epochs_run), "stopped_early": float(result.stopped_early),
             "resumed_from_epoch": float(result.resumed_from + 1 if result.resumed_from is not None else 0),
+            "steps": float(result.total_steps), "epochs_planned": float(budget.epochs),
+            "min_steps": float(budget.min_steps), "short_of_budget": float(budget.short_of_budget),
+            "lr_peak": float(result.lr_peak), "warmup_steps": float(budget.warmup_steps),
             "test_top1": test["test_top1"], "test_top5": test["test_top5"], "test_n": test["test_n"],
+            **{k: v for k, v in est.items() if not k.startswith("_")},
             "n_classes": float(len(data.class_names)), "random_init": float(bool(info["random_init"])),
             **{f"n_{s}": float(sum(counts.get(s, {}).values())) for s in ("train", "val", "test")}, **baseline}
 
@@ -121,8 +181,21 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:
     return lines + [""]
 
 
+def _training_lines(result: FitResult, budget: Any, start_name: str) -> list[str]:
+    best = "epoch 0 (" + start_name + ": no trained epoch beat it on val)" if result.best_epoch < 0 else \
+        f"epoch {result.best_epoch + 1}"
+    lines = ["## Training", "", f"Budget: {budget.text()}", "",
+             f"Peak lr {result.lr_peak:g}; {result.epochs_run} epochs run, {result.steps} optimizer steps in this "
+             f"process; stopped because {result.stop_reason}. Best: {best} (val top-1 {result.best_val_top1:.3f}).", "",
+             "![curves](curves.png)", ""]
+    return lines + _table([(h.get("epoch", i + 1), h["train_loss"], h["val_loss"], h["val_top1"], h["val_top5"], h["lr"])
+                           for i, h in enumerate(result.history)],
+                          ("epoch", "train loss", "val loss", "val top-1", "val top-5", "lr"))
+
+
 def _report(title: str, m: dict[str, Any], test: dict[str, Any], result: FitResult, data: TrainingData,
-            recipe: PhaseTrainConfig, info: dict[str, Any], baseline_lines: list[str]) -> str:
+            recipe: PhaseTrainConfig, info: dict[str, Any], baseline_lines: list[str], budget: Any,
+            est: dict[str, Any], start_name: str) -> str:
     lines = []
     if info["random_init"]:
         lines += [f"**Random-initialised backbone** ({recipe.arch}: no pretrained weights available; "
@@ -134,13 +207,13 @@ def _report(title: str, m: dict[str, Any], test: dict[str, Any], result: FitResu
                                        for c in data.class_names], ("class", "train", "val", "test"))
     lines += ["## Recipe", "", "```", *(f"{k}: {v}" for k, v in recipe.model_dump(exclude={"batch_size"}).items()), "```", ""]
     lines += baseline_lines
-    lines += ["## Training", "", f"Epochs run {result.epochs_run}, best epoch {result.best_epoch + 1} "
-              f"(val top-1 {result.best_val_top1:.3f}){', stopped early' if result.stopped_early else ''}.", "",
-              "![curves](curves.png)", ""]
-    lines += _table([(i + 1, h["train_loss"], h["val_loss"], h["val_top1"], h["val_top5"], h["lr"])
-                     for i, h in enumerate(result.history)], ("epoch", "train loss", "val loss", "val top-1",
-                                                              "val top-5", "lr"))
-    lines += ["## Test", "", f"top-1 {m['test_top1']:.3f}, top-5 {m['test_top5']:.3f} on {int(m['test_n'])} items.", ""]
+    lines += _training_lines(result, budget, start_name)
+    top1, maj = est["_top1"], est["_majority"]
+    lines += ["## Test", "", f"top-1 {top1.text()}, top-5 {m['test_top5']:.3f}; majority class "
+              f"({data.class_names[_majority(data)]}) rate {maj.text()}. Intervals: 95% bootstrap over photos.", "",
+              f"Val top-1 of the kept weights: {est['_val_top1'].text()}.", ""]
+    if top1.n and top1.n < 100:
+        lines += [f"With {top1.n} test items from {top1.n_groups} photos these figures say little (see the intervals).", ""]
     lines += _table(sorted(test["per_class_recall"].items()), ("class", "recall"))
     for column, accs in test["per_group"].items():
         lines += [f"Accuracy per {column}:", ""] + _table(list(accs.items()), (column, "accuracy"))

@@ -14,76 +14,59 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.core.config import PipelineConfig, RegionSpec
 from pipeline.core.errors import ConfigError
-from pipeline.training.data import ImageDataset, build_items, make_loader
-from pipeline.training.loop import amp_dtype
+from pipeline.training.data import build_items
 from pipeline.training.modeling import create_classifier, load_classifier
+from pipeline.training.probe import probe_start
 from pipeline.training.runner import PhaseRuntime, make_loaders, score, train_and_report
 
-
-def _features(model: Any, loader: Any, device: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    model.eval()
-    feats, labels = [], []
-    with torch.inference_mode():
-        for x, y, _ in loader:
-            with torch.autocast(device_type="cuda", dtype=dtype, enabled=dtype is not None):
-                f = model.forward_head(model.forward_features(x.to(device)), pre_logits=True)
-            feats.append(f.float().cpu().numpy())
-            labels.append(y.numpy())
-    if not feats:
-        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
-    return np.concatenate(feats), np.concatenate(labels)
+PROBE_DIR = "probe"
 
 
-def _probe(model: Any, loaders: Any, device: str, cfg: PipelineConfig) -> tuple[dict[str, float], Any]:
-    """(val/test top-1 of the probe, (coef, intercept) mapped onto raw features, or None)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+def _start_scores(model: Any, data: Any, loaders: Any, rt: PhaseRuntime, cfg: PipelineConfig, prefix: str
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The starting model's val and test figures (with intervals) and its raw logits per split."""
+    from pipeline.training.runner import _estimates, _majority
 
-    model.to(device)
-    dtype = amp_dtype(device, cfg.train.amp)
-    plain = ImageDataset(loaders.train.dataset.paths, loaders.train.dataset.labels, loaders.val.dataset.transform)
-    eval_train = make_loader(plain, cfg.train.eval_batch_size, train=False, workers=cfg.train.num_workers, device=device)
-    xs, ys = _features(model, eval_train, device, dtype)
-    out = {}
-    if len(set(ys.tolist())) < 2:
-        return {"baseline_val_top1": float("nan"), "baseline_test_top1": float("nan")}, None
-    scaler = StandardScaler().fit(xs)
-    clf = LogisticRegression(max_iter=1000, C=1.0, random_state=cfg.train.seed).fit(scaler.transform(xs), ys)
-    for split, loader in (("val", loaders.val), ("test", loaders.test)):
-        x, y = _features(model, loader, device, dtype)
-        out[f"baseline_{split}_top1"] = float((clf.predict(scaler.transform(x)) == y).mean()) if len(y) else 0.0
-    coef = clf.coef_ / scaler.scale_[None, :]
-    intercept = clf.intercept_ - coef @ scaler.mean_
-    if coef.shape[0] == 1:  # binary: one logit w.x + b -> two symmetric logits
-        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
-    return out, (clf.classes_, coef, intercept)
+    out: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    model.to(rt.device)
+    for split in ("val", "test"):
+        m, logits, labels = score(model, getattr(loaders, split), loaders.frames[split], data.class_names, rt.device,
+                                  cfg, prefix=split)
+        est = _estimates(loaders.frames[split], logits, labels, _majority(data), split, cfg.train.seed)
+        out[f"{prefix}_{split}_top1"] = m[f"{split}_top1"] if len(labels) else float("nan")
+        out.update({k.replace(f"{split}_top1_ci", f"{prefix}_{split}_top1_ci"): v for k, v in est.items()
+                    if k.startswith(f"{split}_top1_ci")})
+        out[f"_{split}"] = est["_top1"]
+        raw[split] = (loaders.frames[split], logits, labels)
+    return out, raw
 
 
-def linear_probe(model: Any, loaders: Any, device: str, cfg: PipelineConfig) -> dict[str, float]:
-    """Frozen backbone + logistic regression on pooled features (train, unaugmented) -> val/test top-1."""
-    return _probe(model, loaders, device, cfg)[0]
+def _save_probe(model: Any, info: dict[str, Any], data: Any, loaders: Any, recipe: Any, cfg: PipelineConfig,
+                raw: dict[str, Any], out_dir: Path) -> None:
+    """probe/: the linear probe as a model dir (the frozen pretrained backbone with the probe head),
+    with its predictions: the baseline promotion holds every candidate against."""
+    from pipeline.export.crop_rule import training_rule
+    from pipeline.training.augment import resize_size
+    from pipeline.training.modeling import model_meta, save_classifier
+    from pipeline.training.runner import save_predictions
+
+    meta = model_meta(recipe.arch, data.class_names, loaders.image_size, resize_size(loaders.image_size, recipe.augment),
+                      loaders.mean, loaders.std, info)
+    meta.update({"source": data.source, "target": data.target, "probe": True, "crop_rule": training_rule(data, cfg)})
+    save_classifier(model, meta, out_dir / PROBE_DIR)
+    save_predictions(out_dir / PROBE_DIR, raw)
 
 
-def _head_from_probe(model: Any, probe: Any, n_classes: int) -> bool:
-    """Initialise the linear head with the probe (LP-FT: fine-tuning then starts at the baseline
-    instead of distorting the features to fit a random head); False when it does not fit."""
-    import torch
-
-    head = model.get_classifier()
-    if probe is None or not isinstance(head, torch.nn.Linear) or len(probe[0]) != n_classes:
-        return False
-    classes, coef, intercept = probe
-    order = np.argsort(classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(coef[order], dtype=head.weight.dtype))
-        head.bias.copy_(torch.as_tensor(intercept[order], dtype=head.bias.dtype))
-    return True
+def _baseline_lines(scores: dict[str, Any], info: dict[str, Any], lp_ft: bool) -> list[str]:
+    return ["## Baseline", "", "The pretrained backbone frozen, a logistic-regression probe on its pooled features "
+            "(saved as `probe/`):", f"- val top-1 {scores['_val'].text()}", f"- test top-1 {scores['_test'].text()}"
+            + (" (random-initialised backbone)" if info["random_init"] else ""), "",
+            "Fine-tuning starts from this probe as the classifier head (LP-FT), and the probe itself is epoch 0: it "
+            "stays the teacher when no fine-tuned epoch beats it on val." if lp_ft else
+            "Fine-tuning starts from a fresh near-zero head (the probe did not cover every class).", ""]
 
 
 def run_teacher(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, *,
@@ -97,16 +80,15 @@ def run_teacher(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint
                                     recipe.drop_rate, allow_random_init=t.allow_random_init,
                                     allow_download=t.allow_download, seed=t.seed)
     loaders = make_loaders(data, recipe, cfg, info["pretrained_cfg"], rt.device)
-    baseline, probe = _probe(model, loaders, rt.device, cfg)
-    lp_ft = _head_from_probe(model, probe, len(data.class_names))
-    lines = ["## Baseline", "", "The pretrained backbone frozen, a logistic-regression probe on its pooled features:",
-             f"val top-1 {baseline['baseline_val_top1']:.3f}, test top-1 {baseline['baseline_test_top1']:.3f}"
-             + (" (random-initialised backbone)." if info["random_init"] else "."), "",
-             "Fine-tuning starts from this probe as the classifier head (LP-FT)." if lp_ft else
-             "Fine-tuning starts from a fresh near-zero head (the probe did not cover every class).", ""]
+    lp_ft = probe_start(model, loaders, rt.device, cfg, len(data.class_names))
+    scores, raw = _start_scores(model, data, loaders, rt, cfg, "baseline")
+    if lp_ft:
+        _save_probe(model.to("cpu"), info, data, loaders, recipe, cfg, raw, out_dir)
+    baseline = {k: v for k, v in scores.items() if not k.startswith("_")}
     model.train()
     return train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt,
-                            title="Teacher", baseline_lines=lines, baseline=baseline)
+                            title="Teacher", baseline_lines=_baseline_lines(scores, info, lp_ft), baseline=baseline,
+                            start_is_model=lp_ft, start_name="the linear probe")
 
 
 def regional_spec(cfg: PipelineConfig, name: str) -> RegionSpec:
@@ -133,10 +115,45 @@ def run_regional_teacher(split_path: Path, teacher_dir: Path, name: str, cfg: Pi
     pcfg = {"mean": meta["mean"], "std": meta["std"]}
     recipe = recipe.model_copy(update={"arch": meta["arch"]})
     loaders = make_loaders(data, recipe, cfg, pcfg, rt.device)
-    base, _, _ = score(model.to(rt.device), loaders.test, loaders.frames["test"], data.class_names, rt.device, cfg)
-    baseline = {"baseline_test_top1": base["test_top1"]}
-    lines = ["## Baseline", "", f"The global teacher on this subset ({spec.column} in {spec.values}): "
-             f"test top-1 {base['test_top1']:.3f} on {int(base['test_n'])} items.", ""]
-    return train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt,
-                            title=f"Regional teacher {name}", baseline_lines=lines, baseline=baseline,
-                            meta_extra={"subset": spec.model_dump()})
+    scores, _ = _start_scores(model, data, loaders, rt, cfg, "baseline")
+    baseline = {k: v for k, v in scores.items() if not k.startswith("_")}
+    lines = ["## Baseline", "", f"The global teacher on this subset ({spec.column} in {spec.values}):",
+             f"- val top-1 {scores['_val'].text()}", f"- test top-1 {scores['_test'].text()}", "",
+             "It is epoch 0 of the training below: it stays the answer when no trained epoch beats it on val.", ""]
+    model.train()
+    metrics = train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt,
+                               title=f"Regional teacher {name}", baseline_lines=lines, baseline=baseline,
+                               meta_extra={"subset": spec.model_dump()}, start_is_model=True,
+                               start_name="the global teacher")
+    use, reason = _teaches(metrics, baseline)
+    _mark_teaching(out_dir, use, reason)
+    metrics["teaches"] = float(use)
+    metrics["teaches_reason"] = reason
+    return metrics
+
+
+TEACHES_KEY = "soft_labels_use"
+
+
+def _teaches(metrics: dict[str, Any], baseline: dict[str, Any]) -> tuple[bool, str]:
+    """A regional teacher joins the soft labels only when it beats the global teacher on its subset's val."""
+    mine, glob = float(metrics["val_top1"]), float(baseline.get("baseline_val_top1", float("nan")))
+    if metrics.get("best_epoch", 1) == 0:
+        return False, f"no trained epoch beat the global teacher on this subset's val (val top-1 {glob:.3f})"
+    if not mine > glob:
+        return False, f"val top-1 {mine:.3f} is not above the global teacher's {glob:.3f} on this subset"
+    return True, f"val top-1 {mine:.3f} above the global teacher's {glob:.3f} on this subset"
+
+
+def _mark_teaching(out_dir: Path, use: bool, reason: str) -> None:
+    """Record in model.json whether the soft labels use this regional teacher, and why; and say so in the report."""
+    import json
+
+    from pipeline.training.modeling import META_FILE
+
+    meta = json.loads((out_dir / META_FILE).read_text())
+    meta[TEACHES_KEY] = {"use": bool(use), "reason": reason}
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    verdict = "**Used for the soft labels**" if use else "**Left out of the soft labels**"
+    with open(out_dir / "report.md", "a") as fh:
+        fh.write(f"\n## Soft labels\n\n{verdict}: {reason}.\n")
