@@ -141,16 +141,19 @@ def _at(table: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     return next(r for r in table if abs(r["threshold"] - threshold) < 1e-9)
 
 
-def _split_figures(s: Scored, temperature: float, n_bins: int) -> dict[str, float]:
+def _groups(items: Any, s: Scored) -> list[str]:
+    """The photo of each scored item: a training frame maps its crop `key` to the photo's `item_id`."""
+    photo: dict[str, str] = {}
+    if hasattr(items, "columns") and {"key", "item_id"} <= set(items.columns):
+        photo = {str(k): str(i) for k, i in zip(items["key"], items["item_id"])}
+    return [photo.get(r["item_id"], r["item_id"]) for r in s.records]
+
+
+def _split_figures(s: Scored, groups: list[str], temperature: float, c: Any, seed: int) -> dict[str, Any]:
+    from pipeline.training.calibration_stats import figures
     from pipeline.training.predict import softmax
 
-    before, after = softmax(s.logits), softmax(s.logits, temperature)
-    ece_b, mce_b = calibration_errors(before, s.labels, n_bins)
-    ece_a, mce_a = calibration_errors(after, s.labels, n_bins)
-    top1 = float((before.argmax(axis=1) == s.labels).mean()) if len(s.labels) else math.nan
-    return {"n": len(s.labels), "top1": top1, "ece_before": ece_b, "ece_after": ece_a, "mce_before": mce_b,
-            "mce_after": mce_a, "nll_before": nll(s.logits, s.labels) if len(s.labels) else math.nan,
-            "nll_after": nll(s.logits, s.labels, temperature) if len(s.labels) else math.nan}
+    return figures(softmax(s.logits), softmax(s.logits, temperature), s.labels, groups, c, seed)
 
 
 def _write_model(model_dir: Path, meta: dict, out_dir: Path, temperature: float, threshold: float) -> None:
@@ -177,13 +180,21 @@ def run_calibration(model_dir: Path, items_val: Sequence[Any], items_test: Seque
     test = score_items(model, meta, items_test, batch_size, device)
     if len(val.labels) == 0:
         raise DatasetError("calibration needs labelled val images of the model's classes; none were usable")
+    from pipeline.training.calibration_stats import at_threshold, reliability
+
+    seed = int(getattr(getattr(cfg, "train", None), "seed", 0) or 0)
+    groups = {"val": _groups(items_val, val), "test": _groups(items_test, test)}
     temperature = fit_temperature(val.logits, val.labels, c.max_iter)
     grid = thresholds_grid(c.threshold_start, c.threshold_stop, c.threshold_step)
     tables = {name: threshold_table(softmax(s.logits, temperature), s.labels, grid)
               for name, s in (("val", val), ("test", test))}
     choice = pick_threshold(tables["val"], c.target_precision, c.min_answered)
     test_row = _at(tables["test"], choice["threshold"])
-    figures = {"val": _split_figures(val, temperature, c.n_bins), "test": _split_figures(test, temperature, c.n_bins)}
+    figures = {name: _split_figures(s, groups[name], temperature, c, seed) for name, s in (("val", val), ("test", test))}
+    for name, s in (("val", val), ("test", test)):
+        figures[name]["_ci"].update({f"{k}_at_threshold": v for k, v in at_threshold(
+            softmax(s.logits, temperature), s.labels, choice["threshold"], groups[name], seed).items()})
+    reliable, why = reliability(len(val.labels), c)
 
     _write_model(model_dir, meta, out_dir, temperature, choice["threshold"])
     (out_dir / "thresholds.json").write_text(json.dumps(
@@ -192,7 +203,7 @@ def run_calibration(model_dir: Path, items_val: Sequence[Any], items_test: Seque
     reliability_diagram({"val": val, "test": test}, temperature, c.n_bins, out_dir / "reliability.png")
     galleries(test, meta["class_names"], temperature, choice["threshold"], c.gallery_size, out_dir)
     write_report(out_dir / "report.md", meta, figures, tables, choice, test_row, temperature,
-                 {"val": val, "test": test}, c)
+                 {"val": val, "test": test}, c, (reliable, why))
 
     t = figures["test"]
     return {"ece_before": t["ece_before"], "ece_after": t["ece_after"], "mce_before": t["mce_before"],
@@ -205,7 +216,21 @@ def run_calibration(model_dir: Path, items_val: Sequence[Any], items_test: Seque
             "val_top1": figures["val"]["top1"], "val_ece_before": figures["val"]["ece_before"],
             "val_ece_after": figures["val"]["ece_after"], "val_nll_before": figures["val"]["nll_before"],
             "val_nll_after": figures["val"]["nll_after"], "test_nll_before": t["nll_before"],
-            "test_nll_after": t["nll_after"], "n_val": figures["val"]["n"], "n_test": t["n"]}
+            "test_nll_after": t["nll_after"], "n_val": figures["val"]["n"], "n_test": t["n"],
+            "test_brier_before": t["brier_before"], "test_brier_after": t["brier_after"],
+            "val_brier_before": figures["val"]["brier_before"], "val_brier_after": figures["val"]["brier_after"],
+            "val_groups": float(figures["val"]["n_groups"]), "test_groups": float(t["n_groups"]),
+            "reliable": int(reliable), "reliability": why, "bins": f"{t['bins']} x {t['n_bins']}",
+            **_intervals(figures)}
+
+
+def _intervals(figures: dict[str, Any]) -> dict[str, float]:
+    """Every interval as <split>_<figure>_lo / _hi (metrics are flat numbers)."""
+    out = {}
+    for split, f in figures.items():
+        for name, est in f["_ci"].items():
+            out[f"{split}_{name}_lo"], out[f"{split}_{name}_hi"] = est.lo, est.hi
+    return out
 
 
 def _num(v: float | None) -> float:

@@ -116,6 +116,15 @@ def _f(v: float | None) -> str:
     return "-" if v is None or v != v else f"{v:.4f}"
 
 
+def _ci(est: Any, pct: bool = False) -> str:
+    """A figure with its interval: '0.812 [0.700, 0.900] (n=28, 7 photos)'."""
+    if est is None or est.value != est.value:
+        return "-"
+    if pct:
+        return f"{100 * est.value:.1f}% [{100 * est.lo:.1f}, {100 * est.hi:.1f}]"
+    return f"{est.value:.4f} [{est.lo:.4f}, {est.hi:.4f}]"
+
+
 def _table_md(rows: list[dict[str, Any]]) -> list[str]:
     out = ["| threshold | answered | coverage | precision | errors |", "|---|---|---|---|---|"]
     out += [f"| {r['threshold']:.2f} | {r['answered']}/{r['total']} | {_pct(r['coverage'])} | {_pct(r['precision'])} "
@@ -124,9 +133,12 @@ def _table_md(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(path: Path, meta: dict, figures: dict[str, dict], tables: dict[str, list], choice: dict,
-                 test_row: dict, temperature: float, scored: dict[str, Any], c: Any) -> None:
+                 test_row: dict, temperature: float, scored: dict[str, Any], c: Any,
+                 reliability: tuple[bool, str] = (True, "")) -> None:
     lines = ["# Calibration", "",
              f"Model `{meta['arch']}`, {len(meta['class_names'])} classes: {', '.join(meta['class_names'])}."]
+    if not reliability[0]:
+        lines += ["", f"**Unreliable calibration**: {reliability[1]}. The run goes on with them.", ""]
     if meta.get("random_init"):
         lines.append("**The model was random-initialised (no pretrained weights): figures are not meaningful.**")
     for name, s in scored.items():
@@ -140,13 +152,20 @@ def write_report(path: Path, meta: dict, figures: dict[str, dict], tables: dict[
              < 1e-6 else "")
     lines += ["", f"Temperature fitted on val NLL (bounded search in [{lo}, {hi}]): **T = {temperature:.4f}**.{bound}",
               "",
-              "| split | n | top-1 | NLL before | NLL after | ECE before | ECE after | MCE before | MCE after |",
+              "| split | n (photos) | top-1 [95% CI] | NLL before -> after | Brier before -> after "
+              "| ECE before [CI] | ECE after [CI] | MCE before -> after | bins |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, f in figures.items():
         role = "fitted" if name == "val" else "judged"
-        lines.append(f"| {name} ({role}) | {f['n']} | {_pct(f['top1'])} | {_f(f['nll_before'])} | {_f(f['nll_after'])} "
-                     f"| {_f(f['ece_before'])} | {_f(f['ece_after'])} | {_f(f['mce_before'])} | {_f(f['mce_after'])} |")
-    lines += ["", f"ECE / MCE: torchmetrics, {c.n_bins} equal-width bins, top-label confidence.", "", "## Threshold", ""]
+        ci = f.get("_ci", {})
+        lines.append(f"| {name} ({role}) | {f['n']} ({f.get('n_groups', '-')}) | {_ci(ci.get('top1'), True)} "
+                     f"| {_f(f['nll_before'])} -> {_f(f['nll_after'])} | {_f(f.get('brier_before'))} -> "
+                     f"{_f(f.get('brier_after'))} | {_ci(ci.get('ece_before'))} | {_ci(ci.get('ece_after'))} "
+                     f"| {_f(f['mce_before'])} -> {_f(f['mce_after'])} | {f.get('bins', 'equal_width')} x "
+                     f"{f.get('n_bins', c.n_bins)} |")
+    lines += ["", "ECE / MCE on top-label confidence: equal-width bins (as torchmetrics) or equal-mass bins (adaptive, "
+              f"used when a split has fewer than {c.min_items} items). Intervals: 95% bootstrap over photos.", "",
+              "## Threshold", ""]
     if choice["reached"]:
         lines.append(f"Smallest threshold reaching the target precision {_pct(c.target_precision)} on val: "
                      f"**{choice['threshold']:.2f}** (val precision {_pct(choice['precision'])}, coverage "
@@ -157,6 +176,12 @@ def write_report(path: Path, meta: dict, figures: dict[str, dict], tables: dict[
                      f"{_pct(choice['coverage'])}), stored with the model.")
     lines += [f"On test at that threshold: precision {_pct(test_row['precision'])}, coverage "
               f"{_pct(test_row['coverage'])}. Below it the model answers \"not conclusive\".", ""]
+    for name, f in figures.items():
+        ci = f.get("_ci", {})
+        if "precision_at_threshold" in ci:
+            lines.append(f"- {name} at {choice['threshold']:.2f}: precision {_ci(ci['precision_at_threshold'], True)}, "
+                         f"coverage {_ci(ci['coverage_at_threshold'], True)}")
+    lines.append("")
     for name in ("val", "test"):
         lines += [f"### {name}", "", *_table_md(tables[name]), ""]
     lines += ["## Plots", "", "![reliability](reliability.png)", "",
