@@ -39,42 +39,52 @@ def test_gate_keeps_the_champion_against_worse_students_and_moves_for_a_better_o
         return int(client.get_model_version_by_alias(name, "champion").version)
 
     bad = register(tiny_model_dir(tmp_path / "bad", data["train"], shift=1))
-    first = R.promote_student(client, name, bad, test, cfg, cache_dir=cache)
-    assert first["promoted"] and first["frozen_now"] and first["frozen_items"] == 45 and champion() == int(bad)
+    first = R.promote_student(client, name, bad, test, cfg, cache_dir=cache, majority_class="blue")
+    # the first promotion has floors too: a systematically wrong model is below the majority-class rate
+    assert not first["promoted"] and first["frozen_now"] and first["frozen_items"] == 45
+    assert "refused by the floor" in first["reason"] and "always 'blue'" in first["reason"]
+    assert [r["rule"] for r in first["floors"] if not r["passed"]] == ["majority"]
+    assert first["floors"][0]["diff_hi"] < 0 and int(client.get_model_version_by_alias(name, "challenger").version) == int(bad)
 
     good_dir = tiny_model_dir(tmp_path / "good0", data["train"])
     t = _fitted_temperature(good_dir, data["val"])
     good = register(tiny_model_dir(tmp_path / "good", data["train"], temperature=t),
                     extra_ids=[r["item_id"] for r in test[:3]])  # it trained on 3 test items
-    better = R.promote_student(client, name, good, test[:5], cfg, cache_dir=cache)  # another test list: frozen wins
+    better = R.promote_student(client, name, good, test[:5], cfg, cache_dir=cache,  # another test list: frozen wins
+                               majority_class="blue", baseline_dir=tmp_path / "bad")
     assert not better["frozen_now"] and better["frozen_items"] == 45
     assert better["left_out_trained"] == 3 and better["compared_items"] == 42
-    assert better["new"]["top1"] > better["champion"]["top1"] + 0.3
-    assert better["promoted"] and champion() == int(good)
+    assert better["new"]["top1"] > better["probe"]["top1"] + 0.3 and better["champion"] is None
+    assert better["promoted"] and champion() == int(good) and "first promotion, floors cleared" in better["reason"]
+    assert all(r["passed"] for r in better["floors"]) and [r["rule"] for r in better["floors"]] == ["majority", "probe"]
 
     worse = register(tiny_model_dir(tmp_path / "bad2", data["train"], shift=2))
-    d = R.promote_student(client, name, worse, test, cfg, cache_dir=cache)
-    assert not d["promoted"] and d["alias"] == "challenger" and "top-1" in d["reason"]
+    d = R.promote_student(client, name, worse, test, cfg, cache_dir=cache, majority_class="blue")
+    assert not d["promoted"] and d["alias"] == "challenger" and "vs the champion" in d["reason"]
+    assert {r["rule"] for r in d["floors"] if not r["passed"]} == {"majority", "champion"}
     assert champion() == int(good) and int(client.get_model_version_by_alias(name, "challenger").version) == int(worse)
 
     overconfident = register(tiny_model_dir(tmp_path / "hot", data["train"], temperature=0.001))
-    d = R.promote_student(client, name, overconfident, test, cfg, cache_dir=cache)
+    d = R.promote_student(client, name, overconfident, test, cfg, cache_dir=cache, majority_class="blue")
     assert d["new"]["top1"] == pytest.approx(d["champion"]["top1"])  # same weights: same answers
+    assert all(r["passed"] for r in d["floors"])  # same answers: within every interval, ECE decides
     assert d["new"]["ece"] > d["champion"]["ece"] + cfg.promotion.ece_margin
     assert not d["promoted"] and "ECE" in d["reason"] and champion() == int(good)
 
     two = register(tiny_model_dir(tmp_path / "two", data["train"], classes=("blue", "green")))
-    d = R.promote_student(client, name, two, test, cfg, cache_dir=cache)
+    d = R.promote_student(client, name, two, test, cfg, cache_dir=cache, majority_class="blue")
     assert d["classes_changed"] and d["only_champion"] == ["red"] and d["shared_classes"] == ["blue", "green"]
     assert d["left_out_trained"] == 3 and d["outside_shared_classes"] == 15 and d["compared_items"] == 27
+    assert d["promoted"] == all(r["passed"] for r in d["floors"]) and champion() == (int(two) if d["promoted"] else int(good))
+    previous = champion()
 
     actions = [(e["action"], e["version"]) for e in R.history(client, name)]
-    assert actions[:4] == [("promoted", int(bad)), ("promoted", int(good)), ("challenger", int(worse)),
+    assert actions[:4] == [("challenger", int(bad)), ("promoted", int(good)), ("challenger", int(worse)),
                            ("challenger", int(overconfident))]
     assert R.register_classifier(client, name, tmp_path / "bad2", "exp").version == worse  # idempotent
 
     event = R.pin_champion(client, name, int(bad), reason="roll back for the test")
-    assert champion() == int(bad) and event["action"] == "rollback" and event["previous_champion"] == int(good)
+    assert champion() == int(bad) and event["action"] == "rollback" and event["previous_champion"] == previous
     last = R.history(client, name)[-1]
     assert last["by"] == "manual" and last["reason"] == "roll back for the test" and last["version"] == int(bad)
     tags = client.get_model_version(name, bad).tags

@@ -140,6 +140,7 @@ def _run_promotion(run: PhaseRun) -> dict[str, Any]:
     from pipeline.core.tracking import db_lock
     from pipeline.core.workspace import Workspace
     from pipeline.training.promotion import run_promotion
+    from pipeline.training.promotion_gate import majority_of
 
     student = run.inputs["calibration"]
     data = _items(run, student)
@@ -151,7 +152,8 @@ def _run_promotion(run: PhaseRun) -> dict[str, Any]:
         metrics = run_promotion(student, data.part("test"), trained, run.cfg, uri, run.out_dir, teacher_dirs=teachers,
                                 teacher_trained={k: trained for k in teachers}, veto=_export_veto(run),
                                 cache_dir=workdir.cache / "registry", device=_runtime(run).device,
-                                export_dir=run.inputs.get("export"))
+                                export_dir=run.inputs.get("export"),
+                                majority_class=majority_of(data.counts().get("train", {}), data.class_names))
     return {**metrics, **_write_manifest(run, metrics, data.frame)}
 
 
@@ -244,7 +246,7 @@ register(
         description="temperature scaling on val NLL, ECE/MCE, the threshold table and the 'not conclusive' threshold",
     ),
     PhaseSpec(
-        name="promotion", version="1", inputs=("split", "calibration", "teacher", "teacher_regional*", "export"),
+        name="promotion", version="2", inputs=("split", "calibration", "teacher", "teacher_regional*", "export"),
         inputs_for=_promotion_inputs, outputs=("report.md", "decision.json"),
         sections=("train", "calibration", "promotion", "tracking"), runtime_keys=_keys("train"),
         run=_run_promotion, reports=("report.md", "decision.json", MANIFEST_FILE), cacheable=False,

@@ -31,7 +31,7 @@ def run_promotion(student_dir: Path, test_items: Sequence[Any], trained_item_ids
                   tracking_uri: str, out_dir: Path, *, teacher_dirs: Mapping[str, Path] | None = None,
                   teacher_trained: Mapping[str, Sequence[str]] | None = None, tags: dict[str, str] | None = None,
                   veto: str | None = None, cache_dir: Path | None = None, device: str = "cpu",
-                  export_dir: Path | None = None) -> dict[str, Any]:
+                  export_dir: Path | None = None, majority_class: str | None = None) -> dict[str, Any]:
     """Register teachers (`teacher_dirs`: phase name 'teacher' / 'teacher_<region>' -> model dir) as
     `<experiment>-teacher[-<region>]` and the calibrated student as `<experiment>-student`, then gate the
     student (`registry.promote_student`). `veto` (e.g. no passing browser variant) keeps it challenger."""
@@ -50,8 +50,9 @@ def run_promotion(student_dir: Path, test_items: Sequence[Any], trained_item_ids
         from pipeline.export.registry_io import attach_variants
 
         attach_variants(client, mv, Path(export_dir))
+    probe = Path(teacher_dirs["teacher"]) / "probe" if teacher_dirs and "teacher" in teacher_dirs else None
     decision = promote_student(client, name, mv.version, test_items, cfg, cache_dir=cache_dir, device=device,
-                               veto=veto)
+                               veto=veto, baseline_dir=probe, majority_class=majority_class)
     decision["registered"] = registered
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +64,12 @@ def run_promotion(student_dir: Path, test_items: Sequence[Any], trained_item_ids
     if decision["champion"]:
         metrics.update(champion_top1=decision["champion"]["top1"], champion_ece=decision["champion"]["ece"],
                        champion_version=decision["champion_version"])
+    for rule in decision.get("floors", []):
+        metrics.update({f"floor_{rule['rule']}_passed": int(rule["passed"]),
+                        f"floor_{rule['rule']}_diff": rule["diff_value"], f"floor_{rule['rule']}_diff_lo": rule["diff_lo"],
+                        f"floor_{rule['rule']}_diff_hi": rule["diff_hi"]})
+    if decision.get("probe"):
+        metrics["probe_top1"] = decision["probe"]["top1"]
     metrics.update(decision=decision["reason"], alias=decision["alias"], registered_model=name)
     return metrics
 
@@ -81,8 +88,16 @@ def write_promotion_report(path: Path, d: dict[str, Any], events: list[dict[str,
              f"| new student | {d['version']} | {d['new']['n']} | {_fig(d['new']['top1'], True)} | {_fig(d['new']['ece'])} |",
              f"| champion | {d['champion_version'] or '-'} | {champ.get('n', '-')} | {_fig(champ.get('top1'), True)} "
              f"| {_fig(champ.get('ece'))} |", "",
-             f"Rule: top-1 not lower than the champion's and ECE at most the champion's + {d['ece_margin']}, on the "
-             "same frozen test items.", "", "## Comparison set", "",
+             *([f"| frozen-probe baseline | - | {d['probe']['n']} | {_fig(d['probe']['top1'], True)} "
+                f"| {_fig(d['probe']['ece'])} |"] if d.get("probe") else []), "",
+             "Rules, on the same frozen test items (intervals: 95% paired bootstrap over photos): above the "
+             f"majority-class rate ('{d.get('majority_class')}') beyond the interval; not worse than the frozen-probe "
+             "baseline beyond the interval (these two floors hold for the first promotion too); with a champion, not "
+             f"worse than it beyond the interval and ECE at most the champion's + {d['ece_margin']}.", "",
+             "| rule | passed | top-1 difference [95% CI] | n (photos) |", "|---|---|---|---|",
+             *[f"| {r['rule']} | {'yes' if r['passed'] else '**no**'} | {_fig(r['diff_value'])} [{_fig(r['diff_lo'])}, "
+               f"{_fig(r['diff_hi'])}] | {int(r['diff_n'])} ({int(r['diff_n_groups'])}) |" for r in d.get("floors", [])],
+             "", "## Comparison set", "",
              f"- frozen test items: {d['frozen_items']}" + (" (frozen now, at the first promotion)" if d['frozen_now'] else ""),
              f"- left out, trained on by either model: {d['left_out_trained']}",
              f"- missing image files: {d['missing_files']}",
