@@ -24,10 +24,20 @@ def _metrics(phases: Mapping[str, Any], name: str) -> dict[str, Any]:
     return {**(p.get("info") or {}), **(p.get("metrics") or {})}
 
 
+def _ci(m: Mapping[str, Any], prefix: str) -> str:
+    """'0.833 [0.70, 0.95] n=22' from <prefix>_ci_value/lo/hi/n metrics (or the bare value)."""
+    v, lo, hi, n = (m.get(f"{prefix}_ci_{k}") for k in ("value", "lo", "hi", "n"))
+    if v is None:
+        return _f(m.get(prefix))
+    return f"{_f(v)} [{_f(lo, '.2f')}, {_f(hi, '.2f')}] n={_f(n, '.0f')}"
+
+
 def _model_rows(phases: Mapping[str, Any]) -> list[tuple[str, ...]]:
     t = _metrics(phases, "teacher")
-    rows = [("baseline (linear probe, frozen teacher)", _f(t.get("baseline_val_top1")), _f(t.get("baseline_test_top1")),
-             "-", "-", "-")]
+    rows = [("majority class (always the most frequent train class)", "-", _f(t.get("test_majority_rate")), "-",
+             "-", "-", "-"),
+            ("baseline (linear probe, frozen teacher)", _f(t.get("baseline_val_top1")), _ci(t, "baseline_test_top1"),
+             "0", "-", "-", "-")]
     names = [("teacher", "teacher")] + [(n, f"regional teacher {n.removeprefix('teacher_')}") for n in sorted(phases)
                                          if n.startswith("teacher_")] + list(MODEL_ROWS[1:])
     for phase, label in names:
@@ -35,15 +45,32 @@ def _model_rows(phases: Mapping[str, Any]) -> list[tuple[str, ...]]:
             continue
         m = _metrics(phases, phase)
         if phase.startswith("teacher_") and "baseline_test_top1" in m:
-            label += f" (global teacher on it: {_f(m['baseline_test_top1'])})"
-        rows.append((label, _f(m.get("val_top1")), _f(m.get("test_top1")), "-", "-", "-"))
+            label += f" (global teacher on it: {_f(m['baseline_test_top1'])}" + \
+                ("" if m.get("teaches", 1) else "; left out of the soft labels") + ")"
+        if m.get("best_epoch") == 0:
+            label += " [kept its starting model]"
+        steps = _f(m.get("steps"), ".0f") + (" (short)" if m.get("short_of_budget") else "")
+        rows.append((label, _f(m.get("val_top1")), _ci(m, "test_top1"), steps, "-", "-", "-"))
     c = _metrics(phases, "calibration")
     if c:
         ece = f"{_f(c.get('ece_before'))} -> {_f(c.get('ece_after'))}"
         reached = "" if c.get("threshold_reached", 1) else " (none reached)"
-        rows.append((f"calibrated (T = {_f(c.get('temperature'))})", _f(c.get("val_top1")), _f(c.get("test_top1")),
+        top1 = (f"{_f(c.get('test_top1'))} [{_f(c.get('test_top1_lo'), '.2f')}, {_f(c.get('test_top1_hi'), '.2f')}] "
+                f"n={_f(c.get('n_test'), '.0f')}")
+        rows.append((f"calibrated (T = {_f(c.get('temperature'))})", _f(c.get("val_top1")), top1, "-",
                      ece, _f(c.get("threshold"), ".2f") + reached, _f(c.get("test_coverage_at_threshold"))))
     return rows
+
+
+def comparison_lines(phases: Mapping[str, Any]) -> list[str]:
+    """Whether each pair of models differs beyond the interval (paired bootstrap over photos)."""
+    from pipeline.training.compare import comparisons
+
+    paths = {name: (phases.get(name) or {}).get("path") for name in ("teacher", "student", "student_no_teacher",
+                                                                      "finetune")}
+    lines = comparisons({k: v for k, v in paths.items() if v and Path(v).is_dir()})
+    return ["comparisons on test (top-1 difference, 95% paired bootstrap over photos):", *(f"- {x}" for x in lines)] \
+        if lines else []
 
 
 def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
@@ -65,7 +92,8 @@ def _calibration_lines(c: Mapping[str, Any]) -> list[str]:
     if not c:
         return []
     head = "threshold reaches" if c.get("threshold_reached", 1) else "NONE REACHED the target; best threshold gives"
-    return [(f"calibration: {head} val precision {_f(c.get('val_precision_at_threshold'))} at coverage "
+    flag = [] if c.get("reliable", 1) else [f"calibration UNRELIABLE: {c.get('reliability', 'too few val items')}"]
+    return flag + [(f"calibration: {head} val precision {_f(c.get('val_precision_at_threshold'))} at coverage "
              f"{_f(c.get('val_coverage_at_threshold'))}; on test precision {_f(c.get('test_precision_at_threshold'))}, "
              f"coverage {_f(c.get('test_coverage_at_threshold'))}; test ECE {_f(c.get('ece_before'))} -> "
              f"{_f(c.get('ece_after'))}, MCE {_f(c.get('mce_before'))} -> {_f(c.get('mce_after'))}")]
@@ -113,9 +141,10 @@ def peak_memory_mb() -> tuple[float, float]:
 def demo_table(summary: Mapping[str, Any], wall_s: float) -> str:
     phases = summary.get("phases") or {}
     lines = ["", "== models (top-1 on the crops' val / test splits) =="]
-    lines += _table(_model_rows(phases), ("model", "val top-1", "test top-1", "ECE before -> after", "threshold",
-                                          "coverage"))
+    lines += _table(_model_rows(phases), ("model", "val top-1", "test top-1 [95% CI over photos]", "steps",
+                                          "ECE before -> after", "threshold", "coverage"))
     lines += random_init_notes(phases)
+    lines += comparison_lines(phases)
     lines += ["", *_calibration_lines(_metrics(phases, "calibration")), *_promotion_lines(_metrics(phases, "promotion")),
               "", *_export_lines(phases), "", *_retrieval_lines(phases)]
     me, child = peak_memory_mb()

@@ -356,12 +356,12 @@ def promote_student(client, name: str, new_version: int | str, test_items: Seque
     failed = [r for r in rules if not r["passed"]]
     if champ is not None and champ.version == new.version:
         promoted, reason = True, "already the champion"
-    elif veto:
-        promoted, reason = False, f"vetoed: {veto}"
+    elif veto or failed:
+        promoted = False
+        reason = "; ".join([*([f"vetoed: {veto}"] if veto else []),
+                            *(["refused by the floor: " + "; ".join(r["text"] for r in failed)] if failed else [])])
     elif not records:
         promoted, reason = False, "no frozen test item left to compare on (shared classes, unseen by both)"
-    elif failed:
-        promoted, reason = False, "refused by the floor: " + "; ".join(r["text"] for r in failed)
     elif champ is None:
         promoted, reason = True, "first promotion, floors cleared: " + "; ".join(r["text"] for r in rules)
     else:
