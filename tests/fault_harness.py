@@ -1,0 +1,286 @@
+"""Kill any phase, resume, compare: the fault-injection harness of tests/test_faults.py and bench/faults.py.
+
+A reference run of a flow (`pipeline run <flow>` through tests/fault_driver.py) records every phase's
+artifact id and how many file-system events each phase makes. Then, for a phase P: a fresh work dir gets
+the reference artifacts of the phases before P (so the run reaches P at once), the flow runs and the
+driver SIGKILLs it at a seeded random event inside P (plus a random delay of up to 20 ms, so the kill may
+land inside a write); then the flow runs again, uninterrupted. Checked after the re-run:
+
+- resumed: it exits 0 with a COMPLETED run record;
+- identical: every phase's artifact id is the reference's, its files are the reference's (size, sha256,
+  and on disk as lineage.json says); a model file whose bytes differ is compared tensor by tensor;
+  promotion (which reads the registry, so its report holds times) is compared by its decision's figures
+  and by the registry's state;
+- clean: no staging folder, no temp or trash file or folder (`*.tmp`, `.tmp-*`, `.trash-*`, a non-empty
+  item-cache `.tmp/`), every lock file free, no process of the killed run alive;
+- registry consistent: `pipeline verify`'s registry check finds nothing (no version without its files, no
+  alias on such a version), no promotion left pending, and the same versions, aliases and history
+  actions as the reference.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+HERE = Path(__file__).resolve().parent
+DRIVER = HERE / "fault_driver.py"
+MARK = "PIPELINE_FAULT_HARNESS"
+
+
+@dataclass
+class Setup:
+    flow: str
+    dataset: Path
+    config: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    fmt: str = "labelme"
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float = 1800
+
+    def argv(self, workdir: Path) -> list[str]:
+        out = ["run", self.flow, "--dataset", str(self.dataset), "--format", self.fmt, "--workdir", str(workdir),
+               "--json", "--no-progress"]
+        if self.config:
+            out += ["--config", str(self.config)]
+        for s in self.sets:
+            out += ["--set", s]
+        return out
+
+
+@dataclass
+class Reference:
+    workdir: Path
+    phases: dict[str, str]  # phase -> artifact id, in plan order
+    counts: dict[str, int]  # phase -> file-system events in its execute_phase
+    registry: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class Row:
+    phase: str
+    events: int = 0
+    kill_at: int = 0
+    killed: bool = False  # the flow process died of SIGKILL
+    in_phase: bool = False  # ... before the phase's artifact was complete
+    resumed: bool = False
+    identical: bool = False
+    clean: bool = False
+    registry: bool = False
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.killed and self.in_phase and self.resumed and self.identical and self.clean and self.registry
+
+
+def run_driver(setup: Setup, workdir: Path, target: str | None = None, kill_at: int = 0, delay_s: float = 0.0,
+               counts: Path | None = None) -> subprocess.CompletedProcess:
+    spec = {"argv": setup.argv(workdir), "target": target, "kill_at": kill_at, "delay_s": delay_s,
+            "counts": str(counts) if counts else None}
+    env = {**os.environ, **setup.env, MARK: str(workdir)}
+    return subprocess.run([sys.executable, str(DRIVER), json.dumps(spec)], capture_output=True, text=True,
+                          env=env, timeout=setup.timeout, cwd=workdir.parent)
+
+
+def _record(workdir: Path) -> dict[str, Any] | None:
+    """The newest COMPLETED run record of a work dir."""
+    done = []
+    for p in (workdir / "runs").glob("*.json"):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("status") == "COMPLETED":
+            done.append((p.stat().st_mtime, rec))
+    return max(done, key=lambda t: t[0])[1] if done else None
+
+
+def registry_state(workdir: Path) -> dict[str, Any]:
+    """Per registered model: versions, aliases, history actions, pending mark (empty without a registry)."""
+    db = workdir / "mlflow.db"
+    if not db.is_file():
+        return {}
+    from pipeline.training.registry import HISTORY_TAG, PENDING_TAG, registry_client
+
+    client = registry_client(f"sqlite:///{db}")
+    out = {}
+    for rm in client.search_registered_models():
+        events = json.loads(rm.tags.get(HISTORY_TAG) or "[]")
+        out[rm.name] = {"versions": len(client.search_model_versions(f"name = '{rm.name}'")),
+                        "aliases": dict(sorted((getattr(rm, "aliases", None) or {}).items())),
+                        "history": [(e["action"], e["version"]) for e in events],
+                        "pending": rm.tags.get(PENDING_TAG)}
+    return out
+
+
+def reference(setup: Setup, workdir: Path) -> Reference:
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    counts = workdir.parent / f"{workdir.name}.counts.json"
+    out = run_driver(setup, workdir, counts=counts)
+    if out.returncode != 0:
+        raise RuntimeError(f"the reference run failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    rec = _record(workdir)
+    return Reference(workdir, {k: v["artifact_id"] for k, v in rec["phases"].items()},
+                     json.loads(counts.read_text()), registry_state(workdir), time.monotonic() - t0)
+
+
+def prepare(ref: Reference, phase: str, workdir: Path) -> None:
+    """A fresh work dir holding the reference artifacts of the phases before `phase` (in plan order)."""
+    for name, aid in ref.phases.items():
+        if name == phase:
+            break
+        src = ref.workdir / "artifacts" / name / aid
+        shutil.copytree(src, workdir / "artifacts" / name / aid)
+
+
+def _weights_equal(a: Path, b: Path) -> bool:
+    from safetensors.numpy import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def compare(ref: Reference, workdir: Path) -> list[str]:
+    """Differences between the re-run's artifacts and the reference's (empty: identical)."""
+    from pipeline.core.store import ArtifactStore
+
+    rec = _record(workdir)
+    if rec is None:
+        return ["no completed run record"]
+    got = {k: v["artifact_id"] for k, v in rec["phases"].items()}
+    store, ref_store = ArtifactStore(workdir / "artifacts"), ArtifactStore(ref.workdir / "artifacts")
+    problems = []
+    for name, aid in ref.phases.items():
+        if got.get(name) != aid:
+            problems.append(f"{name}: artifact id {str(got.get(name))[:12]} instead of {aid[:12]}")
+            continue
+        bad = store.check(name, aid)
+        if bad:
+            problems.append(f"{name}: files differ from their lineage: {bad[:3]}")
+        if name == "promotion":
+            problems += _compare_decisions(ref_store.dir_for(name, aid), store.dir_for(name, aid))
+            continue
+        mine = {o["path"]: o for o in store.read_lineage(name, aid)["outputs"]}
+        theirs = {o["path"]: o for o in ref_store.read_lineage(name, aid)["outputs"]}
+        for path in sorted(set(mine) | set(theirs)):
+            if mine.get(path) == theirs.get(path):
+                continue
+            if path.endswith(".safetensors") and path in mine and path in theirs and _weights_equal(
+                    store.dir_for(name, aid) / path, ref_store.dir_for(name, aid) / path):
+                continue  # identical weights, other bytes
+            problems.append(f"{name}: {path} differs")
+    return problems
+
+
+DECISION_KEYS = ("version", "alias", "promoted", "new", "registered", "compared_items", "frozen_items")
+
+
+def _compare_decisions(ref_dir: Path, got_dir: Path) -> list[str]:
+    a = json.loads((ref_dir / "decision.json").read_text())
+    b = json.loads((got_dir / "decision.json").read_text())
+    return [f"promotion: decision {k} {b.get(k)!r} instead of {a.get(k)!r}" for k in DECISION_KEYS if a.get(k) != b.get(k)]
+
+
+def leftovers(workdir: Path) -> list[str]:
+    """Staging folders, temp/trash files and folders, held locks under the work dir."""
+    import filelock
+
+    found = []
+    staging = workdir / "artifacts" / ".staging"
+    found += [f"staging {p.name}" for p in staging.iterdir()] if staging.is_dir() else []
+    for p in workdir.rglob("*"):
+        rel = p.relative_to(workdir).as_posix()
+        if rel.startswith((".prefect", "artifacts/.staging/")):
+            continue
+        name = p.name
+        if name.endswith(".tmp") or name.startswith((".tmp-", ".trash-")) or (name == ".tmp" and p.is_dir() and any(p.iterdir())):
+            found.append(f"leftover {rel}")
+        elif name.endswith(".lock") and p.is_file():
+            lock = filelock.FileLock(str(p), timeout=0)
+            try:
+                lock.acquire()
+                lock.release()
+            except filelock.Timeout:
+                found.append(f"held lock {rel}")
+    return found
+
+
+def stray_processes(workdir: Path) -> list[psutil.Process]:
+    """Processes of a run in `workdir` (they carry its mark) that are still alive."""
+    out = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and proc.environ().get(MARK) == str(workdir):
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def kill_and_resume(setup: Setup, ref: Reference, phase: str, workdir: Path, rng: np.random.Generator) -> Row:
+    """One row of the table: kill `phase` at a seeded random point, re-run, check (module docstring)."""
+    from pipeline.core.store import ArtifactStore
+    from pipeline.core.verify import VerifyReport, check_registry
+
+    t0 = time.monotonic()
+    row = Row(phase, events=int(ref.counts.get(phase, 0)))
+    workdir.mkdir(parents=True)
+    prepare(ref, phase, workdir)
+    row.kill_at = int(rng.integers(1, max(1, int(row.events * 0.9)) + 1))
+    first = run_driver(setup, workdir, target=phase, kill_at=row.kill_at, delay_s=float(rng.uniform(0, 0.02)))
+    row.killed = first.returncode == -signal.SIGKILL
+    row.in_phase = row.killed and not ArtifactStore(workdir / "artifacts").is_complete(phase, ref.phases[phase])
+    if phase == "promotion":  # uncacheable: its artifact may exist from before only if the kill came after the commit
+        row.in_phase = row.killed and not (workdir / "artifacts" / "promotion").exists()
+    if not row.killed:
+        row.problems.append(f"not killed (exit {first.returncode}): {first.stderr[-800:]}")
+    stray = psutil.wait_procs(stray_processes(workdir), timeout=15)[1]
+    row.problems += [f"process of the killed run alive: {' '.join(p.cmdline())[:120]}" for p in stray]
+    for p in stray:
+        p.kill()
+    second = run_driver(setup, workdir)
+    row.resumed = second.returncode == 0 and _record(workdir) is not None
+    if not row.resumed:
+        row.problems.append(f"re-run failed ({second.returncode}): {second.stderr[-1500:]}")
+        row.seconds = time.monotonic() - t0
+        return row
+    diffs = compare(ref, workdir)
+    row.identical = not diffs
+    left = leftovers(workdir) + [f"process alive: {p.pid}" for p in stray_processes(workdir)]
+    row.clean = not left and not stray
+    report = VerifyReport()
+    if (workdir / "mlflow.db").is_file():
+        check_registry(f"sqlite:///{workdir / 'mlflow.db'}", report, workdir / ".cache")
+    state = registry_state(workdir)
+    reg = [f"{f.path}: {f.problem} {f.detail}" for f in report.findings]
+    reg += [f"registry {k}: {state.get(k)} instead of {v}" for k, v in ref.registry.items() if state.get(k) != v]
+    row.registry = not reg
+    row.problems += diffs + left + reg
+    row.seconds = time.monotonic() - t0
+    return row
+
+
+def table(rows: list[Row]) -> str:
+    def mark(v: bool) -> str:
+        return "yes" if v else "**no**"
+
+    lines = ["| phase | events | killed at | killed in phase | resumed | identical | clean | registry consistent |",
+             "|---|---:|---:|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.phase} | {r.events} | {r.kill_at} | {mark(r.in_phase)} | {mark(r.resumed)} | "
+                     f"{mark(r.identical)} | {mark(r.clean)} | {mark(r.registry)} |")
+    return "\n".join(lines)
