@@ -83,7 +83,11 @@ def test_train_flow_on_jsonl_with_regional_teacher_and_grayscale(prefect_server,
     north = phases["teacher_north"]["metrics"]
     assert 0 < north["n_train"] < teacher["n_train"]  # the regional subset only
     soft = phases["soft_labels"]["metrics"]
-    assert soft["coverage_teacher_north"] == north["n_train"] and soft["max_sum_error"] < 1e-4
+    assert soft["max_sum_error"] < 1e-4
+    if north["teaches"]:  # a regional teacher joins the soft labels only when it beats the global one on its val
+        assert soft["coverage_teacher_north"] == north["n_train"] and soft["n_excluded"] == 0
+    else:
+        assert soft["n_excluded"] == 1 and "coverage_teacher_north" not in soft
     meta = json.loads((Path(phases["calibration"]["path"]) / "model.json").read_text())
     assert meta["class_names"] == list(CLASSES) and meta["source"] == "images" and meta["target"] == "label"
     cal = phases["calibration"]["metrics"]
@@ -95,3 +99,29 @@ def test_train_flow_on_jsonl_with_regional_teacher_and_grayscale(prefect_server,
     assert doc["flow_run_id"] == summary["flow_run_id"] and doc["model"]["phase"] == "calibration"
     assert set(doc["data"]["counts"]) == {"train", "val", "test"} and "teacher_north" in doc["figures"]
     assert (Path(phases["promotion"]["path"]) / "training_manifest.yaml").read_text() == manifest.read_text()
+
+
+@pytest.mark.slow
+def test_train_flow_on_shuffled_labels_completes_and_makes_no_champion(prefect_server, tmp_path):
+    """Nothing can be learnt when labels are shuffled: the run completes and the promotion floors refuse."""
+    from pipeline_flows.train import train
+    from training_helpers import tiny_config
+
+    from pipeline.core.workspace import Workspace
+    from pipeline.training.registry import registry_client
+
+    data = write_jsonl_dataset(tmp_path / "data", per_class=10, seed=3)
+    rows = [json.loads(line) for line in (data / "labels.jsonl").read_text().splitlines()]
+    labels = np.random.default_rng(0).permutation([r["label"] for r in rows])
+    (data / "labels.jsonl").write_text("".join(json.dumps({**r, "label": str(y)}) + "\n" for r, y in zip(rows, labels)))
+    cfg = tiny_config("train.epochs=1", "teacher.mixup_alpha=0", "teacher.cutmix_alpha=0",
+                      "export.onnx_variants=[fp32]", "export.tfjs_variants=[]", "export.n_inputs=8",
+                      "export.n_calibration=4")
+    summary = train(dataset=str(data), format="jsonl", workdir=str(tmp_path / "w"), config=cfg)
+    promotion = summary["phases"]["promotion"]
+    decision = json.loads((Path(promotion["path"]) / "decision.json").read_text())
+    assert promotion["metrics"]["promoted"] == 0 and "refused by the floor" in decision["reason"]
+    assert [r["rule"] for r in decision["floors"] if not r["passed"]][:1] == ["majority"]
+    client = registry_client(Workspace(tmp_path / "w").tracking_uri(cfg))
+    name = decision["name"]
+    assert "champion" not in client.get_registered_model(name).aliases

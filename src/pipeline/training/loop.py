@@ -178,6 +178,7 @@ class _Run:
     fault: int | None
     ckpt: Path
     steps: int = 0
+    bar: Any = None
 
 
 def _to_device(run: _Run, x: Any) -> Any:
@@ -224,6 +225,8 @@ def _optimizer_step(run: _Run, epoch: int, n_batches: int) -> None:
         run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     run.steps += 1
+    if run.bar is not None:
+        run.bar.update(1)
     per_epoch = math.ceil(n_batches / run.recipe.accum_steps)
     run.sched.step_update(epoch * per_epoch + (run.steps - 1) % per_epoch + 1)
     if run.fault is not None and run.steps >= run.fault:
@@ -263,6 +266,14 @@ def _val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "val_top5": float((top == y[:, None]).any(dim=1).float().mean())}
 
 
+def _progress_bar(desc: str | None, total: int) -> Any:
+    if not desc:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{desc}: steps", unit="step", leave=False, dynamic_ncols=True)
+
+
 def _finite(v: Any, default: float) -> float:
     v = float(v)
     return v if math.isfinite(v) else default
@@ -292,7 +303,8 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         checkpoint_dir: str | Path, device: str = "cpu", amp: str = "auto", channels_last: bool = True,
         loss_fn: LossFn | None = None, mixup: Any = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         fail_after_steps: int | None = None, evaluate: Callable[[Any, Any], dict[str, float]] | None = None,
-        monitor: str = "val_top1", eval_initial: bool = False, warmup_steps: int | None = None) -> FitResult:
+        monitor: str = "val_top1", eval_initial: bool = False, warmup_steps: int | None = None,
+        progress: str | None = None) -> FitResult:
     """Train `model` in place (see the module docstring); it ends holding the best epoch's weights."""
     import torch
     from safetensors.torch import load_file
@@ -309,10 +321,13 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     run = _Run(model, opt, sched, scaler, device, dtype, cuda and channels_last, loss_fn or default_loss(recipe),
                mixup, recipe, _fault_budget(ckpt, fail_after_steps), ckpt)
+    run.bar = _progress_bar(progress, epochs * per_epoch)
     state = _load_checkpoint(ckpt, model, opt, sched, scaler)
     history: list[dict[str, float]] = list(state["history"]) if state else []
     resumed = int(state["epoch"]) if state else None
     start = resumed + 1 if state else 0
+    if run.bar is not None:
+        run.bar.update(start * per_epoch)
     stopped = bool(state and state.get("stopped_early"))
     lr_peak = float(recipe.lr)
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -343,8 +358,12 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
                                                                "stopped_early": stopped})
             if on_epoch is not None:
                 on_epoch(epoch, row)
+            if run.bar is not None:
+                run.bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} val top-1 {row.get('val_top1', float('nan')):.3f}")
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        if run.bar is not None:
+            run.bar.close()
     trained = [h for h in history if h.get("epoch", 1) != 0]
     if not trained:
         raise ValueError("fit: no epoch ran (epochs must be >= 1)")

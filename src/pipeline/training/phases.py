@@ -46,7 +46,7 @@ def _runtime(run: PhaseRun):
 
     fail = run.runtime.get("fail_after_steps")
     return PhaseRuntime(device=pick_device(run.cfg.runtime.device), on_epoch=on_epoch,
-                        fail_after_steps=int(fail) if fail else None)
+                        fail_after_steps=int(fail) if fail else None, progress=run.progress, name=run.name)
 
 
 def _common(run: PhaseRun) -> dict[str, Any]:

@@ -31,6 +31,8 @@ class PhaseRuntime:
     device: str = "cpu"
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     fail_after_steps: int | None = None
+    progress: bool = False  # a progress bar of the optimizer steps on stderr
+    name: str = ""  # the phase, for the progress bar
 
 
 @dataclass
@@ -125,7 +127,8 @@ def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loade
     result = fit(model, loaders.train, loaders.val, recipe, epochs=budget.epochs, seed=t.seed,
                  checkpoint_dir=checkpoint_dir, device=rt.device, amp=t.amp, channels_last=t.channels_last,
                  loss_fn=loss_fn, mixup=mixup, on_epoch=rt.on_epoch, fail_after_steps=rt.fail_after_steps,
-                 monitor=MONITOR[t.select_by], eval_initial=start_is_model, warmup_steps=budget.warmup_steps)
+                 monitor=MONITOR[t.select_by], eval_initial=start_is_model, warmup_steps=budget.warmup_steps,
+                 progress=f"{rt.name or title}" if rt.progress else None)
     test, logits, labels = score(model, loaders.test, loaders.frames["test"], data.class_names, rt.device, cfg)
     _, val_logits, val_labels = score(model, loaders.val, loaders.frames["val"], data.class_names, rt.device, cfg,
                                       prefix="val")
