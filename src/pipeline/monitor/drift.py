@@ -3,8 +3,8 @@ reference run and the current one?
 
 Sections and their checks (statistics in `stats`, plots and pages in `drift_report`):
 
-- data: class balance and zone distribution (chi-squared, or Jensen-Shannon on large samples), image
-  width, height and brightness (Kolmogorov-Smirnov), the share of quarantined files, the mix of
+- data: class balance and zone distribution (chi-squared, or Jensen-Shannon on large samples), classes
+  gone or new (named), image width, height and brightness (Kolmogorov-Smirnov), the share of quarantined files, the mix of
   quarantine reasons, and reasons the reference never had (named);
 - embeddings: a domain classifier telling the two runs' photos apart (cross-validated ROC AUC; drift
   above `drift.auc_threshold` when also significant) and an MMD permutation test, on one image
@@ -56,7 +56,8 @@ def data_section(ref: RunSide, cur: RunSide, cfg: Any) -> tuple[list[Check], dic
         side = ref if a is None else cur
         return [stats.skipped("data", "photos", f"the {side.label} run has no split or audit artifact")], {}
     args = (cfg.alpha, cfg.large_n)
-    checks = [stats.categorical("data", "class balance", a["label"], b["label"], *args, cfg.js_threshold)]
+    checks = [stats.categorical("data", "class balance", a["label"], b["label"], *args, cfg.js_threshold),
+              stats.category_set("data", "classes gone or new", a["label"], b["label"])]
     za, zb = zone_values(a), zone_values(b)
     checks.append(stats.categorical("data", "zone distribution", za, zb, *args, cfg.js_threshold) if za and zb
                   else stats.skipped("data", "zone distribution", "no zones in " + ("either run" if not (za or zb)

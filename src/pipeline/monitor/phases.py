@@ -1,5 +1,6 @@
 """Declarations of the monitoring phases: drift (a reference run against this one) and review (what a
-person should label next). Both are in the factory flow after validation, calibration and promotion.
+person should label next). Both are the factory flow's last targets, so they run after validation,
+calibration and promotion, and score with the registry's champion (never a run's unpromoted student).
 
 Both depend on state outside the store, found by their `source` hooks and written into their ids:
 - drift: the reference run (`drift.reference`: the newest completed run of the work dir with a split,
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import PipelineConfig
-from pipeline.core.phases import PHASES, PhaseRun, PhaseSpec, register
+from pipeline.core.phases import PhaseRun, PhaseSpec, register
 
 DRIFT_PHASES = ("audit", "split", "crops", "embeddings")  # what drift reads of each run
 
@@ -95,18 +96,15 @@ def _store_dir(store: Any, phase: str, aid: str | None) -> Path | None:
         return None
 
 
-def _scorer(run: PhaseRun, model: Any, fallback: Path | None):
-    """(Scorer, description) for the champion, else the run's calibrated student, else (None, why)."""
+def _scorer(run: PhaseRun, model: Any):
+    """(Scorer, description) for a registered model, else (None, why there is none)."""
     from pipeline.models.loading import pick_device
     from pipeline.monitor.scoring import Scorer
 
     device, bs = pick_device(run.cfg.runtime.device), run.cfg.train.eval_batch_size
     if hasattr(model, "model_dir") and model.model_dir is not None:
         return Scorer(model.model_dir, device, bs), model.describe()
-    if fallback is not None and (fallback / "model.json").is_file():
-        why = model if isinstance(model, str) else "no champion"
-        return Scorer(fallback, device, bs), f"this run's calibrated student ({why})"
-    return None, model if isinstance(model, str) else "no model"
+    return None, model if isinstance(model, str) else "no champion in the registry"
 
 
 def _run_drift(run: PhaseRun) -> dict[str, Any]:
@@ -125,7 +123,7 @@ def _run_drift(run: PhaseRun) -> dict[str, Any]:
     cur_side = RunSide("current", current, {p: run.inputs.get(p) for p in DRIFT_PHASES},
                        Path(run.runtime["dataset_root"]) if run.runtime.get("dataset_root") else None)
     model = _registry_model(run.cfg, run.runtime, "champion", download=True) if run.params.get("model") else None
-    scorer, desc = _scorer(run, model, run.inputs.get("calibration"))
+    scorer, desc = _scorer(run, model)
     say = (lambda m: print(m)) if run.progress else None
     result = compare(ref_side, cur_side, run.cfg.drift, scorer, run.cfg.train, desc, run.out_dir, say)
     out = metrics(result)
@@ -181,7 +179,7 @@ def _run_review(run: PhaseRun) -> dict[str, Any]:
     if src.get("skip"):
         return skipped_review(run.out_dir, src["skip"])
     model = _registry_model(cfg, run.runtime, cfg.review.model, download=True)
-    scorer, desc = _scorer(run, model, None)
+    scorer, desc = _scorer(run, model)
     if scorer is None:
         return skipped_review(run.out_dir, f"no model to score with: {desc}")
     inbox = Path(cfg.data.inbox).expanduser()
@@ -220,13 +218,9 @@ def publish(out_dir: Path, root: Path, review_id: str) -> dict[str, Any]:
     return {"folder": str(folder)}
 
 
-def _review_inputs(cfg: PipelineConfig, options: dict[str, Any]) -> tuple[str, ...]:
-    return ("split", *(p for p in ("calibration", "promotion") if p in PHASES))
-
-
 register(
     PhaseSpec(
-        name="drift", version="1", inputs=("audit", "split", "crops", "embeddings", "calibration"),
+        name="drift", version="1", inputs=DRIFT_PHASES,
         outputs=("drift.json", "report.md", "drift.html"), sections=("drift", "train"),
         runtime_keys=("train.batch_size", "train.num_workers", "train.amp", "train.channels_last",
                       "train.eval_batch_size", "train.allow_download"),
@@ -237,7 +231,7 @@ register(
         description="data, embedding and prediction drift against a reference run (verdict per section)",
     ),
     PhaseSpec(
-        name="review", version="1", inputs=("split", "calibration", "promotion"), inputs_for=_review_inputs,
+        name="review", version="1", inputs=("split",),
         outputs=("report.md", "review.json", "labelme/queue.csv"), sections=("review",),
         run=_run_review, source=_review_source, extra_params=_review_params,
         reports=("report.md", "review.json", "labelme/queue.csv"),

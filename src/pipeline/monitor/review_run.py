@@ -109,9 +109,10 @@ def _label_checks(inp: ReviewInputs, class_names: list[str], crops_model: bool) 
     return out
 
 
-def run_review(inp: ReviewInputs, cfg: Any, model: Any, scorer: Any, out_dir: Path, detector: Any = None,
-               say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The review (see the module doc); returns its metrics and info."""
+def run_review(inp: ReviewInputs, cfg: Any, model: Any, scorer: Any, out_dir: Path,
+               detector: Callable[[], Any] | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The review (see the module doc); returns its metrics and info. `detector` makes the vehicle detector
+    of the windows mode (default: `detect.*` without a weights dir)."""
     from pipeline.monitor.labelme_out import write_folder
     from pipeline.monitor.scoring import score_photos
 
@@ -120,7 +121,12 @@ def run_review(inp: ReviewInputs, cfg: Any, model: Any, scorer: Any, out_dir: Pa
     mode = rc.scoring if rc.scoring != "auto" else ("windows" if scorer.is_crops_model() else "image")
     cands, left = gather(inp, cfg, scorer.class_names, scorer.is_crops_model())
     say(f"review: scoring {len(cands)} photo(s) ({mode}) with {model.describe()}")
-    scores = score_photos(scorer, [c.path for c in cands], mode, detector, cfg.crops)
+    det = None
+    if mode == "windows":
+        from pipeline.retrieval.detect import make_detector
+
+        det = detector() if detector else make_detector(cfg.detect)
+    scores = score_photos(scorer, [c.path for c in cands], mode, det, cfg.crops)
     bad = apply_scores(cands, scores, scorer.class_names, scorer.threshold, rc.uncertainty)
     left += [(c.source, c.key, why) for c, why in bad]
     scored = [c for c in cands if c.probs is not None]

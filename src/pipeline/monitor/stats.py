@@ -151,6 +151,16 @@ def new_categories(section: str, check: str, ref: Sequence[Any], cur: Sequence[A
                  sum(cr.values()), sum(cc.values()), bool(new), f"new: {detail}")
 
 
+def category_set(section: str, check: str, ref: Sequence[Any], cur: Sequence[Any]) -> Check:
+    """Categories gone from the current side or new in it (e.g. a class nobody photographed any more)."""
+    cr, cc = Counter(map(str, ref)), Counter(map(str, cur))
+    gone, new = sorted(k for k in cr if k not in cc), sorted(k for k in cc if k not in cr)
+    parts = ([f"gone: {', '.join(f'{k} ({cr[k]} before)' for k in gone)}"] if gone else []) + \
+            ([f"new: {', '.join(f'{k} ({cc[k]})' for k in new)}"] if new else [])
+    return Check(section, check, "categories gone or new", float(len(gone) + len(new)), "any gone or new", 0.0,
+                 None, sum(cr.values()), sum(cc.values()), bool(gone or new), "; ".join(parts) or "same categories")
+
+
 def auc_p_value(auc: float, n0: int, n1: int) -> float:
     """One-sided p-value of AUC > 0.5 (the Mann-Whitney U normal approximation, no ties correction)."""
     from scipy.stats import norm
