@@ -202,3 +202,23 @@ def test_drift_phase_first_run_then_against_the_previous_run(shifted, tmp_path):
     assert {s: v["verdict"] for s, v in doc["sections"].items()} == {
         "data": "drift", "embeddings": "no drift", "predictions": "no drift"}
     assert RunRecord.load(work, base.flow_run_id).status == "COMPLETED"
+
+    # the app's Runs page shows the latest drift table
+    from streamlit.testing.v1 import AppTest
+
+    bad.phases["drift"] = {**ArtifactRef.model_validate(result.model_dump()).model_dump(), "metrics": result.metrics,
+                           "info": result.info}
+    bad.status = "COMPLETED"
+    bad.save(work)
+    page = AppTest.from_function(_runs_page, args=(str(work),))
+    page.run(timeout=120)
+    assert not page.exception
+    assert any("DRIFT in data (new quarantine reasons)" in e.value for e in page.error)
+    table = page.dataframe[1].value  # run list first, then the drift table
+    assert "new quarantine reasons (drift)" in set(table["check"])
+
+
+def _runs_page(workdir: str) -> None:
+    from pipeline.app.webapp.runs_page import render_runs
+
+    render_runs(workdir)

@@ -211,7 +211,7 @@ def config_keys() -> None:
 
 
 # The other commands, registered on `app` when their modules are imported (they import no heavy library).
-from pipeline.app import cli_data, cli_models, cli_ops, cli_verify  # noqa: E402,F401
+from pipeline.app import cli_data, cli_models, cli_monitor, cli_ops, cli_verify  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover

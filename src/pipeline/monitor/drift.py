@@ -111,9 +111,10 @@ def embeddings_section(ref: RunSide, cur: RunSide, cfg: Any) -> tuple[list[Check
     return bonferroni([dom, mmd], cfg.alpha), extras
 
 
-def predictions_section(ref: RunSide, cur: RunSide, cfg: Any, scorer: Any, train_cfg: Any) -> tuple[list[Check], dict]:
+def predictions_section(ref: RunSide, cur: RunSide, cfg: Any, scorer: Any, train_cfg: Any,
+                        no_model: str = "") -> tuple[list[Check], dict]:
     if scorer is None:
-        return [stats.skipped("predictions", "model answers", "no model to score with")], {}
+        return [stats.skipped("predictions", "model answers", f"no model to score with: {no_model or 'none given'}")], {}
     items = [prediction_items(side, train_cfg, cfg.max_items, cfg.seed) for side in (ref, cur)]
     for it in items:
         if isinstance(it, str):
@@ -164,12 +165,12 @@ def compare(ref: RunSide, cur: RunSide, cfg: Any, scorer: Any = None, train_cfg:
     say("drift: embeddings")
     e_checks, e_extra = embeddings_section(ref, cur, cfg)
     say("drift: predictions")
-    p_checks, p_extra = predictions_section(ref, cur, cfg, scorer, train_cfg)
+    p_checks, p_extra = predictions_section(ref, cur, cfg, scorer, train_cfg, "" if scorer else model)
     checks = d_checks + e_checks + p_checks
     result = {
         "reference": {"run": ref.run, "dataset_root": str(ref.dataset_root) if ref.dataset_root else None},
         "current": {"run": cur.run, "dataset_root": str(cur.dataset_root) if cur.dataset_root else None},
-        "model": model or "none",
+        "model": model if scorer is not None else f"none ({model or 'not given'})",
         "sections": verdicts(checks),
         "checks": [c.to_dict() for c in checks],
         "shared_photos": e_extra.get("shared"),

@@ -148,3 +148,14 @@ def prediction_items(side: RunSide, train_cfg: Any, max_items: int, seed: int) -
     frame = data.frame[["key", "path", "item_id"]] if "item_id" in data.frame.columns else \
         data.frame[["key", "path"]].assign(item_id=data.frame["key"])
     return sample(frame.reset_index(drop=True), "key", max_items, seed).reset_index(drop=True)
+
+
+def side_from_record(store: Any, rec: Any, label: str, phases: tuple[str, ...] = ("audit", "split", "crops",
+                                                                                    "embeddings")) -> RunSide:
+    """A run record's side: its artifacts that are still complete in the store, its dataset root."""
+    dirs: dict[str, Path | None] = {}
+    for phase in phases:
+        aid = (rec.phases.get(phase) or {}).get("artifact_id")
+        dirs[phase] = Path(store.dir_for(phase, aid)) if aid and store.is_complete(phase, aid) else None
+    root = rec.run.get("dataset_root")
+    return RunSide(label, rec.flow_run_id, dirs, Path(root) if root else None)

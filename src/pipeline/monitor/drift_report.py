@@ -193,3 +193,17 @@ def write_report(result: dict[str, Any], extra: dict[str, Any], out_dir: Path) -
     (out_dir / "report.md").write_text(markdown(result, plots), encoding="utf-8")
     (out_dir / "drift.html").write_text(page(result, plots), encoding="utf-8")
     return plots
+
+
+def latest_drift(store: Any, records: list[Any]) -> tuple[Any, Path, dict[str, Any]] | None:
+    """(run record, artifact dir, drift.json) of the newest run with a drift report in the store, else None."""
+    for rec in records:
+        aid = (rec.phases.get("drift") or {}).get("artifact_id")
+        if not aid or not store.is_local or not store.is_complete("drift", aid):
+            continue
+        root = Path(store.dir_path("drift", aid))
+        try:
+            return rec, root, json.loads((root / "drift.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None

@@ -27,6 +27,7 @@ def render_runs(workdir: str) -> None:
         st.info(f"No flow runs recorded in {ctx.workdir}/runs yet.")
         return
     st.dataframe(runs_view.run_rows(records), hide_index=True)
+    _latest_drift(ctx, records)
     rec = _pick_run("Run", records, 0, "run")
     st.markdown(f"**Run `{rec.flow_run_id}`** — {rec.flow}, {rec.status}, started {rec.started_at}, "
                 f"finished {rec.finished_at or '-'}, dataset `{rec.run.get('dataset_root')}`")
@@ -45,6 +46,30 @@ def render_runs(workdir: str) -> None:
     if "metrics.json" in files:
         with st.expander("metrics.json"):
             st.json(json.loads(files["metrics.json"].read_text(encoding="utf-8")))
+
+
+def _latest_drift(ctx, records: list) -> None:
+    """The newest drift report: its verdict per section and every check, the plots behind an expander."""
+    from pipeline.monitor.drift_report import PLOTS, latest_drift, summary_line, table_rows
+
+    found = latest_drift(ctx.store, records)
+    st.subheader("Drift (latest)")
+    if found is None:
+        st.caption("No run has a drift report yet (the factory's drift phase compares each run with the previous "
+                   "one; `pipeline drift` compares any two).")
+        return
+    rec, root, result = found
+    text = summary_line(result)
+    (st.error if "DRIFT in" in text else st.success if "no drift" in text else st.info)(
+        f"Run `{rec.flow_run_id[:8]}`: {text}")
+    if not result.get("skipped"):
+        rows = [{k: v.replace(" **DRIFT**", " (drift)") for k, v in r.items()} for r in table_rows(result)]
+        st.dataframe(rows, hide_index=True)
+        plots = [root / p for p in PLOTS if (root / p).is_file()]
+        if plots:
+            with st.expander("Drift plots"):
+                for path in plots:
+                    st.image(str(path), caption=path.name, width="stretch")
 
 
 def _diff_body(d: dict[str, Any]) -> None:
