@@ -196,3 +196,24 @@ def test_crops_model_scores_windows_and_writes_them_as_hints(world, tmp_path):
     result = scan(folder, "labelme", DataConfig())
     assert [c.label for c in result.candidates] == ["no_damage"]
     assert result.candidates[0].issues and {i.reason for i in result.candidates[0].issues} == {"unknown_label"}
+
+
+def test_nightly_deployment_passes_the_inbox_and_says_when_review_is_skipped(tmp_path):
+    """`pipeline deploy --inbox DIR` fills the nightly's config.data.inbox; without it, review says why it skipped."""
+    import yaml
+
+    from pipeline.app.packaged import packaged_file
+    from pipeline.core.config import PipelineConfig
+    from pipeline.monitor.phases import _review_source
+
+    nightly = next(d for d in yaml.safe_load(packaged_file("prefect.yaml").read_text())["deployments"]
+                   if d["name"] == "nightly")
+    assert nightly["parameters"]["config"] == {"data": {"inbox": "{{ $PIPELINE_INBOX }}"}}
+    assert {"dataset", "format", "workdir"} <= set(nightly["parameters"])
+    for value, why in (("", "no inbox: data.inbox is not set"),
+                       (str(tmp_path / "nowhere"), f"the inbox folder {tmp_path / 'nowhere'} does not exist")):
+        cfg = PipelineConfig.model_validate({"data": {"inbox": value}})
+        assert _review_source(cfg, {"workdir": str(tmp_path)}) == {"review_source": {"skip": why}}
+    (tmp_path / "empty").mkdir()
+    cfg = PipelineConfig.model_validate({"data": {"inbox": str(tmp_path / "empty")}})
+    assert "holds no images" in _review_source(cfg, {"workdir": str(tmp_path)})["review_source"]["skip"]

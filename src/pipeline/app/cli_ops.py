@@ -84,13 +84,15 @@ def deploy_cmd(
                                      help="Where the flow runs start (must exist where the workers run). Default: here."),
     prefect_file: Optional[Path] = typer.Option(None, "--prefect-file", exists=True, dir_okay=False,
                                                 help="A prefect.yaml to deploy instead of the packaged one."),
+    inbox: Optional[Path] = typer.Option(None, "--inbox", file_okay=False, help="Photos without labels the nightly "
+                                         "reviews (its data.inbox); without it the nightly's review says it is skipped."),
 ) -> None:
     """Register prefect.yaml's deployments (nightly, adhoc, data-prep, run-phase) non-interactively."""
     from pipeline.app.deploy import deploy
 
     try:
         out = deploy(workdir.resolve(), dataset.resolve(), format.value, timezone, names=name,
-                     project_dir=project_dir, prefect_file=prefect_file)
+                     project_dir=project_dir, prefect_file=prefect_file, inbox=inbox.resolve() if inbox else None)
     except RuntimeError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None

@@ -22,7 +22,7 @@ DEPLOYMENTS = ("nightly", "adhoc", "data-prep", "run-phase", "gpu")
 
 def deploy(workdir: Path, dataset: Path, fmt: str, timezone: str = "UTC", names: list[str] | None = None,
            api_url: str | None = None, timeout: float = 600, project_dir: Path | None = None,
-           prefect_file: Path | None = None) -> str:
+           prefect_file: Path | None = None, inbox: Path | None = None) -> str:
     """Register the deployments (all, or `names`); return prefect's output. RuntimeError on failure."""
     from pipeline.app.services import api_url as running_api
 
@@ -45,6 +45,7 @@ def deploy(workdir: Path, dataset: Path, fmt: str, timezone: str = "UTC", names:
         "PIPELINE_FORMAT": fmt,
         "PIPELINE_WORKDIR": str(workdir),
         "PIPELINE_TIMEZONE": timezone,
+        "PIPELINE_INBOX": str(inbox) if inbox else "",  # the nightly's data.inbox (empty: review says it is skipped)
     }
     cmd = [bin_path("prefect"), "--no-prompt", "deploy", "--prefect-file", str(template)]
     if names:
