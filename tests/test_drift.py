@@ -166,26 +166,24 @@ def test_each_shift_is_named_in_its_section(shifted):
 
 
 # -- the phase and the flow ---------------------------------------------------------------------------
-def test_drift_phase_first_run_then_against_the_previous_run(shifted, tmp_path):
+@pytest.fixture(scope="module")
+def phase_work(shifted, tmp_path_factory):
+    """The drift phase as the factory runs it, without Prefect: on the first run (nothing to compare with),
+    then, with a champion registered, on a run of the same photos plus bad files against the previous run."""
     from pipeline.core.runner import PhaseContext, execute_phase
-    from pipeline.core.runs import RunRecord
     from pipeline.core.store import ArtifactRef
     from pipeline.core.workspace import Workspace
 
-    work = tmp_path / "work"
+    work = tmp_path_factory.mktemp("drift-phase") / "work"
     cfg = build_config({}, ["drift.mmd_permutations=100", "crops.grid_size=128", "detect.backend=none",
                             "embed.image_model=test_efficientnet", "embed.allow_random_init=true"])
     chain = ("dataset", "audit", "split", "crops", "contexts", "embeddings")
-    base = record_run(Path(shifted["runs"]["base"].run["dataset_root"]), work, cfg, chain)
     ctx = PhaseContext(store=Workspace(work).store(cfg), progress=False)
-    inputs = {p: ArtifactRef.model_validate(base.phases[p]) for p in ("audit", "split", "crops", "embeddings")}
-
+    base = record_run(Path(shifted["runs"]["base"].run["dataset_root"]), work, cfg, chain)
     base.status = "RUNNING"  # as during the first flow run: nothing earlier to compare with
     base.save(work)
+    inputs = {p: ArtifactRef.model_validate(base.phases[p]) for p in ("audit", "split", "crops", "embeddings")}
     first = execute_phase("drift", cfg, inputs, ctx, runtime=runtime(work, base.run["dataset_root"]))
-    assert first.info["drift"].startswith("skipped: first run: no earlier completed run")
-    assert "Drift not measured: first run" in (Path(first.path) / "report.md").read_text()
-
     base.status = "COMPLETED"
     base.save(work)
     register_champion(work, shifted["model"], cfg)
@@ -195,22 +193,31 @@ def test_drift_phase_first_run_then_against_the_previous_run(shifted, tmp_path):
     bad.save(work)
     inputs = {p: ArtifactRef.model_validate(bad.phases[p]) for p in ("audit", "split", "crops", "embeddings")}
     result = execute_phase("drift", cfg, inputs, ctx, runtime=runtime(work, str(bad_root)))
+    bad.phases["drift"] = {**ArtifactRef.model_validate(result.model_dump()).model_dump(), "metrics": result.metrics,
+                           "info": result.info}
+    bad.status = "COMPLETED"
+    bad.save(work)
+    return {"work": work, "base": base, "bad": bad, "first": first, "result": result}
+
+
+def test_drift_phase_first_run_then_against_the_previous_run(phase_work):
+    from pipeline.core.runs import RunRecord
+
+    first, result, base, bad = (phase_work[k] for k in ("first", "result", "base", "bad"))
+    assert first.info["drift"].startswith("skipped: first run: no earlier completed run")
+    assert "Drift not measured: first run" in (Path(first.path) / "report.md").read_text()
     assert result.info["reference_run"] == base.flow_run_id and result.info["drifted"] == "data"
     assert result.info["prefect_tags"] == "drift:data" and result.metrics["n_drifted_sections"] == 1
     doc = json.loads((Path(result.path) / "drift.json").read_text())
     assert doc["current"]["run"] == bad.flow_run_id and doc["model"].endswith("version 1 (champion)")
     assert {s: v["verdict"] for s, v in doc["sections"].items()} == {
         "data": "drift", "embeddings": "no drift", "predictions": "no drift"}
-    assert RunRecord.load(work, base.flow_run_id).status == "COMPLETED"
+    assert RunRecord.load(phase_work["work"], base.flow_run_id).status == "COMPLETED"
 
     # the app's Runs page shows the latest drift table
     from streamlit.testing.v1 import AppTest
 
-    bad.phases["drift"] = {**ArtifactRef.model_validate(result.model_dump()).model_dump(), "metrics": result.metrics,
-                           "info": result.info}
-    bad.status = "COMPLETED"
-    bad.save(work)
-    page = AppTest.from_function(_runs_page, args=(str(work),))
+    page = AppTest.from_function(_runs_page, args=(str(phase_work["work"]),))
     page.run(timeout=120)
     assert not page.exception
     assert any("DRIFT in data (new quarantine reasons)" in e.value for e in page.error)
@@ -222,3 +229,19 @@ def _runs_page(workdir: str) -> None:
     from pipeline.app.webapp.runs_page import render_runs
 
     render_runs(workdir)
+
+
+@pytest.mark.slow
+def test_a_drifted_section_tags_the_flow_run(prefect_server, phase_work):
+    """In a flow (here `run-phase drift` from the recorded run), a drifted section becomes a Prefect run tag."""
+    from prefect.client.orchestration import get_client
+
+    from pipeline_flows.run_phase import run_phase
+
+    work, bad = phase_work["work"], phase_work["bad"]
+    bad.config["drift"]["reference"] = phase_work["base"].flow_run_id  # the recorded run is the newest now
+    bad.save(work)
+    summary = run_phase(phase="drift", from_run=bad.flow_run_id, workdir=str(work))
+    assert summary["phases"]["drift"]["info"]["drifted"] == "data"
+    with get_client(sync_client=True) as client:
+        assert "drift:data" in client.read_flow_run(summary["flow_run_id"]).tags
