@@ -7,7 +7,9 @@ spec: {"argv": [pipeline CLI arguments], "target": phase or null, "kill_at": k, 
        "counts": path or null}
 
 A sys.addaudithook counts the file-system events (open, rename/replace, mkdir, remove, rmtree, copy,
-link, sqlite connect) that happen while each phase's `execute_phase` runs in this (the flow) process;
+link, sqlite connect) on paths under the work dir or the dataset (not the interpreter's own imports or a
+shared font cache, which vary from run to run) while each phase's `execute_phase` runs in this (the
+flow) process;
 at the k-th event of the target phase it SIGKILLs this process, after `delay_s` seconds (so the kill can
 land inside the write that follows the event). With `counts`, the per-phase event counts are written
 there when the command ends (the reference run).
@@ -26,6 +28,18 @@ EVENTS = frozenset({"open", "os.rename", "os.replace", "os.remove", "os.rmdir", 
                     "shutil.copyfile", "shutil.copytree", "os.link", "os.truncate", "sqlite3.connect"})
 
 
+def under(roots: tuple[str, ...], args: tuple) -> bool:
+    """Whether an audit event's first path arguments lie under one of `roots` (realpaths)."""
+    for a in args[:2]:
+        if isinstance(a, (str, bytes, os.PathLike)) and os.path.realpath(os.fsdecode(a)).startswith(roots):
+            return True
+    return False
+
+
+def roots_of(argv: list[str]) -> tuple[str, ...]:
+    return tuple(os.path.realpath(argv[argv.index(flag) + 1]) for flag in ("--workdir", "--dataset") if flag in argv)
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     target, kill_at, delay = spec.get("target"), int(spec.get("kill_at") or 0), float(spec.get("delay_s") or 0)
@@ -35,8 +49,10 @@ def main() -> None:
     def kill() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
+    roots = roots_of(spec["argv"])
+
     def hook(event: str, args: tuple) -> None:
-        if event not in EVENTS or state["phase"] is None:
+        if event not in EVENTS or state["phase"] is None or not under(roots, args):
             return
         phase = state["phase"]
         counts[phase] += 1

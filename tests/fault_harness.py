@@ -26,9 +26,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import psutil
@@ -124,6 +125,62 @@ def registry_state(workdir: Path) -> dict[str, Any]:
                         "history": [(e["action"], e["version"]) for e in events],
                         "pending": rm.tags.get(PENDING_TAG)}
     return out
+
+
+_COUNTING: dict[str, Any] = {"phase": None, "counts": None, "roots": ()}
+
+
+def _count(event: str, args: tuple) -> None:
+    from fault_driver import EVENTS, under
+
+    if _COUNTING["counts"] is not None and _COUNTING["phase"] and event in EVENTS and under(_COUNTING["roots"], args):
+        _COUNTING["counts"][_COUNTING["phase"]] = _COUNTING["counts"].get(_COUNTING["phase"], 0) + 1
+
+
+@contextmanager
+def counting(roots: tuple[str, ...], phase: str | None = None) -> Iterator[dict[str, int]]:
+    """Count the driver's file-system events under `roots` in this process (per phase, or all under
+    `phase`) while the block runs."""
+    if not _COUNTING.get("installed"):
+        sys.addaudithook(_count)  # cannot be removed: counts only while _COUNTING["counts"] is set
+        _COUNTING["installed"] = True
+    _COUNTING.update(counts={}, roots=roots, phase=phase)
+    try:
+        yield _COUNTING["counts"]
+    finally:
+        _COUNTING.update(counts=None, phase=None)
+
+
+def reference_in_process(setup: Setup, workdir: Path) -> Reference:
+    """The reference run in this process (its imports are paid once): the same counting as the driver's."""
+    import pipeline_tasks.phase as task_phase
+    from fault_driver import roots_of
+    from pipeline.app.cli import app
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    real = task_phase.execute_phase
+
+    def execute_phase(name, *args, **kwargs):
+        _COUNTING["phase"] = name
+        try:
+            return real(name, *args, **kwargs)
+        finally:
+            _COUNTING["phase"] = None
+
+    t0 = time.monotonic()
+    saved = {k: os.environ.get(k) for k in setup.env}
+    os.environ.update(setup.env)
+    task_phase.execute_phase = execute_phase
+    try:
+        with counting(roots_of(setup.argv(workdir))) as counts:
+            app(setup.argv(workdir), standalone_mode=False)
+    finally:
+        task_phase.execute_phase = real
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    rec = _record(workdir)
+    return Reference(workdir, {k: v["artifact_id"] for k, v in rec["phases"].items()}, counts,
+                     registry_state(workdir), time.monotonic() - t0)
 
 
 def reference(setup: Setup, workdir: Path) -> Reference:
