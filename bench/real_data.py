@@ -149,7 +149,7 @@ def table(summary: dict, flow_wall: float, plain: dict | None) -> str:
                       f"{c.get('test_brier_before', 0):.3f} -> {c.get('test_brier_after', 0):.3f}; n val "
                       f"{c.get('n_val', 0):.0f}, n test {c.get('n_test', 0):.0f}; "
                       + ("reliable" if c.get("reliable", 1) else f"UNRELIABLE: {c.get('reliability', '')}")]
-    lines += export_lines(_artifact(ph, "export"))
+    lines += export_lines(_artifact(ph, "export"), m.get("export", {}))
     p = m.get("promotion", {})
     if p:
         lines += ["", f"promotion: {'PROMOTED' if p.get('promoted') else 'refused (challenger)'}: {p.get('decision')}"]
@@ -160,17 +160,13 @@ def table(summary: dict, flow_wall: float, plain: dict | None) -> str:
     return "\n".join(lines)
 
 
-def export_lines(export_dir: Path | None) -> list[str]:
+def export_lines(export_dir: Path | None, metrics: dict) -> list[str]:
     if export_dir is None or not (export_dir / "export.json").is_file():
         return ["", "export: not run"]
-    info = json.loads((export_dir / "export.json").read_text())
-    out = ["", "export variants (agreement with torch on the gate inputs):"]
-    for v in info.get("variants", []):
-        g = v.get("gate") or v.get("figures") or {}
-        out.append(f"  {v.get('name', v.get('variant', '?'))}: {'PASS' if v.get('passed') else 'refused'}; "
-                   + ", ".join(f"{k} {g[k]:.4f}" for k in ("top1_agreement", "max_abs_dp", "mean_kl", "min_image_corr")
-                               if isinstance(g.get(k), (int, float))))
-    return out
+    from pipeline.export.cards import gate_table
+
+    return ["", "export gate (agreement with torch on the gate inputs; latency ms per image):",
+            gate_table(export_dir, metrics)]
 
 
 def shuffled_dataset(split_path: Path, crops: Path | None, dataset: Path, cfg: Any, out: Path, seed: int) -> Path:

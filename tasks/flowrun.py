@@ -91,7 +91,32 @@ def run_pipeline(name: str, cfg: PipelineConfig, workdir: str, dataset: str | No
         run = begin_flow(name, cfg, workdir, dataset, fmt, progress)
         try:
             results = run_dag(targets, cfg, run)
+            seeds = run_seeds(targets, cfg, run, results)
         except BaseException:
             end_flow(cfg, run, {}, ok=False)
             raise
-        return end_flow(cfg, run, results)
+        summary = end_flow(cfg, run, results)
+        return {**summary, "seeds": seeds} if seeds else summary
+
+
+SEEDED = ("teacher", "student", "student_no_teacher", "finetune")
+
+
+def run_seeds(targets: tuple[str, ...], cfg: PipelineConfig, run: RunInfo,
+              results: dict[str, PhaseResult]) -> dict[str, Any]:
+    """`train.seeds` > 1: the training phases again with seeds train.seed + 1, ...; per model its test top-1
+    per seed, mean and spread (max - min). The first seed's results stay the run's (record, summary)."""
+    from pipeline.core.seeds import seed_summary
+
+    wanted = tuple(t for t in SEEDED if t in results)
+    if cfg.train.seeds <= 1 or not wanted:
+        return {}
+    per_seed = [{k: results[k].metrics for k in wanted}]
+    for i in range(1, cfg.train.seeds):
+        other = cfg.model_copy(deep=True)
+        other.train.seed = cfg.train.seed + i
+        extra = run_dag(wanted, other, run)
+        per_seed.append({k: extra[k].metrics for k in wanted if k in extra})
+    for result in results.values():  # the run record keeps the first seed's phases
+        record_phase(run, result)
+    return seed_summary([cfg.train.seed + i for i in range(cfg.train.seeds)], per_seed)

@@ -130,3 +130,17 @@ def test_the_student_learns_a_separable_set_within_its_step_budget(patterns, tmp
     m = run_student(split, cfg, tmp_path / "s", tmp_path / "ck", dataset_root=root)
     assert m["steps"] >= 60 and not m["short_of_budget"] and m["random_init"] == 0.0
     assert m["test_top1"] >= m["test_majority_rate"] + 0.3, m
+
+
+def test_seed_summary_gives_mean_and_spread_and_the_table_prints_it():
+    from pipeline.app.demo_report import demo_table
+    from pipeline.core.seeds import seed_summary
+
+    seeds = seed_summary([0, 1, 2], [{"student": {"test_top1": 0.8, "val_top1": 0.7}},
+                                     {"student": {"test_top1": 0.9, "val_top1": 0.6}},
+                                     {"student": {"test_top1": 0.7}}])
+    row = seeds["student"]
+    assert row["test_top1_mean"] == pytest.approx(0.8) and row["test_top1_spread"] == pytest.approx(0.2)
+    assert row["val_top1_mean"] == pytest.approx(0.65) and math.isnan(row["val_top1"][2])
+    text = demo_table({"phases": {}, "seeds": seeds}, 10.0)
+    assert "student: test top-1 mean 0.800, spread 0.200" in text

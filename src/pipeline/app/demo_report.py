@@ -145,6 +145,10 @@ def demo_table(summary: Mapping[str, Any], wall_s: float) -> str:
                                           "ECE before -> after", "threshold", "coverage"))
     lines += random_init_notes(phases)
     lines += comparison_lines(phases)
+    if summary.get("seeds"):
+        from pipeline.core.seeds import seed_lines
+
+        lines += ["over train.seeds:", *(f"- {x}" for x in seed_lines(summary["seeds"]))]
     lines += ["", *_calibration_lines(_metrics(phases, "calibration")), *_promotion_lines(_metrics(phases, "promotion")),
               "", *_export_lines(phases), "", *_retrieval_lines(phases)]
     me, child = peak_memory_mb()

@@ -113,6 +113,9 @@ class TrainConfig(Section):
                             "the report says when the cap leaves a phase short of its budget.")
     select_by: Literal["top1", "nll"] = Field("top1", description="Best epoch: val top-1 (ties: lower val NLL, then "
                                               "the later epoch) or val NLL (ties: the later epoch).")
+    seeds: int = Field(1, ge=1, le=10, description="Repeat the training phases (teachers to fine-tune) with seeds "
+                       "train.seed, +1, ...; the run summary gives each model's mean and spread (the first seed's "
+                       "models go on to calibration, export and promotion).")
     image_size: int = Field(224, ge=16, description="Input side of every training phase that does not set its own.")
     batch_size: int = Field(32, ge=1, description="Runtime: batch size of every phase that does not set its own.")
     max_items: int | None = Field(None, ge=1, description="Use at most this many items per split (a deterministic subset).")

@@ -191,7 +191,8 @@ def _training_lines(result: FitResult, budget: Any, start_name: str) -> list[str
              f"Peak lr {result.lr_peak:g}; {result.epochs_run} epochs run, {result.steps} optimizer steps in this "
              f"process; stopped because {result.stop_reason}. Best: {best} (val top-1 {result.best_val_top1:.3f}).", "",
              "![curves](curves.png)", ""]
-    return lines + _table([(h.get("epoch", i + 1), h["train_loss"], h["val_loss"], h["val_top1"], h["val_top5"], h["lr"])
+    return lines + _table([(h.get("epoch", i + 1), h["train_loss"], h["val_loss"], h["val_top1"], h["val_top5"],
+                            f"{h['lr']:.2e}")
                            for i, h in enumerate(result.history)],
                           ("epoch", "train loss", "val loss", "val top-1", "val top-5", "lr"))
 
