@@ -214,7 +214,8 @@ class StudentConfig(PhaseTrainConfig):
     arch: str = Field("tf_efficientnet_lite0", description="timm architecture (recipe: mobilenetv2_100, which has "
                       "no offline weights here).")
     optimizer: Literal["adamw", "adam", "sgd"] = "adam"
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (1e-3 moves a small pretrained student within its "
+                      "step budget; 1e-4 left it near its starting probe).")
     weight_decay: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     distill_weight: float | list[float] = Field(0.7, description="Loss = w * KL(teacher_T || student_T) * T^2 + "
