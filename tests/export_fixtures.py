@@ -78,3 +78,47 @@ def make_student(root: Path, split_path: Path, steps: int = 60, image_size: int 
         opt.step()
     out = save_classifier(model.eval(), {**meta, "temperature": 1.3, "threshold": 0.6}, root / "calibration")
     return out
+
+
+# -- whole photos for a model trained on crops -----------------------------------------------------
+
+# The student above with "blobs" playing the clean surface: a crops model whose windows are pattern tiles.
+CROP_CLASSES = ("checker", "hstripes", "vstripes", "clean")
+TILE = 96  # a tile of a photo: a 72 px pattern resized up; one grid window of CROP_RULE
+CROP_RULE = {"source": "crops", "target": "damage_class", "grid_size": TILE, "grid_overlap": 0.0,
+             "min_vehicle_fraction": 0.7, "target_size": SIZE, "clean_class": "clean",
+             "detector": {"backend": "none", "reason": "test fixture: the whole photo is the vehicle box", "weights": None},
+             "detect": {"backend": "none"}}
+PHOTOS = {"clean": [["blobs"] * 3, ["blobs"] * 3], "one_checker": [["blobs", "checker", "blobs"], ["blobs"] * 3],
+          "stripes": [["hstripes", "blobs"], ["blobs", "vstripes"]]}
+
+
+def make_photos(root: Path, seed: int = 7) -> dict[str, Path]:
+    """Photos tiled from 96 px pattern tiles (PHOTOS), plus an odd-sized one (250x170: windows clamped
+    into the photo and overlapping) cut from a tiled photo; {name: path}."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, rows in {**PHOTOS, "odd": [["checker", "blobs", "vstripes"], ["blobs", "hstripes", "blobs"]]}.items():
+        canvas = Image.new("RGB", (TILE * len(rows[0]), TILE * len(rows)))
+        for r, row in enumerate(rows):
+            for c, kind in enumerate(row):
+                tile = Image.fromarray(_pattern(kind, rng), "RGB").resize((TILE, TILE), Image.Resampling.BICUBIC)
+                canvas.paste(tile, (c * TILE, r * TILE))
+        if name == "odd":
+            canvas = canvas.crop((20, 11, 270, 181))
+        out[name] = root / f"{name}.png"
+        canvas.save(out[name])
+    return out
+
+
+def crops_model(model_dir: Path, out: Path) -> Path:
+    """A copy of a student model dir that says it was trained on crops (CROP_RULE, CROP_CLASSES)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, out, dirs_exist_ok=True)
+    meta = json.loads((out / "model.json").read_text())
+    meta.update(class_names=list(CROP_CLASSES), crop_rule=CROP_RULE)
+    (out / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out

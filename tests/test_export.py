@@ -141,3 +141,86 @@ def test_page_classifies_test_photos_like_torch(exported, student):
     for a, nc in zip(answers, torch_answers["not_conclusive"]):
         assert a["conclusive"] == (not nc)
         assert ("not conclusive" in a["text"]) == nc
+
+
+# -- a model trained on crops, given whole photos ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crops_student(student, tmp_path_factory):
+    """The student as a crops model (export_fixtures.CROP_RULE: 96 px windows fitted to 72 px, blobs =
+    clean) and whole photos tiled from pattern tiles."""
+    from export_fixtures import crops_model, make_photos
+
+    _, _, model_dir = student
+    base = tmp_path_factory.mktemp("crops_student")
+    return crops_model(model_dir, base / "model"), make_photos(base / "photos")
+
+
+def test_crops_model_answers_a_photo_per_window_and_for_the_photo(crops_student):
+    from export_fixtures import PHOTOS, TILE
+    from pipeline.data.images import load_rgb
+    from pipeline.export.crop_rule import photo_answer
+    from pipeline.retrieval.crop_item import fit_size
+    from pipeline.training.predict import Predictor, image_logits, softmax
+
+    model_dir, photos = crops_student
+    pred = Predictor.from_dir(model_dir)
+    out = pred.predict([photos[n] for n in ("clean", "one_checker", "stripes", "odd")]).set_index(
+        pd.Index(["clean", "one_checker", "stripes", "odd"]))
+    for name, rows in PHOTOS.items():  # 96 px windows without overlap: exactly the tiles
+        windows = json.loads(out.loc[name, "windows"])
+        assert out.loc[name, "n_windows"] == len(rows) * len(rows[0]) == len(windows)
+        assert [w["box"] for w in windows] == [[c * TILE, r * TILE, (c + 1) * TILE, (r + 1) * TILE]
+                                               for r in range(len(rows)) for c in range(len(rows[0]))]
+    odd = json.loads(out.loc["odd", "windows"])  # 250 x 170: windows clamped into the photo, overlapping
+    assert sorted({w["box"][0] for w in odd}) == [0, 96, 154] and sorted({w["box"][1] for w in odd}) == [0, 74]
+    # each window answered like the same region cut out and fitted as a training crop; the photo by the rule
+    image = load_rgb(str(photos["one_checker"]), 10**8)[0]
+    windows = json.loads(out.loc["one_checker", "windows"])
+    cut = [fit_size(image.crop(tuple(w["box"])), 72) for w in windows]
+    probs = softmax(image_logits(pred.model, pred.meta, cut), pred.temperature)
+    assert [w["label"] for w in windows] == [pred.class_names[k] for k in probs.argmax(axis=1)]
+    assert [w["confidence"] for w in windows] == pytest.approx(list(probs.max(axis=1)), abs=1e-5)
+    expected = photo_answer(probs, pred.class_names, pred.threshold, "clean")
+    assert out.loc["one_checker", "label"] == expected["label"] and out.loc["one_checker", "damaged"] == expected["damaged"]
+    assert out.loc["one_checker", "confidence"] == pytest.approx(expected["confidence"], abs=1e-6)
+    assert out.loc["one_checker", "label"] == "checker" and bool(out.loc["one_checker", "damaged"])
+    assert windows[expected["window"]]["box"] == [TILE, 0, 2 * TILE, TILE]  # the checker tile answers
+    assert out.loc["clean", "label"] == "clean" and not out.loc["clean", "damaged"]
+    assert bool(out.loc["stripes", "damaged"]) and out.loc["stripes", "label"] in ("hstripes", "vstripes")
+    # a crop given as such (whole_image) and a whole-image model answer on the whole image, as before
+    whole = pred.predict([photos["clean"]], whole_image=True)
+    assert pd.isna(whole.loc[0, "n_windows"]) and whole.loc[0, "label"] in pred.class_names
+
+
+def test_page_answers_photos_per_window_like_python(exported, crops_student):
+    """The page's JS crop rule against Python's on the same photos: same windows, same answers."""
+    if why := (_tfjs_missing() or browser.browser_missing("/usr/bin/chromium", "/usr/bin/chromedriver")):
+        pytest.skip(f"browser check not available: {why}")
+    from export_fixtures import CROP_CLASSES, CROP_RULE
+    from pipeline.training.predict import Predictor
+
+    out, _, summary = exported
+    model_dir, photos = crops_student
+    variant = out / summary["variants"]["tfjs_fp32"]["dir"]
+    card = {**json.loads((variant / "card.json").read_text()), "class_names": list(CROP_CLASSES), "crop_rule": CROP_RULE}
+    mods, _ = runtimes.node_modules(PipelineConfig().export)
+    site = browser.build_site(variant, card, mods, Path(tempfile.mkdtemp(prefix="export-crops-page-")) / "site")
+    names = ["clean", "one_checker", "stripes", "odd"]
+    with browser.serve(site) as url, browser.Chromium("/usr/bin/chromium", "/usr/bin/chromedriver", 120) as chrome:
+        chrome.open(url)
+        page = [chrome.classify_file(photos[n]) for n in names]
+    python = Predictor.from_dir(model_dir).predict([photos[n] for n in names])
+    agree, total, worst = 0, 0, 0.0
+    for name, js, (_, py) in zip(names, page, python.iterrows()):
+        windows = json.loads(py["windows"])
+        assert [w["box"] for w in js["windows"]] == [w["box"] for w in windows], name
+        agree += sum(a["label"] == b["label"] for a, b in zip(js["windows"], windows))
+        total += len(windows)
+        worst = max([worst] + [abs(a["confidence"] - b["confidence"]) for a, b in zip(js["windows"], windows)])
+        assert js["label"] == py["label"] and js["damaged"] == py["damaged"], name
+        assert js["confidence"] == pytest.approx(py["confidence"], abs=0.05), name
+        assert ("not conclusive" in js["text"]) == bool(py["not_conclusive"]) and f"{len(windows)} windows" in js["text"]
+    print(f"\nPython vs browser on {len(names)} photos: {agree}/{total} windows agree, max |d confidence| {worst:.4f}")
+    assert agree == total

@@ -1,14 +1,19 @@
-"""Inputs of the export phase: held-back gate inputs and the INT8 calibration sample.
+"""Inputs of the export phase: held-back gate inputs and the INT8 calibration sample, drawn from
+what the model is trained and served on.
 
-Gate inputs are the split's test images (never trained on), preprocessed the model's way
-(`modeling.preprocess`: resize, centre crop, mean/std), then, while fewer than `n` were made,
-deterministic variants of them: horizontal flip, four corner crops at 80 %, a centre crop at 70 %
-and their flips. Calibration uses a seeded sample of the train images. Unreadable images are
-skipped and counted. Everything is sorted by item_id first, so the inputs depend only on the split.
+A model trained on whole images gets the split's photos; a model trained on crops (its model.json's
+`crop_rule`) gets the crops of its training selection (`ItemSets`: paths and labels per split, built
+by the phase with the training side's own item builder). Gate inputs are the test items (never
+trained on), preprocessed the model's way (`modeling.preprocess`: resize, centre crop, mean/std),
+then, while fewer than `n` were made, deterministic variants of them: horizontal flip, four corner
+crops at 80 %, a centre crop at 70 % and their flips. Calibration uses a seeded sample of the train
+items and their flips. Unreadable images are skipped and counted. Items are ordered by a seeded
+hash of their id, so the inputs depend only on the selection.
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,17 +47,31 @@ def _ordered(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     return frame.assign(_k=key).sort_values("_k").drop(columns="_k")
 
 
-def _load(paths: list[Path]) -> tuple[list[Any], list[str], int]:
+def _load(paths: list[Path]) -> tuple[list[Any], list[str], int, list[int]]:
+    """(images, file names, unreadable count, indices of the readable paths)."""
     from pipeline.data.images import ImageLoadError, load_rgb
 
-    images, names, bad = [], [], 0
-    for p in paths:
+    images, names, bad, kept = [], [], 0, []
+    for i, p in enumerate(paths):
         try:
             images.append(load_rgb(str(p), MAX_PIXELS)[0])
             names.append(p.name)
+            kept.append(i)
         except (ImageLoadError, OSError):
             bad += 1
-    return images, names, bad
+    return images, names, bad, kept
+
+
+@dataclass
+class ItemSets:
+    """Items per split: {split: [(item_id, path, label or None)]} (the training selection of a crops model)."""
+
+    items: dict[str, list[tuple[str, str, str | None]]]
+    source: str = "crops"
+
+    def ordered(self, split: str, seed: int) -> list[tuple[str, str, str | None]]:
+        rows = self.items.get(split, [])
+        return sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:{r[0]}".encode()).hexdigest())
 
 
 def split_items(split_path: Path, dataset_root: Path, split: str, seed: int) -> list[Path]:
@@ -61,14 +80,33 @@ def split_items(split_path: Path, dataset_root: Path, split: str, seed: int) -> 
     return [Path(dataset_root) / p for p in part["path"]]
 
 
-def gate_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: int = 0,
-                ) -> tuple[np.ndarray, list[str], dict[str, int]]:
-    """(inputs [M, C, S, S] float32 with M = n when the test split allows, "image:view" names, counts)."""
+def _split_rows(split_path: Path, dataset_root: Path, split: str, seed: int) -> list[tuple[str, str, str | None]]:
+    frame = pd.read_parquet(split_path)
+    part = _ordered(frame[frame["split"] == split].drop_duplicates("item_id"), seed)
+    labels = part["label"] if "label" in part.columns else [None] * len(part)
+    return [(str(i), str(Path(dataset_root) / p), None if lab is None or pd.isna(lab) else str(lab))
+            for i, p, lab in zip(part["item_id"], part["path"], labels)]
+
+
+def _rows(split_path: Path, dataset_root: Path, items: ItemSets | None, split: str, seed: int
+          ) -> list[tuple[str, str, str | None]]:
+    return items.ordered(split, seed) if items is not None else _split_rows(split_path, dataset_root, split, seed)
+
+
+def gate_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: int = 0, items: ItemSets | None = None,
+                ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """(inputs [M, C, S, S] float32 with M = n when the test split allows, "item:view" names, counts).
+    counts["labels"] holds the class index of each unaltered test item (the first counts["test_images"]
+    inputs), or -1 where the label is unknown or not a class of the model."""
     from pipeline.training.modeling import preprocess
 
-    images, names, bad = _load(split_items(split_path, dataset_root, "test", seed))
+    rows = _rows(split_path, dataset_root, items, "test", seed)
+    images, names, bad, kept = _load([Path(p) for _, p, _ in rows])
+    what = "crops" if items is not None else "images"
     if not images:
-        raise DatasetError(f"the export gate needs readable test images; the split has none ({bad} unreadable)")
+        raise DatasetError(f"the export gate needs readable test {what}; the split has none ({bad} unreadable)")
+    readable = [rows[i] for i in kept]
+    index = {c: i for i, c in enumerate(meta["class_names"])}
     chosen, labels = [], []
     for view, f in _views():
         for im, name in zip(images, names):
@@ -77,14 +115,22 @@ def gate_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: 
             chosen.append(f(im))
             labels.append(f"{name}:{view}")
     x = preprocess(chosen, meta).numpy().astype(np.float32)
-    return x, labels, {"test_images": len(images), "test_unreadable": bad, "inputs": len(chosen)}
+    truth = [index.get(lab, -1) if lab is not None else -1 for _, _, lab in readable][: len(chosen)]
+    return x, labels, {"test_images": len(images), "test_unreadable": bad, "inputs": len(chosen), "source": what,
+                       "labels": truth}
 
 
-def calibration_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: int = 0) -> np.ndarray:
-    """A seeded sample of n train images, preprocessed: the INT8 calibration data."""
+def calibration_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: int = 0,
+                       items: ItemSets | None = None) -> np.ndarray:
+    """A seeded sample of train items and their mirror images, n in all, preprocessed: the INT8
+    calibration data (as many train items as there are, flips filling up to n)."""
+    from PIL import ImageOps
+
     from pipeline.training.modeling import preprocess
 
-    images, _, _ = _load(split_items(split_path, dataset_root, "train", seed)[: n * 2])
+    rows = _rows(split_path, dataset_root, items, "train", seed)
+    images = _load([Path(p) for _, p, _ in rows[:n]])[0]
     if not images:
-        raise DatasetError("INT8 calibration needs readable train images; the split has none")
-    return preprocess(images[:n], meta).numpy().astype(np.float32)
+        raise DatasetError("INT8 calibration needs readable train items; the split has none")
+    chosen = (images + [ImageOps.mirror(im) for im in images])[:n]
+    return preprocess(chosen, meta).numpy().astype(np.float32)

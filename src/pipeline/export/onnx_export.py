@@ -3,7 +3,12 @@
 The legacy TorchScript exporter at opset 17 is used (the dynamo exporter needs onnxscript, and
 onnx2tf accepts both; see /work/shared/notes/export_path.md). FP16 keeps float32 inputs/outputs
 (`keep_io_types`), so every variant takes the same NCHW float32 tensor. INT8 is static QDQ
-quantisation with per-channel weights, calibrated on preprocessed train images.
+quantisation (uint8 activations, int8 per-channel weights) calibrated on inputs from the
+distribution the model is served on (see inputs.py); on x86 CPUs without VNNI the weights use
+`reduce_range` (7 bits: onnxruntime's u8s8 kernels there sum pairs of products in int16, which
+saturates with full-range weights), decided from /proc/cpuinfo and recorded in the card. The
+classifier layer can be kept in float (`keep_head_float`). `layer_errors` is the per-layer table
+(onnxruntime.quantization.qdq_loss_debug) that goes into a refused INT8 variant's report.
 """
 from __future__ import annotations
 
@@ -46,20 +51,76 @@ def export_fp16(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_info(cpuinfo: str | None = None) -> dict[str, object]:
+    """{"vnni": bool | None, "flags": [the VNNI-type flags present], "arch"} of this CPU (None: unknown)."""
+    import platform
+
+    arch = platform.machine().lower()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags") and ":" in line:
+            flags = set(line.split(":", 1)[1].split())
+            break
+    found = [f for f in VNNI_FLAGS if f in flags]
+    x86 = arch in ("x86_64", "amd64", "i686", "i386") or bool(flags & {"avx2", "sse4_2"})
+    return {"arch": arch, "vnni": (bool(found) if flags else None) if x86 else None, "flags": found,
+            "avx2": "avx2" in flags}
+
+
+def resolve_reduce_range(setting: str, cpu: dict[str, object]) -> tuple[bool, str]:
+    """(reduce_range, why) for `export.int8_reduce_range` auto | true | false on this CPU."""
+    if setting in ("true", True):
+        return True, "export.int8_reduce_range=true"
+    if setting in ("false", False):
+        return False, "export.int8_reduce_range=false"
+    if cpu.get("vnni") is False:
+        return True, "x86 CPU without VNNI (u8s8 int16 accumulation would saturate): 7-bit weights"
+    if cpu.get("vnni"):
+        return False, f"CPU has {', '.join(cpu['flags'])}: full-range weights"
+    return True, "CPU features unknown: 7-bit weights, safe everywhere"
+
+
 class _Reader:
-    """onnxruntime CalibrationDataReader over preprocessed NCHW batches of one image."""
+    """onnxruntime CalibrationDataReader over preprocessed NCHW inputs, one per batch."""
 
     def __init__(self, batches: np.ndarray):
-        self._it = iter([{INPUT_NAME: b[None].astype(np.float32)} for b in batches])
+        self._items = [{INPUT_NAME: b[None].astype(np.float32)} for b in batches]
+        self._it = iter(self._items)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
+        return iter(self._items)
+
+
+def head_nodes(onnx_path: Path) -> list[str]:
+    """The classifier layer: the Gemm (or MatMul, with its bias Add) computing the logits; [] if none."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get(graph.output[0].name)
+    if node is not None and node.op_type == "Add":
+        inner = next((producer[i] for i in node.input if i in producer and producer[i].op_type == "MatMul"), None)
+        return [node.name, inner.name] if inner is not None else []
+    return [node.name] if node is not None and node.op_type in ("Gemm", "MatMul") else []
+
 
 def export_int8(fp32_path: Path, calib: np.ndarray, out_path: Path, per_channel: bool = True,
-                method: str = "minmax") -> Path:
-    """Static QDQ quantisation (uint8 activations, int8 weights) calibrated on `calib` [N, C, H, W]."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_static)
+                method: str = "minmax", reduce_range: bool = False, keep_head_float: bool = False,
+                percentile: float = 99.999) -> dict[str, object]:
+    """Static QDQ quantisation (uint8 activations, int8 weights) calibrated on `calib` [N, C, H, W];
+    returns the settings used (for the card)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -67,13 +128,60 @@ def export_int8(fp32_path: Path, calib: np.ndarray, out_path: Path, per_channel:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pre = out_path.with_name("pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    exclude = head_nodes(pre) if keep_head_float else []
+    extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
     try:
         quantize_static(str(pre), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+                        per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=exclude,
+                        extra_options=extra)
     finally:
         pre.unlink(missing_ok=True)
-    return out_path
+    return {"method": method, "per_channel": per_channel, "reduce_range": reduce_range, "n_calibration": int(len(calib)),
+            "float_nodes": exclude, **({"percentile": float(percentile)} if method == "percentile" else {})}
+
+
+def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, work: Path, limit: int = 40) -> list[dict[str, object]]:
+    """Per-layer quantisation error of an INT8 model (onnxruntime.quantization.qdq_loss_debug) on a
+    few inputs `x`: per activation, the SQNR (dB) of the INT8 model's tensor against the float
+    model's (`xmodel_sqnr`: accumulated error so far) and of its own QDQ pair (`qdq_sqnr`: this
+    tensor's quantisation alone), plus the weight SQNR of the node's initializer; the `limit` worst
+    by xmodel SQNR, in graph order."""
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         compute_weight_error, create_activation_matching,
+                                                         create_weight_matching, modify_model_output_intermediate_tensors)
+
+    work.mkdir(parents=True, exist_ok=True)
+    f_aug, q_aug = work / "float_aug.onnx", work / "qdq_aug.onnx"
+    modify_model_output_intermediate_tensors(fp32_path, f_aug)
+    modify_model_output_intermediate_tensors(int8_path, q_aug)
+    f_act = collect_activations(str(f_aug), _Reader(x))
+    q_act = collect_activations(str(q_aug), _Reader(x))
+    act_err = compute_activation_error(create_activation_matching(q_act, f_act))
+    w_err = compute_weight_error(create_weight_matching(str(fp32_path), str(int8_path)))
+    order = list(f_act)
+    rows = [{"tensor": name, "xmodel_sqnr": _finite(e.get("xmodel_err")), "qdq_sqnr": _finite(e.get("qdq_err"))}
+            for name, e in act_err.items()]
+    rows.sort(key=lambda r: order.index(r["tensor"]) if r["tensor"] in order else len(order))
+    worst = sorted(rows, key=lambda r: r["xmodel_sqnr"] if r["xmodel_sqnr"] is not None else np.inf)[:limit]
+    keep = {r["tensor"] for r in worst}
+    weights = {k: _finite(v) for k, v in w_err.items()}
+    out = [r for r in rows if r["tensor"] in keep]
+    if weights:
+        out.append({"tensor": "(weights, lowest SQNR)", "xmodel_sqnr": None,
+                    "qdq_sqnr": min((v for v in weights.values() if v is not None), default=None),
+                    "weight": min(weights, key=lambda k: weights[k] if weights[k] is not None else np.inf)})
+    for f in (f_aug, q_aug):
+        f.unlink(missing_ok=True)
+    return out
+
+
+def _finite(v: object) -> float | None:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
 
 
 def ort_session(path: Path, threads: int = 1) -> Any:

@@ -1,4 +1,4 @@
-"""Declaration of the export phase: ONNX + TF.js variants of the calibrated student, each gated."""
+"""Declaration of the export phase (ONNX + TF.js variants of the calibrated student, gated)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +8,48 @@ from pipeline.core.phases import PhaseRun, PhaseSpec, register
 
 RUNTIME_KEYS = ("export.browser", "export.tf_python", "export.node_dir", "export.chromium", "export.chromedriver",
                 "export.timeout_s")
+CROP_FORMATS = ("labelme", "coco")  # as training: the formats whose default source is crops
 
 
 def model_dir_of(calibration_dir: Path) -> Path:
     """The calibrated model dir inside the calibration artifact (its root, or model/)."""
     sub = Path(calibration_dir) / "model"
     return sub if (sub / "model.json").is_file() else Path(calibration_dir)
+
+
+def _uses_crops(cfg: Any, options: dict[str, Any]) -> bool:
+    if cfg.train.source != "auto":
+        return cfg.train.source == "crops"
+    return options.get("format") in CROP_FORMATS
+
+
+def _inputs(cfg: Any, options: dict[str, Any]) -> tuple[str, ...]:
+    return ("calibration", "split", *(("crops",) if _uses_crops(cfg, options) else ()))
+
+
+def _item_params(cfg: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The training keys that select a crops model's items (the gate and calibration inputs)."""
+    t = cfg.train
+    return {"items": {"source": t.source, "target": t.target, "max_items": t.max_items, "seed": t.seed}}
+
+
+def crop_items(run: PhaseRun, meta: dict[str, Any]) -> Any:
+    """The crops a crops-trained model was trained and tested on (inputs.ItemSets), None for a
+    whole-image model: the training side's own item builder with the model's class list."""
+    from pipeline.export.crop_rule import rule_of
+    from pipeline.export.inputs import ItemSets
+    from pipeline.training.data import build_items
+
+    if rule_of(meta) is None:
+        return None
+    crops = run.inputs.get("crops")
+    if crops is None:
+        raise ValueError("the calibrated model was trained on crops but the export phase has no crops input")
+    root = run.runtime.get("dataset_root")
+    data = build_items(run.inputs["split"] / "split.parquet", run.cfg.train, Path(root) if root else None, crops,
+                       class_names=list(meta["class_names"]))
+    return ItemSets({s: [(str(k), str(p), str(t)) for k, p, t in zip(f["key"], f["path"], f["target"])]
+                     for s, f in ((s, data.part(s)) for s in ("train", "val", "test"))})
 
 
 def _run_export(run: PhaseRun) -> dict[str, Any]:
@@ -25,14 +61,15 @@ def _run_export(run: PhaseRun) -> dict[str, Any]:
     source = {"calibration_artifact": run.inputs["calibration"].name, "split_artifact": run.inputs["split"].name,
               "arch": meta["arch"], "random_init": bool(meta.get("random_init"))}
     return run_export(model_dir, run.inputs["split"] / "split.parquet", Path(run.runtime["dataset_root"]),
-                      run.cfg.export, run.out_dir, source)
+                      run.cfg.export, run.out_dir, source, items=crop_items(run, meta))
 
 
 register(
     PhaseSpec(
-        name="export", version="1", inputs=("calibration", "split"), outputs=("export.json", "report.md"),
-        sections=("export",), runtime_keys=RUNTIME_KEYS, run=_run_export, pool="gpu",
-        reports=("report.md", "export.json"),
-        description="ONNX FP32/FP16/INT8 and TF.js FP32/FP16/uint8, each admitted by the torch-equivalence gate",
+        name="export", version="2", inputs=("calibration", "split", "crops"), inputs_for=_inputs,
+        outputs=("export.json", "report.md"), sections=("export",), runtime_keys=RUNTIME_KEYS, run=_run_export,
+        extra_params=_item_params, pool="gpu", reports=("report.md", "export.json"),
+        description="ONNX FP32/FP16/INT8 and TF.js FP32/FP16/uint8, each admitted by the torch-equivalence gate "
+                    "on inputs like the model's training data (crops for a crops-trained model)",
     ),
 )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.export import gate
-from pipeline.export.cards import card_for, write_outputs
+from pipeline.export.cards import FIGURES, card_for, write_outputs
 
 
 @dataclass
@@ -31,8 +31,23 @@ class Context:
     out_dir: Path
     work: Path
     source: dict[str, Any]
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # class of the first inputs (-1: unknown)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def test_top1(self, logits: np.ndarray) -> dict[str, Any] | None:
+        """Top-1 on the unaltered test items with a known class (n), None without labels."""
+        known = np.flatnonzero(self.labels >= 0)
+        if not len(known):
+            return None
+        return {"n": int(len(known)), "top1": float((logits[known].argmax(axis=1) == self.labels[known]).mean())}
+
+    def figures(self, logits: np.ndarray) -> dict[str, Any]:
+        """The gate figures of a variant's logits on the gate inputs, plus its test top-1 (n) when known."""
+        figures = gate.compare(self.ref, logits, _temperature(self.meta))
+        if (top := self.test_top1(logits)) is not None:
+            figures.update(test_top1=top["top1"], test_n=top["n"])
+        return figures
 
 
 def _size(path: Path) -> int:
@@ -63,31 +78,42 @@ def _admit(ctx: Context, name: str, folder: Path, checks: dict[str, dict[str, fl
     ctx.metrics[f"{name}_passed"] = float(passed)
     ctx.metrics[f"{name}_size_bytes"] = float(result["size_bytes"])
     for check, figures in checks.items():
-        for key in ("corr", "min_image_corr", "max_abs", "top1_agreement", "conf_max_diff"):
-            ctx.metrics[f"{name}_{check}_{key}"] = float(figures[key])
+        for key in FIGURES:
+            if figures.get(key) is not None:
+                ctx.metrics[f"{name}_{check}_{key}"] = float(figures[key])
 
 
 def export_onnx(ctx: Context, calib: np.ndarray) -> Path | None:
-    """ONNX variants, each gated on onnxruntime; returns the FP32 file (the TF.js source) or None."""
+    """ONNX variants, each gated on onnxruntime; returns the FP32 file (the TF.js source) or None.
+    INT8 is chosen among its candidates on the calibration inputs (int8.py); a refused INT8 variant's
+    card and the report carry its per-layer error table."""
+    from pipeline.export import int8
     from pipeline.export import onnx_export as ox
 
     fp32 = ctx.work / "fp32.onnx"
     ox.export_fp32(ctx.model, int(ctx.meta["image_size"]), int(ctx.meta.get("in_chans", 3)), fp32)
-    makers = {"fp32": lambda p: shutil.copyfile(fp32, p), "fp16": lambda p: ox.export_fp16(fp32, p),
-              "int8": lambda p: ox.export_int8(fp32, calib, p, ctx.cfg.int8_per_channel, ctx.cfg.int8_method)}
+    def make(precision: str, path: Path) -> dict[str, Any]:
+        if precision == "int8":
+            return {"int8": int8.build_int8(fp32, calib, path, ctx.cfg, _temperature(ctx.meta), ctx.work / "int8")}
+        shutil.copyfile(fp32, path) if precision == "fp32" else ox.export_fp16(fp32, path)
+        return {}
+
     for precision in ctx.cfg.onnx_variants:
         name = f"onnx_{precision}"
         folder = ctx.out_dir / name
         folder.mkdir(parents=True)
         try:
-            makers[precision](folder / "model.onnx")
+            extra = make(precision, folder / "model.onnx")
             logits, ms = ox.ort_logits(folder / "model.onnx", ctx.x)
         except Exception as exc:  # noqa: BLE001 - a variant that cannot be made or run is refused, others go on
             _admit(ctx, name, folder, {}, {"onnxruntime": f"{type(exc).__name__}: {exc}"[:500]}, {"layout": "NCHW"})
             continue
         ctx.metrics[f"{name}_onnxruntime_latency_ms"] = ms
-        checks = {"onnxruntime": gate.compare(ctx.ref, logits, _temperature(ctx.meta))}
-        _admit(ctx, name, folder, checks, {}, {"layout": "NCHW", "input_name": ox.INPUT_NAME})
+        checks = {"onnxruntime": ctx.figures(logits)}
+        extra.update({"layout": "NCHW", "input_name": ox.INPUT_NAME})
+        if precision == "int8" and not gate.verdict(checks["onnxruntime"], ctx.cfg)[0]:
+            extra["layer_errors"] = int8.layer_table(fp32, folder / "model.onnx", ctx.x[:16], ctx.work)
+        _admit(ctx, name, folder, checks, {}, extra)
     return fp32
 
 
@@ -107,7 +133,8 @@ def export_tfjs(ctx: Context, fp32_onnx: Path, runtime_cfg: Any) -> dict[str, st
     if python is None or mods is None:
         return {f"tfjs_{v}": why or why_node for v in variants}
     staged = ctx.work / "tfjs"
-    conv = runtimes.convert_tfjs(python, fp32_onnx, ctx.work / "tf", staged, variants, runtime_cfg.timeout_s)
+    conv = runtimes.convert_tfjs(python, fp32_onnx, ctx.work / "tf", staged, variants, runtime_cfg.timeout_s,
+                                 list(ctx.cfg.tfjs_uint8_weights))
     for v in variants:
         name, info = f"tfjs_{v}", conv["variants"].get(v, {"ok": False, "error": "not converted"})
         folder = ctx.out_dir / name
@@ -116,8 +143,8 @@ def export_tfjs(ctx: Context, fp32_onnx: Path, runtime_cfg: Any) -> dict[str, st
         else:
             folder.mkdir(parents=True)
         checks, skipped = _tfjs_checks(ctx, name, folder, info, mods, runtime_cfg)
-        _admit(ctx, name, folder, checks, skipped, {"layout": info.get("layout", "?"),
-                                                   "input_shape": info.get("input_shape")})
+        _admit(ctx, name, folder, checks, skipped, {"layout": info.get("layout", "?"), "input_shape": info.get("input_shape"),
+                                                   "quantized_weights": info.get("quantized_weights")})
     return {}
 
 
@@ -129,10 +156,9 @@ def _tfjs_checks(ctx: Context, name: str, folder: Path, info: dict[str, Any], mo
         return {}, {"node": info.get("error", "conversion failed"), "chromium": "conversion failed"}
     checks: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
-    t = _temperature(ctx.meta)
     try:
         logits, timing = runtimes.node_logits(mods, folder, ctx.x, ctx.work / "node", runtime_cfg.timeout_s)
-        checks["node"] = gate.compare(ctx.ref, logits, t)
+        checks["node"] = ctx.figures(logits)
         ctx.metrics[f"{name}_node_latency_ms"] = float(timing["median_ms"])
     except Exception as exc:  # noqa: BLE001 - reported as a failed check
         skipped["node"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -145,7 +171,7 @@ def _tfjs_checks(ctx: Context, name: str, folder: Path, info: dict[str, Any], mo
                               mods, ctx.work / "site")
     try:
         logits, timing = browser.chromium_logits(site, ctx.x, runtime_cfg)
-        checks["chromium"] = gate.compare(ctx.ref, logits, t)
+        checks["chromium"] = ctx.figures(logits)
         ctx.metrics[f"{name}_chromium_latency_ms"] = timing["median_ms"]
     except Exception as exc:  # noqa: BLE001
         skipped["chromium"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -153,24 +179,33 @@ def _tfjs_checks(ctx: Context, name: str, folder: Path, info: dict[str, Any], mo
 
 
 def run_export(model_dir: Path, split_path: Path, dataset_root: Path, cfg: Any, out_dir: Path,
-               source: dict[str, Any], runtime_cfg: Any | None = None) -> dict[str, Any]:
+               source: dict[str, Any], runtime_cfg: Any | None = None, items: Any | None = None) -> dict[str, Any]:
     """Export, gate and card every configured variant of the model in `model_dir` (see the module
     docstring). `cfg` is the export section (thresholds); `runtime_cfg` the same section with this
-    machine's runtime keys (defaults to cfg). Returns metrics and info strings."""
+    machine's runtime keys (defaults to cfg); `items` (inputs.ItemSets) the crops a crops-trained
+    model was trained and tested on (gate and calibration inputs come from them, not from photos).
+    Returns metrics and info strings."""
     from pipeline.export import inputs, onnx_export
+    from pipeline.export.crop_rule import rule_of
     from pipeline.training.modeling import load_classifier
 
     runtime_cfg = runtime_cfg or cfg
     model, meta = load_classifier(model_dir)
-    x, names, counts = inputs.gate_inputs(split_path, dataset_root, meta, cfg.n_inputs, cfg.seed)
-    calib = inputs.calibration_inputs(split_path, dataset_root, meta, cfg.n_calibration, cfg.seed) \
+    if rule_of(meta) is not None and items is None:
+        raise ValueError("the model was trained on crops: the export needs its crop items (inputs.ItemSets)")
+    x, names, counts = inputs.gate_inputs(split_path, dataset_root, meta, cfg.n_inputs, cfg.seed, items)
+    calib = inputs.calibration_inputs(split_path, dataset_root, meta, cfg.n_calibration, cfg.seed, items) \
         if "int8" in cfg.onnx_variants else x[:0]
     ref, torch_ms = onnx_export.torch_logits(model, x)
     out_dir = Path(out_dir)
+    labels = np.asarray(counts.pop("labels"), dtype=int)
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
-        ctx = Context(model, meta, x, ref, cfg, out_dir, Path(tmp), source)
+        ctx = Context(model, meta, x, ref, cfg, out_dir, Path(tmp), source, labels)
         ctx.metrics.update({"torch_latency_ms": torch_ms, "n_inputs": float(len(x)),
                             "n_test_images": float(counts["test_images"]), "n_calibration": float(len(calib))})
+        if (top := ctx.test_top1(ref)) is not None:
+            counts["torch_test_top1"] = top
+            ctx.metrics.update({"torch_test_top1": top["top1"], "n_test_labelled": float(top["n"])})
         fp32 = export_onnx(ctx, calib)
         skipped = export_tfjs(ctx, fp32, runtime_cfg) if fp32 is not None else {}
     summary = write_outputs(out_dir, ctx.results, skipped, meta, source, counts, names, cfg)

@@ -57,11 +57,12 @@ def node_modules(cfg: Any) -> tuple[Path | None, str]:
 
 
 def convert_tfjs(python: Path, onnx_path: Path, work: Path, out_root: Path, variants: list[str],
-                 timeout_s: int) -> dict[str, Any]:
+                 timeout_s: int, uint8_kinds: list[str] | None = None) -> dict[str, Any]:
     """Run tf_worker.py in the TF environment; {"variants": {v: {"ok", "layout" | "error"}}}."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONNOUSERSITE": "1"}
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([str(python), str(WORKER), str(onnx_path), str(work), str(out_root), ",".join(variants)],
+    kinds = ",".join(uint8_kinds or ["pointwise", "dense"])
+    proc = subprocess.run([str(python), str(WORKER), str(onnx_path), str(work), str(out_root), ",".join(variants), kinds],
                           capture_output=True, text=True, timeout=timeout_s, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:

@@ -3,8 +3,11 @@
 `batched_logits` is the one way the training side runs a saved classifier over images (calibration,
 promotion scoring and prediction all use it). `Predictor` wraps a model dir (`model.safetensors` +
 `model.json`, see `pipeline.training.modeling`) and applies the temperature and threshold stored
-with the model. `load_model` / `predict_images` answer from the MLflow registry (an alias such as
-`champion`, or a version number) through the registered pyfunc.
+with the model. A model trained on crops (its model.json's `crop_rule`, see
+`pipeline.export.crop_rule`) answers a whole photo the way its training data was made: the vehicle
+box, grid windows, one answer per window and one for the photo (`windows` column); a model trained
+on whole images answers on the whole image. `load_model` / `predict_images` answer from the MLflow
+registry (an alias such as `champion`, or a version number) through the registered pyfunc.
 """
 from __future__ import annotations
 
@@ -78,6 +81,21 @@ def batched_logits(model: Any, meta: dict, sources: Sequence[Any], batch_size: i
     return logits, errors
 
 
+def image_logits(model: Any, meta: dict, images: Sequence[Any], batch_size: int = 32, device: str = "cpu") -> np.ndarray:
+    """Logits [N, C] (float32) of `model` on decoded PIL images, preprocessed the model's way."""
+    import torch
+
+    from pipeline.training.modeling import preprocess
+
+    out = np.zeros((len(images), len(meta["class_names"])), dtype=np.float32)
+    model = model.to(device).eval()
+    for start in range(0, len(images), batch_size):
+        batch = preprocess(list(images[start:start + batch_size]), meta).to(device)
+        with torch.inference_mode():
+            out[start:start + len(batch)] = model(batch).float().cpu().numpy()
+    return out
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = logits.astype(np.float64) / float(temperature)
     z = z - np.nanmax(z, axis=1, keepdims=True)
@@ -100,30 +118,73 @@ def conclusive_answers(probs: np.ndarray, class_names: Sequence[str], threshold:
 
 
 class Predictor:
-    """A saved classifier with its temperature and threshold."""
+    """A saved classifier with its temperature, threshold and (trained on crops) crop rule."""
 
-    def __init__(self, model: Any, meta: dict, device: str = "cpu", batch_size: int = 32):
+    def __init__(self, model: Any, meta: dict, device: str = "cpu", batch_size: int = 32,
+                 weights_dir: Path | None = None):
+        from pipeline.export.crop_rule import PhotoWindows, rule_of
+
         self.model, self.meta, self.device, self.batch_size = model, meta, device, batch_size
         self.class_names: list[str] = list(meta["class_names"])
         self.temperature = float(meta.get("temperature") or 1.0)
         threshold = meta.get("threshold")
         self.threshold = None if threshold is None else float(threshold)
+        rule = rule_of(meta)
+        self.windows = PhotoWindows(rule, weights_dir) if rule is not None else None
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32) -> "Predictor":
+    def from_dir(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32,
+                 weights_dir: Path | None = None) -> "Predictor":
         from pipeline.training.modeling import load_classifier
 
         model, meta = load_classifier(Path(model_dir), device=device)
-        return cls(model, meta, device=device, batch_size=batch_size)
+        return cls(model, meta, device=device, batch_size=batch_size, weights_dir=weights_dir)
 
-    def predict(self, sources: Sequence[Any]):
-        """DataFrame: source, label, confidence (calibrated), not_conclusive, error."""
+    def predict(self, sources: Sequence[Any], whole_image: bool | Sequence[bool] = False):
+        """DataFrame: source, label, confidence (calibrated), not_conclusive, error; for a model
+        trained on crops also damaged, n_windows, windows (JSON: row, col, box, label, confidence
+        per window), vehicle_box and note, unless `whole_image` (per source or for all) says the
+        source is to be answered whole (e.g. it is a crop already)."""
         import pandas as pd
 
-        logits, errors = batched_logits(self.model, self.meta, list(sources), self.batch_size, self.device)
-        answers = conclusive_answers(softmax(logits, self.temperature), self.class_names, self.threshold)
+        sources = list(sources)
+        whole = [bool(whole_image)] * len(sources) if isinstance(whole_image, bool) else [bool(w) for w in whole_image]
         names = [f"<bytes #{i}>" if isinstance(s, bytes) else str(s) for i, s in enumerate(sources)]
-        return pd.DataFrame({"source": names, **answers, "error": errors})
+        logits, errors = batched_logits(self.model, self.meta, [s for s, w in zip(sources, whole) if w or not self.windows],
+                                        self.batch_size, self.device)
+        answers = conclusive_answers(softmax(logits, self.temperature), self.class_names, self.threshold)
+        if self.windows is None:
+            return pd.DataFrame({"source": names, **answers, "error": errors})
+        plain = iter(pd.DataFrame({**answers, "error": errors}).to_dict("records"))
+        rows = [{"source": n, **(next(plain) if w else self.photo(s))} for n, s, w in zip(names, sources, whole)]
+        return pd.DataFrame(rows, columns=["source", "label", "confidence", "not_conclusive", "error", "damaged",
+                                           "n_windows", "windows", "vehicle_box", "note"])
+
+    def window_probs(self, image: Any) -> tuple[list[Any], np.ndarray, tuple[int, int, int, int]]:
+        """(windows, calibrated probabilities [W, K], vehicle box) of one decoded photo under the crop rule."""
+        windows, box, _ = self.windows.windows(image)
+        logits = image_logits(self.model, self.meta, [w.image for w in windows], self.batch_size, self.device)
+        return windows, softmax(logits, self.temperature), box
+
+    def photo(self, source: Any) -> dict[str, Any]:
+        """The photo's answer and its windows' (a model trained on crops)."""
+        import json
+
+        from pipeline.export.crop_rule import photo_answer
+
+        images, errors = _load_images([source])
+        if images[0] is None:
+            return {"label": None, "confidence": math.nan, "not_conclusive": True, "error": errors[0], "damaged": None,
+                    "n_windows": 0, "windows": "[]", "vehicle_box": None, "note": ""}
+        windows, probs, box = self.window_probs(images[0])
+        rule = self.windows.rule
+        answer = photo_answer(probs, self.class_names, self.threshold, rule.get("clean_class"))
+        top = probs.argmax(axis=1)
+        per = [{"row": w.row, "col": w.col, "box": list(w.box), "label": self.class_names[int(k)],
+                "confidence": round(float(p[k]), 6)} for w, p, k in zip(windows, probs, top)]
+        return {"label": answer["label"], "confidence": answer["confidence"], "not_conclusive": answer["not_conclusive"],
+                "error": None, "damaged": answer["damaged"], "n_windows": len(windows), "windows": json.dumps(per),
+                "vehicle_box": list(box), "note": self.windows.note}
 
 
 def image_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
