@@ -80,16 +80,25 @@ def _fig(v: float | None, pct: bool = False) -> str:
     return f"{100 * v:.1f}%" if pct else f"{v:.4f}"
 
 
+def _n(f: dict[str, Any]) -> str:
+    return f"{f['n']} ({f.get('n_photos', '-')})" if f else "-"
+
+
+def _top1(f: dict[str, Any]) -> str:
+    if not f:
+        return "-"
+    return f"{_fig(f.get('top1'), True)} [{_fig(f.get('top1_lo'), True)}, {_fig(f.get('top1_hi'), True)}]"
+
+
 def write_promotion_report(path: Path, d: dict[str, Any], events: list[dict[str, Any]]) -> None:
     verdict = "**promoted: champion**" if d["promoted"] else "**not promoted: challenger**"
     champ = d["champion"] or {}
     lines = [f"# Promotion of {d['name']} version {d['version']}", "", f"{verdict}: {d['reason']}.", "",
-             "| model | version | items | top-1 | ECE |", "|---|---|---|---|---|",
-             f"| new student | {d['version']} | {d['new']['n']} | {_fig(d['new']['top1'], True)} | {_fig(d['new']['ece'])} |",
-             f"| champion | {d['champion_version'] or '-'} | {champ.get('n', '-')} | {_fig(champ.get('top1'), True)} "
-             f"| {_fig(champ.get('ece'))} |", "",
-             *([f"| frozen-probe baseline | - | {d['probe']['n']} | {_fig(d['probe']['top1'], True)} "
-                f"| {_fig(d['probe']['ece'])} |"] if d.get("probe") else []), "",
+             "| model | version | items (photos) | top-1 [95% CI over photos] | ECE |", "|---|---|---|---|---|",
+             f"| new student | {d['version']} | {_n(d['new'])} | {_top1(d['new'])} | {_fig(d['new']['ece'])} |",
+             f"| champion | {d['champion_version'] or '-'} | {_n(champ)} | {_top1(champ)} | {_fig(champ.get('ece'))} |",
+             *([f"| frozen-probe baseline | - | {_n(d['probe'])} | {_top1(d['probe'])} | {_fig(d['probe']['ece'])} |"]
+               if d.get("probe") else []), "",
              "Rules, on the same frozen test items (intervals: 95% paired bootstrap over photos): above the "
              f"majority-class rate ('{d.get('majority_class')}') beyond the interval; not worse than the frozen-probe "
              "baseline beyond the interval (these two floors hold for the first promotion too); with a champion, not "

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.core.stats import Estimate, paired_difference
+from pipeline.core.stats import Estimate, mean_ci, paired_difference
 
 
 def score_records(model_dir: Path, records: Sequence[dict[str, str]], n_bins: int, device: str = "cpu",
@@ -38,7 +38,10 @@ def score_records(model_dir: Path, records: Sequence[dict[str, str]], n_bins: in
     probs = softmax(s.logits, float(meta.get("temperature") or 1.0))
     ece, _ = calibration_errors(probs, s.labels, n_bins)
     correct = probs.argmax(axis=1) == s.labels
-    return ({"n": int(len(s.labels)), "top1": float(correct.mean()), "ece": ece},
+    photo = {r["item_id"]: str(r.get("group") or r["item_id"]) for r in records}
+    top1 = mean_ci(correct.astype(float), [photo.get(r["item_id"], r["item_id"]) for r in s.records])
+    return ({"n": int(len(s.labels)), "top1": float(correct.mean()), "top1_lo": top1.lo, "top1_hi": top1.hi,
+             "n_photos": top1.n_groups, "ece": ece},
             {r["item_id"]: bool(c) for r, c in zip(s.records, correct)})
 
 
