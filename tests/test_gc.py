@@ -107,15 +107,24 @@ def test_crash_leftovers_are_garbage(work):
     emb_tmp.write_bytes(b"x" * 3)
     entry = workdir / ".cache" / "items" / "embeddings" / "ab" / "abcd.npy"  # a finished cache entry
     entry.write_bytes(b"x" * 3)
+    tmp_dir = workdir / ".cache" / "items" / "crops" / ".tmp"  # the current layout: writers named in the names
+    dead_entry = tmp_dir / f"abcd-{HOST}-{os.getpid()}-1000-d"  # a killed writer's half entry
+    dead_entry.mkdir(parents=True)
+    (dead_entry / "crop.jpg").write_bytes(b"x" * 4)
+    live_entry = tmp_dir / f"abce-{owner_tag()}-d"  # this (live) process's: kept
+    live_entry.mkdir()
+    record_tmp = workdir / "runs" / ".run9.json.tmp"  # a run record a crash left half written
+    record_tmp.write_text("{")
     found = gc.plan(workdir, store, min_age_s=0)
     kinds = sorted((g.kind, os.path.basename(g.path), g.bytes) for g in found.garbage)
     orphan_bytes = tree_size(workdir / "artifacts" / "split" / a["orphan"][1])
     assert kinds == sorted([("artifact", a["orphan"][1], orphan_bytes), ("staging", dead_staging.name, 7),
                             ("trash", trash.name, 5), ("incomplete", incomplete.name, 0),
-                            ("item-cache-tmp", crops_tmp.name, 0), ("item-cache-tmp", "tmpx1.tmp", 3)])
+                            ("item-cache-tmp", crops_tmp.name, 0), ("item-cache-tmp", "tmpx1.tmp", 3),
+                            ("item-cache-tmp", dead_entry.name, 4), ("run-record-tmp", record_tmp.name, 1)])
     gc.collect(workdir, store, min_age_s=0)
-    assert not any(p.exists() for p in (dead_staging, trash, incomplete, crops_tmp, emb_tmp))
-    assert entry.exists() and store.is_complete(*a["split"])
+    assert not any(p.exists() for p in (dead_staging, trash, incomplete, crops_tmp, emb_tmp, dead_entry, record_tmp))
+    assert entry.exists() and live_entry.exists() and store.is_complete(*a["split"])
 
 
 def test_gc_refuses_while_a_run_is_live(work):

@@ -11,9 +11,10 @@ through their lineage, every artifact they were built from. Garbage:
 - `trash`: a `.trash-*` directory a crashed commit left in a local store;
 - `staging`: a staging directory whose owner process is dead (or, without a known owner, older
   than `min_age_s`);
-- `item-cache-tmp`: a per-item cache write a crash left: a crops `.tmp-<key>-<pid>` directory
-  whose pid is gone, an embeddings `*.tmp` file older than `min_age_s`. Finished cache entries
-  are kept: which ones future runs want cannot be known from the run records.
+- `item-cache-tmp`: a per-item cache write a crash left: anything in a cache's `.tmp/` whose writer
+  (named in it) is dead, and the older layout's `.tmp-<key>-<pid>` folders and `*.tmp` files. Finished
+  cache entries are kept: which ones future runs want cannot be known from the run records;
+- `run-record-tmp`: a run record's temp file (`runs/.<id>.json.tmp`) older than `min_age_s`.
 
 Runs hold `run_guard(workdir)` while they execute; `collect` deletes nothing while one is live,
 and a run that starts during a collection waits for it (one file lock, `runs/.gc.lock`). A run
@@ -183,9 +184,13 @@ def _item_cache_garbage(items: Path, min_age_s: float) -> list[Garbage]:
     out: list[Garbage] = []
     if not items.is_dir():
         return out
+    for tmp_dir in sorted(items.glob("*/.tmp")):
+        for path in sorted(tmp_dir.iterdir()):
+            if owner_dead(path, min_age_s):
+                out.append(Garbage("item-cache-tmp", str(path), tree_size(path) if path.is_dir() else path.stat().st_size))
     now = time.time()
     for path in sorted(items.rglob("*.tmp")):
-        if path.is_file() and now - path.stat().st_mtime > min_age_s:
+        if path.is_file() and path.parent.name != ".tmp" and now - path.stat().st_mtime > min_age_s:
             out.append(Garbage("item-cache-tmp", str(path), path.stat().st_size))
     for path in sorted(items.rglob(".tmp-*")):
         pid = path.name.rsplit("-", 1)[-1]
@@ -214,6 +219,10 @@ def plan(workdir: str | Path, store: ArtifactStore, results: Path | None = None,
             garbage.append(Garbage("staging", str(path), tree_size(path)))
     # a remote per-item cache (store.items: s3://...) is never collected: gc deletes nothing remote
     garbage += _item_cache_garbage(workdir / ".cache" / "items", min_age_s)
+    now = time.time()
+    for path in sorted((workdir / "runs").glob(".*.json.tmp")) if (workdir / "runs").is_dir() else []:
+        if now - path.stat().st_mtime > min_age_s:
+            garbage.append(Garbage("run-record-tmp", str(path), path.stat().st_size))
     return GcPlan(garbage, sorted(keep), sorted(missing), sorted(young), n_runs, active_runs(workdir))
 
 

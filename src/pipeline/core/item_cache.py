@@ -14,8 +14,10 @@ hashes recorded at write time, and a corrupt, truncated or unverifiable entry (o
 checksums) is a miss: it is discarded with a warning and the phase recomputes it, never served as
 data (`n_discarded` counts them). `check_entry` / `check_file` are what `pipeline verify` uses.
 
-On a local path the entries live in place: a directory entry is built in `.tmp-<key>-<pid>` and
-renamed, a file in a `*.tmp` file that replaces it (the names `pipeline.core.gc` collects after a
+On a local path the entries live in place: a directory entry is built in `.tmp/<key>-<owner>-d` and
+renamed, a file in `.tmp/<key>-<owner>-*.tmp` that replaces it (`<owner>`: host, pid and start time of
+the writing process); opening a cache removes what dead writers left in `.tmp/` (so a killed run leaves
+no half-written entry behind for long), and `pipeline.core.gc` collects the same after a
 crash); readers hard-link from it. On a remote URI (`store.items: s3://bucket/items`, shared by
 shard workers on several machines) the remote is authoritative: an entry exists when the remote
 holds it (a directory entry: when its `done` is there, uploaded after every other file; a file entry:
@@ -40,6 +42,9 @@ from typing import Any, BinaryIO, Callable, Iterable
 import fsspec
 
 from pipeline.core.integrity import DONE, append_trailer, check_entry, check_file, entry_listing, read_file  # noqa: F401
+from pipeline.core.store import owner_dead, owner_tag
+
+TMP = ".tmp"
 
 
 BATCH = 256  # entries per download or upload batch (each batch runs concurrently in s3fs)
@@ -103,6 +108,7 @@ class ItemCache:
         self._files: list[tuple[str, str]] = []  # pending uploads: (local path, remote path)
         self._markers: list[tuple[str, str]] = []  # pending `done` markers: uploaded after every file
         self.n_discarded = 0  # entries found corrupt on reading (recomputed by the caller)
+        self.sweep()
 
     @classmethod
     def from_runtime(cls, runtime: dict[str, Any], name: str, scan: bool = True) -> ItemCache | None:
@@ -115,6 +121,25 @@ class ItemCache:
         mirror = runtime_mirror(runtime)
         mirror = mirror / name if mirror is not None else None
         return cls(f"{uri}/{name}" if is_remote(uri) else Path(uri.removeprefix("file://")) / name, mirror, scan)
+
+    # -- temp files ------------------------------------------------------------------------
+    @property
+    def tmp_dir(self) -> Path:
+        """Where entries are written before their atomic rename: `<local>/.tmp` (same file system)."""
+        return self.local / TMP
+
+    def _tmp(self, key: str, kind: str) -> Path:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir / f"{key}-{owner_tag()}-{kind}"
+
+    def sweep(self) -> int:
+        """Remove what writers that died (this host) left in `.tmp/`; returns how many."""
+        removed = 0
+        for path in sorted(self.tmp_dir.iterdir()) if self.tmp_dir.is_dir() else []:
+            if owner_dead(path):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     # -- addressing ------------------------------------------------------------------------
     def entry_path(self, key: str) -> Path:
@@ -192,7 +217,7 @@ class ItemCache:
         self.n_discarded += 1
         log.warning("item cache %s: entry %s is corrupt (%s); discarded, it will be recomputed", self.uri, key, why)
         if path.is_dir():
-            bad = path.with_name(f".tmp-bad-{path.name}-{os.getpid()}")
+            bad = self._tmp(f"bad{key}", "d")
             with contextlib.suppress(OSError):
                 os.replace(path, bad)  # out of sight at once, then removed
                 shutil.rmtree(bad, ignore_errors=True)
@@ -213,7 +238,7 @@ class ItemCache:
         remote = self._remote_names()
         todo = sorted({k for k in keys if self.has_entry(k) and not (self.entry_path(k) / DONE).is_file()})
         for batch in _batches(todo, BATCH):
-            tmps = {k: self.entry_path(k).with_name(f".tmp-{k}-{os.getpid()}") for k in batch}
+            tmps = {k: self._tmp(k, "d") for k in batch}
             pairs = [(f"{self.root}/{self._rel(k, n)}", str(tmps[k] / n)) for k in batch
                      for n in sorted(remote[f"{k[:2]}/{k}"])]
             for tmp in tmps.values():
@@ -235,10 +260,11 @@ class ItemCache:
             return 0
         todo = sorted({k for k in keys if self.has_file(k, suffix) and not self.file_path(k, suffix).is_file()})
         for batch in _batches(todo, BATCH):
-            tmps = {k: self.file_path(k, suffix).with_name(f"{k}{suffix}.{os.getpid()}.tmp") for k in batch}
+            tmps = {k: self._tmp(k, "f.tmp") for k in batch}
             try:
                 self.fs.get([f"{self.root}/{self._rel(k, suffix=suffix)}" for k in batch], [str(tmps[k]) for k in batch])
                 for k, tmp in tmps.items():
+                    self.file_path(k, suffix).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(tmp, self.file_path(k, suffix))
             finally:
                 for tmp in tmps.values():
@@ -252,7 +278,7 @@ class ItemCache:
         queued for upload: its files first, `done` after them."""
         entry = self.entry_path(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
+        tmp = self._tmp(key, "d")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
@@ -278,7 +304,8 @@ class ItemCache:
         object, one PUT)."""
         path = self.file_path(key, suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{key}-{owner_tag()}-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
