@@ -127,3 +127,100 @@ def test_two_pipeline_runs_at_once_on_a_new_workdir(tmp_path):
     found = json.loads(res.output)  # both runs recorded every artifact: nothing to collect
     assert found["n_runs"] == 2 and found["garbage"] == [] and found["missing"] == []
     assert {tuple(k) for k in found["kept"]} >= {(p, s["artifact_id"]) for p, s in summaries[0]["phases"].items()}
+
+
+# Four runs at once on one work dir, each under `run_guard` as a flow run is: artifacts, then its run record.
+RUN = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[4])
+    from test_integrity import run_chain
+    from pipeline.core.gc import run_guard
+    work, data, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    with run_guard(work):
+        out = run_chain(work, data, upto="split", sets=[f"split.seed={seed}"])
+        runs = work / "runs"
+        runs.mkdir(exist_ok=True)
+        phases = {k: {"phase": k, "artifact_id": r.artifact_id} for k, r in out.items()}
+        (runs / f"run{seed}.json").write_text(json.dumps({"flow_run_id": f"run{seed}", "phases": phases}))
+    print(json.dumps(phases))
+""")
+
+
+def test_gc_under_four_concurrent_runs_collects_nothing_in_use(tmp_path):
+    from pipeline.core import gc
+    from pipeline.core.config import DemoConfig
+    from pipeline.core.store import ArtifactStore
+    from pipeline.demo.generator import generate_demo_data
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    generate_demo_data(data, DemoConfig(n_images=20, seed=5, width=192, height=144, bad_examples=False), progress=False)
+    store = ArtifactStore(work / "artifacts")
+    tests = str(Path(__file__).parent)
+    procs = [subprocess.Popen([sys.executable, "-c", RUN, str(work), str(data), str(seed), tests], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for seed in range(4)]
+    refused = collected = 0
+    while any(p.poll() is None for p in procs):  # gc as often as it can while the runs go on
+        try:
+            collected += len(gc.collect(work, store, min_age_s=0).garbage)
+        except gc.GcRefused:
+            refused += 1
+        time.sleep(0.05)
+    outs = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-2000:] for _, err in outs]
+    assert refused > 0  # it tried while runs were live, and refused
+    for out, _ in outs:
+        for name, ref in json.loads(out.strip().splitlines()[-1]).items():
+            assert store.is_complete(name, ref["artifact_id"]) and not store.check(name, ref["artifact_id"]), name
+    assert len({json.loads(o.strip().splitlines()[-1])["split"]["artifact_id"] for o, _ in outs}) == 4
+    final = gc.collect(work, store, min_age_s=0)  # all four recorded: nothing of theirs is garbage
+    assert [g for g in final.garbage if g.kind == "artifact"] == [] and final.missing == []
+
+
+PROMOTE_ONE = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from test_faults import promote
+    spec = json.loads(sys.argv[1])
+    go = Path(spec["go"])
+    Path(str(go) + "." + spec["who"]).touch()
+    while not go.exists():
+        time.sleep(0.005)
+    print(json.dumps(promote(spec)))
+""")
+
+
+def test_two_promotions_at_once_leave_exactly_one_champion(tmp_path):
+    from fault_harness import registry_state
+    from pipeline.core.verify import VerifyReport, check_registry
+    from training_fixtures import colour_images, tiny_model_dir
+
+    train = colour_images(tmp_path / "train", 6, seed=0, prefix="tr")
+    test = colour_images(tmp_path / "test", 8, seed=2, prefix="te")
+    (tmp_path / "items.json").write_text(json.dumps({"train": train, "test": test}))
+    teacher = tiny_model_dir(tmp_path / "teacher", train, seed=1)
+    go, db = tmp_path / "go", tmp_path / "mlflow.db"
+    procs = []
+    for who, seed in (("a", 0), ("b", 3)):
+        spec = {"items": str(tmp_path / "items.json"), "teacher": str(teacher), "db": str(db), "who": who,
+                "student": str(tiny_model_dir(tmp_path / f"student-{who}", train, seed=seed)), "go": str(go),
+                "out": str(tmp_path / f"out-{who}"), "cache": str(tmp_path / f"cache-{who}")}
+        procs.append(subprocess.Popen([sys.executable, "-c", PROMOTE_ONE, json.dumps(spec), str(Path(__file__).parent)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    while not all(Path(f"{go}.{w}").exists() for w in "ab") and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    go.touch()  # both promotions start at once
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outs]
+    decisions = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    state = registry_state(tmp_path)["vehicle-damage-student"]
+    report = VerifyReport()
+    check_registry(f"sqlite:///{db}", report, tmp_path / "verify")
+    assert not report.findings and state["versions"] == 2 and state["pending"] is None
+    assert list(state["aliases"]).count("champion") == 1 and "champion" in state["aliases"]
+    champions = [d["version"] for d in decisions if d["alias"] == "champion"]
+    # decided one after the other: the champion alias is the last champion decision's version
+    last = max(decisions, key=lambda d: [e[1] for e in state["history"]].index(d["version"]))
+    assert int(state["aliases"]["champion"]) == (last["version"] if last["alias"] == "champion" else champions[0])
+    assert len(state["history"]) == 2 and registry_state(tmp_path)["vehicle-damage-teacher"]["versions"] == 1

@@ -31,9 +31,9 @@ CFG = ["detect.backend=none", "crops.grid_size=128", "crops.target_size=96", "em
        "embed.allow_random_init=true", "audit.min_side=32"]
 
 
-def run_chain(work: Path, data: Path, upto: str = "index", force: tuple[str, ...] = ()) -> dict:
+def run_chain(work: Path, data: Path, upto: str = "index", force: tuple[str, ...] = (), sets: list[str] = ()) -> dict:
     """The phases of CHAIN up to `upto` through the library runner (store, lineage, item caches)."""
-    cfg = build_config(overrides=CFG)
+    cfg = build_config(overrides=[*CFG, *sets])
     store = ArtifactStore(work / "artifacts")
     runtime = {"dataset_root": str(data), "workdir": str(work), "item_cache": str(work / ".cache" / "items"),
                "hash_cache": str(work / ".cache" / "hashes.json"), "device": "cpu"}
