@@ -66,6 +66,26 @@ def test_domain_classifier_and_mmd_on_halves_and_on_shifted_sets():
     assert mmd_permutation_test(a, b + 0.5, 100)[1] < 0.02
 
 
+def test_twins_stay_in_one_fold():
+    """The same photos darkened: each photo's twin in the training folds would vote for the wrong side
+    (AUC under 0.5); grouped by content hash or pHash, the classifier learns the shift itself."""
+    from pipeline.monitor.drift import photo_groups
+    from pipeline.monitor.stats import domain_classifier_auc
+
+    rng = np.random.default_rng(2)
+    content = rng.normal(size=(80, 32)) * 3
+    a, b = content + rng.normal(size=content.shape) * 0.1, content + 0.3 + rng.normal(size=content.shape) * 0.1
+    ids_a, ids_b = [f"p{i}" for i in range(80)], [f"q{i}" for i in range(80)]
+    split = domain_classifier_auc(a, b, ids_a, ids_b, folds=4)
+    hashes = [int(h) for h in rng.integers(0, 2**62, size=80)]  # far apart: random 64-bit hashes
+    phash = {**{f"p{i}": f"{h:016x}" for i, h in enumerate(hashes)},
+             **{f"q{i}": f"{h ^ (1 << 40):016x}" for i, h in enumerate(hashes)}}
+    groups_a, groups_b = photo_groups(ids_a, ids_b, phash, threshold=4)  # one bit apart: twins
+    assert groups_a == groups_b == ids_a
+    kept = domain_classifier_auc(a, b, groups_a, groups_b, folds=4)
+    assert split < 0.45 and kept > 0.6  # the same data, the same classifier: only the folds differ
+
+
 # -- sections on real audits -------------------------------------------------------------------------
 def _without_class(src: Path, dst: Path, workdir: Path, rec) -> tuple[Path, str]:
     """A copy of the dataset without the photos (and label files) of its largest damage class."""

@@ -80,7 +80,8 @@ def drift_cmd(
     say = lambda m: typer.echo(m, err=True)  # noqa: E731
     with contextlib.redirect_stdout(sys.stderr):
         result = compare(side_from_record(store, ra, "reference"), side_from_record(store, rb, "current"), cfg.drift,
-                         scorer, cfg.train, found.describe() if scorer else found, dest, say)
+                         scorer, cfg.train, found.describe() if scorer else found, dest, say,
+                         cfg.audit.near_duplicate_threshold)
     if as_json:
         print(json.dumps({**result, "out": str(dest)}, indent=2, default=str))
         return

@@ -22,6 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.monitor import stats
 from pipeline.monitor.drift_data import (RunSide, comparable_embedders, embedder_of, image_stats, photo_embeddings,
                                          prediction_items, zone_values)
@@ -86,7 +88,33 @@ def data_section(ref: RunSide, cur: RunSide, cfg: Any) -> tuple[list[Check], dic
     return bonferroni(checks, cfg.alpha), extras
 
 
-def embeddings_section(ref: RunSide, cur: RunSide, cfg: Any) -> tuple[list[Check], dict[str, Any]]:
+def photo_groups(ids_a: list[str], ids_b: list[str], phash: dict[str, str], threshold: int) -> tuple[list, list]:
+    """Cross-validation groups of both sides' photos: the same photo (content hash) or a near duplicate
+    (64-bit pHash within `threshold` bits, e.g. the same photo darkened or resized) share one group, so a
+    photo and its twin on the other side are never split between training and test folds."""
+    from pipeline.core.components import component_roots
+    from pipeline.data.near_duplicates import near_duplicate_pairs
+
+    ids = [*ids_a, *ids_b]
+    hashes = np.asarray([int(phash[i], 16) if isinstance(phash.get(i), str) and phash[i] else 0 for i in ids],
+                        dtype=np.uint64)
+    pairs = near_duplicate_pairs(hashes, threshold)
+    known = np.asarray([isinstance(phash.get(i), str) and bool(phash[i]) for i in ids])
+    pairs = pairs[known[pairs[:, 0]] & known[pairs[:, 1]]] if len(pairs) else pairs
+    first: dict[str, int] = {}
+    extra = []  # the same photo (content hash) on both sides
+    for k, i in enumerate(ids):
+        if i in first:
+            extra.append((first[i], k))
+        else:
+            first[i] = k
+    roots = component_roots(len(ids), np.vstack([pairs, np.asarray(extra, dtype=np.int64).reshape(-1, 2)]))
+    names = [ids[r] for r in roots]
+    return names[: len(ids_a)], names[len(ids_a):]
+
+
+def embeddings_section(ref: RunSide, cur: RunSide, cfg: Any,
+                       near_duplicate_threshold: int = 4) -> tuple[list[Check], dict[str, Any]]:
     ea, eb = photo_embeddings(ref, cfg.max_items, cfg.seed), photo_embeddings(cur, cfg.max_items, cfg.seed)
     for e in (ea, eb):
         if isinstance(e, str):
@@ -96,12 +124,19 @@ def embeddings_section(ref: RunSide, cur: RunSide, cfg: Any) -> tuple[list[Check
     if why or min(len(ids_a), len(ids_b)) < 4:
         why = why or f"too few photos with embeddings ({len(ids_a)} / {len(ids_b)}; need 4 a side)"
         return [stats.skipped("embeddings", "image embeddings", why, len(ids_a), len(ids_b))], {}
-    auc = stats.domain_classifier_auc(xa, xb, ids_a, ids_b, cfg.cv_folds, cfg.seed)
+    phash = {}
+    for side in (ref, cur):
+        photos = side.photos()
+        if photos is not None and "phash" in photos.columns:
+            phash.update(zip(photos["item_id"], photos["phash"]))
+    groups_a, groups_b = photo_groups(ids_a, ids_b, phash, near_duplicate_threshold)
+    auc = stats.domain_classifier_auc(xa, xb, groups_a, groups_b, cfg.cv_folds, cfg.seed)
     p_auc = stats.auc_p_value(auc, len(ids_a), len(ids_b))
     dom = Check("embeddings", "domain classifier", f"logistic regression, {cfg.cv_folds}-fold ROC AUC", auc,
                 f"AUC > {cfg.auc_threshold:g} and p < {cfg.alpha:g}", cfg.auc_threshold, p_auc, len(ids_a), len(ids_b),
                 bool(auc > cfg.auc_threshold and p_auc < cfg.alpha),
-                f"AUC {auc:.3f} (0.5: the runs' photos cannot be told apart)")
+                f"AUC {auc:.3f} (0.5: the runs' photos cannot be told apart); {len(set(groups_a) & set(groups_b))} "
+                f"photo(s) with a twin on the other side kept in one fold")
     mmd2, p_mmd, bw = stats.mmd_permutation_test(xa, xb, cfg.mmd_permutations, cfg.seed)
     mmd = Check("embeddings", "MMD", f"MMD^2, Gaussian kernel, {cfg.mmd_permutations} permutations", mmd2,
                 f"p < {cfg.alpha:g}", cfg.alpha, p_mmd, len(ids_a), len(ids_b), bool(p_mmd < cfg.alpha),
@@ -156,14 +191,15 @@ def verdicts(checks: list[Check]) -> dict[str, dict[str, Any]]:
 
 
 def compare(ref: RunSide, cur: RunSide, cfg: Any, scorer: Any = None, train_cfg: Any = None,
-            model: str = "", out_dir: Path | None = None, progress: Any = None) -> dict[str, Any]:
+            model: str = "", out_dir: Path | None = None, progress: Any = None,
+            near_duplicate_threshold: int = 4) -> dict[str, Any]:
     """Every section's checks and verdicts (JSON-serialisable); with out_dir, also drift.json, report.md,
-    drift.html and the plots."""
+    drift.html and the plots. `near_duplicate_threshold`: pHash bits within which two photos are twins."""
     say = progress or (lambda msg: None)
     say("drift: data")
     d_checks, d_extra = data_section(ref, cur, cfg)
     say("drift: embeddings")
-    e_checks, e_extra = embeddings_section(ref, cur, cfg)
+    e_checks, e_extra = embeddings_section(ref, cur, cfg, near_duplicate_threshold)
     say("drift: predictions")
     p_checks, p_extra = predictions_section(ref, cur, cfg, scorer, train_cfg, "" if scorer else model)
     checks = d_checks + e_checks + p_checks

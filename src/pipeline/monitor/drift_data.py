@@ -106,7 +106,7 @@ def embedder_of(emb_dir: Path) -> dict[str, Any]:
 
 def comparable_embedders(a: dict[str, Any], b: dict[str, Any]) -> str:
     """Why two embeddings artifacts cannot be compared ('' when they can)."""
-    keys = ("backend", "dim", "image_dim", "models")
+    keys = ("backend", "dim", "image_dim", "models", "embed_version")
     diff = [k for k in keys if a.get(k) != b.get(k)]
     return f"the runs' embedders differ ({', '.join(diff)})" if diff else ""
 

@@ -125,7 +125,8 @@ def _run_drift(run: PhaseRun) -> dict[str, Any]:
     model = _registry_model(run.cfg, run.runtime, "champion", download=True) if run.params.get("model") else None
     scorer, desc = _scorer(run, model)
     say = (lambda m: print(m)) if run.progress else None
-    result = compare(ref_side, cur_side, run.cfg.drift, scorer, run.cfg.train, desc, run.out_dir, say)
+    result = compare(ref_side, cur_side, run.cfg.drift, scorer, run.cfg.train, desc, run.out_dir, say,
+                     run.cfg.audit.near_duplicate_threshold)
     out = metrics(result)
     drifted = [s for s, v in result["sections"].items() if v["verdict"] == "drift"]
     if drifted:
@@ -225,7 +226,8 @@ register(
         runtime_keys=("train.batch_size", "train.num_workers", "train.amp", "train.channels_last",
                       "train.eval_batch_size", "train.allow_download"),
         run=_run_drift, source=_drift_source,
-        extra_params=lambda cfg, opt: {"reference": opt.get("drift_reference"), "model": opt.get("drift_model")},
+        extra_params=lambda cfg, opt: {"reference": opt.get("drift_reference"), "model": opt.get("drift_model"),
+                                       "near_duplicate_threshold": cfg.audit.near_duplicate_threshold},
         reports=("report.md", "drift.html", "drift.json", "drift_data.png", "drift_embeddings.png",
                  "drift_predictions.png"),
         description="data, embedding and prediction drift against a reference run (verdict per section)",
