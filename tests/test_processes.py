@@ -192,3 +192,25 @@ def test_the_suite_fails_when_a_test_leaves_a_process_behind(tmp_path):
                          env={**os.environ, "PIPELINE_TEST_LEFTOVER_GRACE_S": "0.5"})
     assert out.returncode == 1, out.stdout + out.stderr
     assert "process(es) started by the tests are still alive" in out.stderr and "time.sleep(300)" in out.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_pipeline_run_leaves_no_temporary_prefect_server(tmp_path, sig):
+    from pipeline.core.config import DemoConfig
+    from pipeline.demo.generator import generate_demo_data
+
+    generate_demo_data(tmp_path / "data", DemoConfig(n_images=20, seed=1, width=160, height=120), progress=False)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # no server: Prefect starts its own
+    proc = subprocess.Popen([PIPELINE, "run", "data-prep", "--dataset", str(tmp_path / "data"), "--workdir",
+                             str(tmp_path / "work"), "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        server = wait_for(lambda: [p for p in family(proc) if "uvicorn" in " ".join(p.cmdline())], 120,
+                          "the temporary Prefect server")
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
+        assert not all_gone(server, timeout=30), "the temporary Prefect server outlived `pipeline run`"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

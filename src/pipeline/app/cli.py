@@ -93,12 +93,15 @@ def _run_flow(flow_name: str, as_json: bool, **kwargs: Any) -> dict[str, Any]:
     from pipeline.core.errors import PipelineError
     from pipeline.core.workspace import setup_environment
 
+    from pipeline.app.process import signals_unwind, tie_prefect_ephemeral_server
+
     setup_environment(kwargs["workdir"])
     _use_server(Path(kwargs["workdir"]))
+    tie_prefect_ephemeral_server()  # a killed run leaves no temporary Prefect server behind
     module, name = FLOW_FUNCTIONS[flow_name].split(":")
     flow_fn = getattr(importlib.import_module(module), name)
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        try:
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(), signals_unwind():
+        try:  # SIGTERM / SIGHUP end the run as Ctrl-C does: the run is marked failed, the server stopped
             return flow_fn(**kwargs)
         except PipelineError as exc:  # systemic: one clear message, no traceback
             typer.secho(f"error: {exc}", err=True, fg="red")

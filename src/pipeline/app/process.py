@@ -7,7 +7,8 @@ starts the stack) turn SIGTERM and SIGHUP into `Terminated`, a KeyboardInterrupt
 `signals_unwind()`: the same clean-up as Ctrl-C runs, so a terminated command (a test, a process
 manager, `docker stop`) stops its children. `run_foreground` waits for a child started in its own
 session (`child_options()`: it also gets SIGTERM if its parent dies, even by SIGKILL) and stops its
-whole process group on any of these signals.
+whole process group on any of these signals. `tie_prefect_ephemeral_server()` does the same for the
+temporary Prefect server a `pipeline run` starts when no server is configured.
 """
 from __future__ import annotations
 
@@ -67,6 +68,46 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+# Run a Python command so that it gets SIGTERM when the process that started it dies, even by SIGKILL:
+# PR_SET_PDEATHSIG survives exec; a parent already gone by then is caught by the ppid check.
+_TIED = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 15); os.getppid() == int(sys.argv[1]) or os._exit(1); "
+         "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def tied_command(cmd: list[str]) -> list[str]:
+    """`cmd` (`[python, ...]`) wrapped so the child dies with this process (Linux; elsewhere unchanged)."""
+    if not sys.platform.startswith("linux") or not cmd or cmd[0] != sys.executable:
+        return list(cmd)
+    return [sys.executable, "-c", _TIED, str(os.getpid()), *cmd[1:]]
+
+
+class _TiedSubprocess:
+    """The `subprocess` module as one module sees it: its Popen runs Python commands tied to this process."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def Popen(self, args: Any = None, *rest: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802
+        return self._real.Popen(tied_command(list(args)) if isinstance(args, (list, tuple)) else args, *rest, **kwargs)
+
+
+def tie_prefect_ephemeral_server() -> bool:
+    """Make the temporary Prefect server a flow process starts (no server configured) die with that process,
+    even when it is SIGKILLed (Prefect stops it only at a normal exit); False if Prefect has no such server."""
+    try:
+        import prefect.server.api.server as server
+    except ImportError:
+        return False
+    if not hasattr(server, "SubprocessASGIServer") or not hasattr(server, "subprocess"):
+        return False
+    if not isinstance(server.subprocess, _TiedSubprocess):
+        server.subprocess = _TiedSubprocess(server.subprocess)
+    return True
 
 
 def child_options() -> dict[str, Any]:
