@@ -2,7 +2,8 @@
 
 A reference run of a flow (`pipeline run <flow>` through tests/fault_driver.py) records every phase's
 artifact id and how many file-system events each phase makes. Then, for a phase P: a fresh work dir gets
-the reference artifacts of the phases before P (so the run reaches P at once), the flow runs and the
+the reference artifacts of every phase that is neither P nor built from P (so the run reaches P at once
+and recomputes only P and what depends on it), the flow runs and the
 driver SIGKILLs it at a seeded random event inside P (plus a random delay of up to 20 ms, so the kill may
 land inside a write); then the flow runs again, uninterrupted. Checked after the re-run:
 
@@ -195,13 +196,27 @@ def reference(setup: Setup, workdir: Path) -> Reference:
                      json.loads(counts.read_text()), registry_state(workdir), time.monotonic() - t0)
 
 
+def downstream(ref: Reference, phase: str) -> set[str]:
+    """`phase` and every phase built from it (through the reference artifacts' lineage)."""
+    from pipeline.core.store import ArtifactStore
+
+    store = ArtifactStore(ref.workdir / "artifacts")
+    inputs = {name: {i["phase"] for i in store.read_lineage(name, aid).get("inputs", [])}
+              for name, aid in ref.phases.items()}
+    out = {phase}
+    for name in ref.phases:  # plan order: inputs come first
+        if inputs[name] & out:
+            out.add(name)
+    return out
+
+
 def prepare(ref: Reference, phase: str, workdir: Path) -> None:
-    """A fresh work dir holding the reference artifacts of the phases before `phase` (in plan order)."""
+    """A fresh work dir holding the reference artifacts of every phase that is neither `phase` nor built from
+    it: the run reaches `phase` at once, and the re-run recomputes exactly `phase` and what depends on it."""
+    redo = downstream(ref, phase)
     for name, aid in ref.phases.items():
-        if name == phase:
-            break
-        src = ref.workdir / "artifacts" / name / aid
-        shutil.copytree(src, workdir / "artifacts" / name / aid)
+        if name not in redo:
+            shutil.copytree(ref.workdir / "artifacts" / name / aid, workdir / "artifacts" / name / aid)
 
 
 def _weights_equal(a: Path, b: Path) -> bool:
