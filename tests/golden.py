@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 FIXTURE = Path(__file__).parent / "golden" / "phase_outputs.json"
-PHASES = ("dataset", "audit", "split", "crops", "contexts", "embeddings", "index", "validation")
+PHASES = ("dataset", "audit", "split", "crops", "contexts", "embeddings", "embedding_head", "index", "validation")
 RTOL, ATOL = 1e-3, 1e-4
 
 
@@ -129,7 +129,8 @@ def run_phases(data: Path, work: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for name in PHASES:
         spec = SPECS[name]
-        inputs = {k: results[k] for k in spec.inputs}
+        wanted = spec.inputs_for(cfg, {"format": "labelme"}) if spec.inputs_for else spec.inputs
+        inputs = {k: results[k] for k in wanted}
         results[name] = execute_phase(name, cfg, inputs, ctx, options={"format": "labelme"}, runtime=runtime)
         out[name] = {"version": spec.version,
                      "outputs": fingerprint_artifact(Path(results[name].path), spec.outputs)}

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from pipeline.core.errors import ConfigError  # noqa: E402  (re-exported: pipeline.core.config.ConfigError)
 from pipeline.core.sections import (  # noqa: F401  (re-exported)
     Section, DataConfig, AuditConfig, SplitConfig, DemoConfig, StoreConfig, TrackingConfig,
-    RuntimeConfig, DetectConfig, CropsConfig, EmbedConfig, IndexConfig, DriftConfig, ReviewConfig,
+    RuntimeConfig, DetectConfig, CropsConfig, EmbedConfig, EmbedHeadConfig, IndexConfig, DriftConfig, ReviewConfig,
 )
 from pipeline.core.training_sections import (  # noqa: F401  (re-exported)
     CalibrationConfig, PromotionConfig, ExportConfig, AugmentConfig, TrainConfig, PhaseTrainConfig,
@@ -40,6 +40,7 @@ class PipelineConfig(Section):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     crops: CropsConfig = Field(default_factory=CropsConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    embed_head: EmbedHeadConfig = Field(default_factory=EmbedHeadConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

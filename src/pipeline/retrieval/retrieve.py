@@ -7,6 +7,13 @@ SearchParameters / SearchParametersHNSW / SearchParametersIVF); when the approxi
 returns fewer than k hits, the search over-fetches unfiltered with a growing k, and finally scores
 the allowed rows exactly, so k hits come back whenever k items satisfy the filter.
 
+Re-ranking (`rerank`): 'qe' (alpha query expansion: the query moved towards its top allowed hits,
+then searched again with the same filter) or 'kreciprocal' (k-reciprocal re-ranking of the top
+RERANK_TOP allowed hits), both from `pipeline.retrieval.rerank`. They work in the query's own part
+of the index space (an image query in the image part, a text query in the text part: an image query
+is never re-ranked by the index's context texts) and only ever see rows that passed the filter, so
+the k results still all meet it. Deterministic: no sampling anywhere.
+
 The index artifact names its crops artifact by id (index.json `inputs`) and stores crop paths
 relative to it; `Retriever.open` resolves that id through the artifact store, so an index keeps
 working in a moved work dir or from a remote store, and hits carry readable local crop paths.
@@ -21,6 +28,11 @@ import numpy as np
 
 from pipeline.retrieval.coarse import search_ready
 from pipeline.retrieval.index import np_search, search_params
+
+RERANKS = ("qe", "kreciprocal")
+RERANK_TOP = 100  # allowed hits k-reciprocal re-ranking looks at
+QE_N, QE_ALPHA = 3, 3.0
+KR_K1, KR_K2, KR_LAMBDA = 20, 6, 0.3
 
 
 class Retriever:
@@ -120,15 +132,29 @@ class Retriever:
     # -- search --------------------------------------------------------------------------------
     def search(self, query: Any, k: int = 5, zones: int | Sequence[int] | None = None, has_damage: bool | None = None,
                damage_type: str | Sequence[str] | None = None,
-               exclude_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Top-k hits: dicts of rank (1-based), crop_id, score and the metadata columns; scores descending."""
+               exclude_ids: Iterable[str] | None = None, rerank: str | None = None) -> list[dict[str, Any]]:
+        """Top-k hits: dicts of rank (1-based), crop_id, score and the metadata columns; scores descending
+        (with `rerank` 'kreciprocal' the score is minus the re-ranked distance)."""
         return self.search_many(self.query_vector(query)[None, :], k, zones=zones, has_damage=has_damage,
-                                damage_type=damage_type, exclude_ids=exclude_ids)[0]
+                                damage_type=damage_type, exclude_ids=exclude_ids, rerank=rerank)[0]
 
-    def search_many(self, matrix: np.ndarray, k: int = 5, **filters: Any) -> list[list[dict[str, Any]]]:
+    def search_many(self, matrix: np.ndarray, k: int = 5, rerank: str | None = None,
+                    **filters: Any) -> list[list[dict[str, Any]]]:
         """`search` for each row of an (m, dim) matrix of index-space vectors (same filters for all)."""
+        if rerank not in (None, "none", *RERANKS):
+            raise ValueError(f"rerank must be one of {RERANKS} (or None), got {rerank!r}")
         q = np.ascontiguousarray(np.atleast_2d(matrix), dtype=np.float32)
         allowed = self.allowed_rows(**filters)
+        if rerank == "qe":
+            hits = [self._expanded(vec, h, k, allowed) for vec, h in zip(q, self._rows(q, max(k, QE_N), allowed))]
+        elif rerank == "kreciprocal":
+            hits = [self._kreciprocal(vec, h, k) for vec, h in zip(q, self._rows(q, max(k, RERANK_TOP), allowed))]
+        else:
+            hits = self._rows(q, k, allowed)
+        return [[self._hit(rank, row, score) for rank, (row, score) in enumerate(h, 1)] for h in hits]
+
+    def _rows(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        """The top-k allowed (row, score) of each query: pre-filtered search, then over-fetch, then exact."""
         want = min(k, self.index.ntotal if allowed is None else len(allowed))
         if want <= 0:
             return [[] for _ in q]
@@ -137,7 +163,52 @@ class Retriever:
         if short:
             for i, h in zip(short, self._overfetch(q[short], want, allowed)):
                 hits[i] = h
-        return [[self._hit(rank, row, score) for rank, (row, score) in enumerate(h, 1)] for h in hits]
+        return hits
+
+    # -- re-ranking ----------------------------------------------------------------------------
+    def _part(self, vec: np.ndarray) -> slice:
+        """The query's own part of a concatenated index space (the image part of an image query, the text
+        part of a text query); the whole vector otherwise."""
+        emb = self.info.get("embedder") or {}
+        d = emb.get("image_dim")
+        if emb.get("fusion", {}).get("mode") != "concat" or not d or not 0 < d < len(vec):
+            return slice(None)
+        if not np.any(vec[d:]):
+            return slice(0, d)
+        if not np.any(vec[:d]):
+            return slice(d, None)
+        return slice(None)
+
+    def _vectors(self, rows: list[int]) -> np.ndarray:
+        import faiss
+
+        base = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
+        if not isinstance(base, faiss.IndexRefine) and (ivf := faiss.try_extract_index_ivf(self.index)) is not None:
+            ivf.make_direct_map()
+        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
+    def _expanded(self, vec: np.ndarray, hits: list[tuple[int, float]], k: int,
+                  allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        """Alpha query expansion in the query's part, searched again under the same filter."""
+        from pipeline.retrieval.rerank import alpha_qe
+
+        if not hits:
+            return hits
+        part = self._part(vec)
+        new = np.zeros_like(vec)
+        new[part] = alpha_qe(vec[part], self._vectors([r for r, _ in hits[:QE_N]])[:, part], QE_N, QE_ALPHA)
+        return self._rows(new[None, :], k, allowed)[0]
+
+    def _kreciprocal(self, vec: np.ndarray, hits: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+        """k-reciprocal re-ranking of the allowed hits in the query's part; score = minus the final distance."""
+        from pipeline.retrieval.rerank import k_reciprocal
+
+        if not hits:
+            return hits
+        part = self._part(vec)
+        rows = [r for r, _ in hits]
+        order, dist = k_reciprocal(vec[part], self._vectors(rows)[:, part], KR_K1, KR_K2, KR_LAMBDA)
+        return [(rows[o], -float(d)) for o, d in zip(order[:k], dist[:k])]
 
     def _prefiltered(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
         import faiss
@@ -174,14 +245,7 @@ class Retriever:
     def _exact(self, vec: np.ndarray, k: int, rows: np.ndarray) -> list[tuple[int, float]]:
         """Inner products against the stored vectors of `rows`: exact for Flat/HNSW, the refine codes'
         reconstruction for a refined IVF-PQ, the PQ reconstruction (approximate) without refine."""
-        import faiss
-
-        base = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
-        if not isinstance(base, faiss.IndexRefine):
-            ivf = faiss.try_extract_index_ivf(self.index)
-            if ivf is not None:
-                ivf.make_direct_map()
-        vecs = self.index.reconstruct_batch(rows)
+        vecs = self._vectors(rows)
         scores = vecs @ vec
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(rows[t]), float(scores[t])) for t in top]

@@ -23,10 +23,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from pipeline.retrieval.neighbours import (  # noqa: F401  (re-exported)
+    ap_at_r as _ap_at_r, excluded, kreciprocal_reranker, knn, neighbour_metrics, qe_reranker, ranking,
+)
+
+from pipeline.retrieval.stats import CONFIDENCE, N_BOOTSTRAP, Estimate, PhotoBootstrap
+from pipeline.retrieval.validate_plots import _scatter, example_grid, projection_plots  # noqa: F401  (re-exported)
+from pipeline.retrieval.validate_report import report
 
 COVERAGE_BAR = 0.60
 MAX_QUERIES = 2000
@@ -42,92 +51,6 @@ def damage_label(row: dict[str, Any]) -> str:
     return Counter(types).most_common(1)[0][0] if types else "damage"
 
 
-def excluded(queries: np.ndarray, item: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """(len(queries), n) bool: references a query may not count: itself, its photo (item) and its group
-    (empty item or group keys match nothing)."""
-    out = np.zeros((len(queries), len(item)), dtype=bool)
-    for keys in (item, group):
-        qk = keys[queries][:, None]
-        out |= (keys[None, :] == qk) & (qk != "")
-    out[np.arange(len(queries)), queries] = True
-    return out
-
-
-def ranking(refs: np.ndarray, qvecs: np.ndarray, excl: np.ndarray, metric: str = "ip") -> tuple[np.ndarray, np.ndarray]:
-    """(order, n_allowed): each query's references sorted best first (excluded ones last), and how many
-    are allowed. 'ip': inner product; 'l2': euclidean distance."""
-    sims = qvecs @ refs.T
-    if metric == "l2":
-        sims = 2 * sims - (refs * refs).sum(axis=1)[None, :]  # -(|q - r|^2) up to the query's own norm
-    sims = np.where(excl, -np.inf, sims)
-    return np.argsort(-sims, axis=1, kind="stable"), (~excl).sum(axis=1)
-
-
-def knn(x: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip", item: np.ndarray | None = None,
-        group: np.ndarray | None = None, qvecs: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the k nearest allowed references of each query (the query, its photo and group excluded;
-    -1 where fewer than k are allowed). `qvecs`: query vectors other than x[queries] (image queries)."""
-    n = len(x)
-    none = np.full(n, "", dtype=object)
-    excl = excluded(queries, none if item is None else item, none if group is None else group)
-    order, allowed = ranking(x, x[queries] if qvecs is None else qvecs, excl, metric)
-    out = order[:, :k].copy()
-    out[np.arange(min(k, n))[None, :] >= allowed[:, None]] = -1
-    return out
-
-
-def _ap_at_r(rel: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Per-query AP@R: mean over the first R ranks of precision@i at the relevant ones (nan when R = 0)."""
-    n = rel.shape[1]
-    ranks = np.arange(1, n + 1)[None, :]
-    in_r = ranks <= r[:, None]
-    prec = np.cumsum(rel, axis=1) / ranks
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(r > 0, (prec * rel * in_r).sum(axis=1) / r, np.nan)
-
-
-def neighbour_metrics(refs: np.ndarray, qvecs: np.ndarray, queries: np.ndarray, k: int, labels: dict[str, np.ndarray],
-                      item: np.ndarray, group: np.ndarray) -> dict[str, Any]:
-    """Coverage (labels['state']), precision/recall@k, mAP@R and precision@1 for each other label of
-    `labels`, ranking `qvecs` against `refs` with each query's photo and group excluded. Per-query arrays
-    under `per_query`, the k-neighbours under `neigh`."""
-    n = len(refs)
-    chunk = max(1, 2**22 // max(n, 1))
-    neigh, per_query = [], {name: {"p": [], "r": [], "ap": [], "p1": []} for name in labels}
-    for s in range(0, len(queries), chunk):
-        q = queries[s:s + chunk]
-        order, allowed = ranking(refs, qvecs[s:s + chunk], excluded(q, item, group))
-        valid = np.arange(n)[None, :] < allowed[:, None]
-        neigh.append(np.where(valid[:, :k], order[:, :k], -1))
-        for name, lab in labels.items():
-            rel = (lab[order] == lab[q][:, None]) & valid
-            r = rel.sum(axis=1)
-            pq_ = per_query[name]
-            pq_["p"].append(rel[:, :k].sum(axis=1) / np.minimum(k, np.maximum(allowed, 1)))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                pq_["r"].append(np.where(r > 0, rel[:, :k].sum(axis=1) / r, np.nan))
-                pq_["ap"].append(_ap_at_r(rel, r))
-                pq_["p1"].append(np.where(allowed > 0, rel[:, 0], np.nan).astype(np.float64))
-            if name == "state":
-                pq_["chance"] = pq_.get("chance", []) + [r / np.maximum(allowed, 1)]
-    out: dict[str, Any] = {"neigh": np.concatenate(neigh), "per_query": {}}
-    state = labels["state"][queries]
-    p_state = np.concatenate(per_query["state"]["p"])
-    out["coverage_damaged"] = float(p_state[state].mean()) if state.any() else float("nan")
-    out["coverage_clean"] = float(p_state[~state].mean()) if (~state).any() else float("nan")
-    out["coverage_chance"] = float(np.mean(np.concatenate(per_query["state"]["chance"])))
-    for name, vals in per_query.items():
-        if name == "state":
-            continue
-        arr = {key: np.concatenate(v) for key, v in vals.items()}
-        out["per_query"][name] = arr
-        out[f"precision_at_{k}_{name}"] = float(np.mean(arr["p"]))
-        out[f"recall_at_{k}_{name}"] = float(np.nanmean(arr["r"]))
-        out[f"map_at_r_{name}"] = float(np.nanmean(arr["ap"]))
-        out[f"precision_at_1_{name}"] = float(np.nanmean(arr["p1"]))
-    return out
-
-
 def grouped(values: np.ndarray, keys: np.ndarray) -> dict[str, float]:
     return {str(k): float(np.nanmean(values[keys == k])) for k in sorted(set(keys.tolist()))}
 
@@ -140,59 +63,6 @@ def anisotropy(x: np.ndarray, sample: int = 2000, seed: int = 0) -> float:
     sims = s @ s.T
     n = len(s)
     return float((sims.sum() - np.trace(sims)) / max(n * (n - 1), 1))
-
-
-def _scatter(points: np.ndarray, labels: np.ndarray, title: str, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 6))
-    ax = fig.add_subplot()
-    for lab in sorted(set(labels.tolist())):
-        m = labels == lab
-        ax.scatter(points[m, 0], points[m, 1], s=8, label=f"{lab} ({int(m.sum())})", alpha=0.7)
-    ax.set_title(title)
-    ax.legend(fontsize=7, markerscale=2, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-
-
-def projection_plots(x: np.ndarray, labels: np.ndarray, out_dir: Path, seed: int = 0, max_points: int = 1500) -> list[str]:
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(x), size=min(max_points, len(x)), replace=False)
-    xs, ls = x[idx], labels[idx]
-    _scatter(PCA(n_components=2, random_state=seed).fit_transform(xs), ls, "PCA of embeddings", out_dir / "pca.png")
-    files = ["pca.png"]
-    if len(xs) >= 10:
-        perplexity = float(min(30, max(2, (len(xs) - 1) // 3)))
-        emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(xs)
-        _scatter(emb, ls, "t-SNE of embeddings", out_dir / "tsne.png")
-        files.append("tsne.png")
-    return files
-
-
-def example_grid(paths: list[str], queries: np.ndarray, neigh: np.ndarray, labels: np.ndarray, out: Path,
-                 n: int = 6, k: int = 5, seed: int = 0) -> None:
-    from matplotlib.figure import Figure
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(queries), size=min(n, len(queries)), replace=False)
-    cols = 1 + min(k, neigh.shape[1])
-    fig = Figure(figsize=(2 * cols, 2.1 * len(pick)))
-    for r, qi in enumerate(pick):
-        q = queries[qi]
-        for c, j in enumerate([q, *[j for j in neigh[qi][: cols - 1] if j >= 0]]):
-            ax = fig.add_subplot(len(pick), cols, r * cols + c + 1)
-            ax.imshow(Image.open(paths[j]).convert("RGB"))
-            ok = c == 0 or labels[j] == labels[q]
-            ax.set_title(("query: " if c == 0 else f"#{c}: ") + str(labels[j]), fontsize=7,
-                         color="black" if ok else "red")
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=80, metadata={"Software": None})
 
 
 def filter_checks(search: Callable[..., list[dict]], meta: list[dict[str, Any]], query: np.ndarray,
@@ -245,14 +115,51 @@ def _keys(meta: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([str(m.get(key) or "") for m in meta], dtype=object)
 
 
+@dataclass
+class Variant:
+    """Another set of vectors for the same crops, scored like the served ones (a row of the report): the
+    frozen features beside an adopted head, or the head that was not adopted beside the frozen features."""
+
+    name: str  # metric prefix
+    label: str  # the report's row name
+    x: np.ndarray
+    image_dims: int | None
+
+
+def _estimates(nm: dict[str, Any], sel: np.ndarray, state: np.ndarray, boot: PhotoBootstrap,
+               k: int) -> tuple[dict[str, Estimate], np.ndarray]:
+    """The figures of the queries `sel` (positions in the query list) with intervals over their photos."""
+    pq_ = nm["per_query"]
+    p = pq_["state"]["p"][sel]
+    est = {"coverage_damaged": boot.mean(p, state[sel]), "coverage_clean": boot.mean(p, ~state[sel])}
+    bal, draws = boot.balanced(p, state[sel])
+    est["balanced_coverage"] = bal
+    for lab in ("damage_type", "zone"):
+        est[f"map_at_r_{lab}"] = boot.mean(pq_[lab]["ap"][sel])
+        est[f"precision_at_{k}_{lab}"] = boot.mean(pq_[lab]["p"][sel])
+    return est, draws
+
+
+def _flat(prefix: str, est: dict[str, Estimate]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, e in est.items():
+        out.update(e.as_dict(f"{prefix}{name}"))
+    return out
+
+
 def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 5,
-             search: Callable[..., list[dict]] | None = None, seed: int = 0,
-             image_dims: int | None = None) -> dict[str, float]:
+             search: Callable[..., list[dict]] | None = None, seed: int = 0, image_dims: int | None = None,
+             variants: Sequence[Variant] = (), served: str | None = None, rerank: bool = True,
+             notes: Sequence[str] = ()) -> dict[str, Any]:
     """Write report.md, metrics.json and plots into out_dir; return flat metrics.
 
     `meta` rows: has_damage, defects/damage_types, zone(_name), split, item_id, group_id, crop_path.
     `image_dims`: the vectors' first image_dims columns are the image part of a concatenation: the
-    headline is then the image-query ranking and the fused one is reported as fused_*."""
+    headline is then the image-query ranking and the fused one is reported as fused_*. `variants`:
+    other vectors of the same crops, each a row (`<name>_*`). `rerank`: rows with alpha query
+    expansion (`qe_*`) and k-reciprocal re-ranking (`kreciprocal_*`) of the headline's image queries, in
+    the image part only. Every coverage, mAP@R and P@k comes with a bootstrap interval over the query
+    photos (groups) and its number of queries and photos (`_lo`, `_hi`, `_n_queries`, `_n_photos`)."""
     from sklearn.metrics import silhouette_score
 
     n = len(meta)
@@ -266,25 +173,63 @@ def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 
     queries = pick_queries(meta, seed)
     k = min(k, n - 1)
     qimg = image_queries(x, image_dims)
+    unit = np.where(group != "", group, np.where(item != "", item, np.arange(n).astype(str)))[queries]
+    boot = PhotoBootstrap(unit, seed=seed)
+    state = labels["state"][queries]
+    every = np.arange(len(queries))
     fused = neighbour_metrics(x, x[queries], queries, k, labels, item, group)
     head = fused if qimg is None else neighbour_metrics(x, qimg[queries], queries, k, labels, item, group)
-    neigh_l2 = knn(x, queries, k, "l2", item, group)
-    agreement = float(np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / k for a, b in zip(fused["neigh"], neigh_l2)]))
-    sil = float("nan")
-    if 1 < len(set(dmg.tolist())) < n:
-        sil = float(silhouette_score(x, dmg, metric="cosine", sample_size=min(2000, n), random_state=seed))
+    head_est, head_draws = _estimates(head, every, state, boot, k)
+    rows = [{"name": "", "label": served or ("image queries" if qimg is not None else "stored vectors"), **head_est}]
     scalar = lambda nm: {key: v for key, v in nm.items() if key not in ("neigh", "per_query")}  # noqa: E731
     cov = np.nan_to_num([head["coverage_damaged"], head["coverage_clean"]], nan=1.0)
-    metrics: dict[str, float] = {
+    metrics: dict[str, Any] = {
         "n_crops": n, "n_queries": len(queries),
         "n_query_photos": len({item[q] or q for q in queries}), "n_query_groups": len({group[q] or q for q in queries}),
         "mean_excluded_references": float(np.mean([(excluded(queries[i:i + 1], item, group)).sum() - 1
                                                    for i in range(len(queries))])),
         "k": k, "image_query_headline": float(qimg is not None),
-        **scalar(head), "coverage_bar_met": float(cov.min() >= COVERAGE_BAR),
-        **({f"fused_{key}": v for key, v in scalar(fused).items()} if qimg is not None else {}),
-        "cosine_euclidean_agreement": agreement, "silhouette_damage_type": sil, "anisotropy": anisotropy(x, seed=seed),
+        **scalar(head), **_flat("", head_est), "coverage_bar_met": float(cov.min() >= COVERAGE_BAR),
     }
+    if qimg is not None:
+        fused_est, _ = _estimates(fused, every, state, boot, k)
+        metrics.update({f"fused_{key}": v for key, v in scalar(fused).items()})
+        metrics.update(_flat("fused_", fused_est))
+        rows.append({"name": "fused_", "label": "fused vectors (image + context text; not what an image query gets)",
+                     **fused_est})
+    for v in variants:
+        vq = image_queries(v.x, v.image_dims)
+        nm = neighbour_metrics(v.x, (v.x if vq is None else vq)[queries], queries, k, labels, item, group)
+        est, draws = _estimates(nm, every, state, boot, k)
+        metrics.update({f"{v.name}_{key}": val for key, val in scalar(nm).items()})
+        metrics.update(_flat(f"{v.name}_", est))
+        diff = boot.difference(head_draws, draws, head_est["balanced_coverage"].value - est["balanced_coverage"].value,
+                               len(queries))
+        metrics.update(diff.as_dict(f"served_minus_{v.name}_balanced_coverage"))
+        rows.append({"name": f"{v.name}_", "label": v.label, **est})
+    if rerank:
+        space = x if qimg is None else qimg  # image queries re-rank in the image part only: never by text
+        for name, label, rr in (("qe", "+ alpha query expansion (n 3, alpha 3)", qe_reranker()),
+                                ("kreciprocal", "+ k-reciprocal re-ranking (top 100, k1 20, k2 6, lambda 0.3)",
+                                 kreciprocal_reranker())):
+            nm = neighbour_metrics(space, space[queries], queries, k, labels, item, group, reranker=rr)
+            est, _ = _estimates(nm, every, state, boot, k)
+            metrics.update({f"{name}_{key}": val for key, val in scalar(nm).items()})
+            metrics.update(_flat(f"{name}_", est))
+            rows.append({"name": f"{name}_", "label": label, **est})
+    split = np.array([str(meta[q].get("split") or "") for q in queries])
+    if (split == "test").any() and (split != "test").any():
+        test = np.flatnonzero(split == "test")
+        test_est, _ = _estimates(head, test, state, PhotoBootstrap(unit[test], seed=seed), k)
+        metrics.update(_flat("test_", {key: e for key, e in test_est.items()}))
+        rows.append({"name": "test_", "label": "the served ranking, test-split queries only", **test_est})
+    neigh_l2 = knn(x, queries, k, "l2", item, group)
+    metrics["cosine_euclidean_agreement"] = float(np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / k
+                                                           for a, b in zip(fused["neigh"], neigh_l2)]))
+    sil = float("nan")
+    if 1 < len(set(dmg.tolist())) < n:
+        sil = float(silhouette_score(x, dmg, metric="cosine", sample_size=min(2000, n), random_state=seed))
+    metrics.update({"silhouette_damage_type": sil, "anisotropy": anisotropy(x, seed=seed)})
     filters: dict[str, Any] = {}
     if search is not None:
         filters = filter_checks(search, meta, x[0] if qimg is None else qimg[0], k=k)
@@ -301,48 +246,16 @@ def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 
                 "recall": grouped(pq_["damage_type"]["r"], dmg[queries])}
     per_zone = {"precision": grouped(pq_["zone"]["p"], labels["zone"][queries]),
                 "recall": grouped(pq_["zone"]["r"], labels["zone"][queries])}
+    table = [{key: (e if not isinstance(e, Estimate) else e.__dict__) for key, e in r.items()} for r in rows]
     (out_dir / "metrics.json").write_text(json.dumps(
-        {"metrics": metrics, "by_damage_type": per_type, "by_zone": per_zone, "filters": filters},
+        {"metrics": metrics, "rows": table, "by_damage_type": per_type, "by_zone": per_zone, "filters": filters,
+         "bootstrap": {"draws": N_BOOTSTRAP, "confidence": CONFIDENCE, "seed": seed, "unit": "photo group"}},
         indent=2, sort_keys=True, default=float))
-    (out_dir / "report.md").write_text(_report(metrics, per_type, per_zone, filters, plots, k))
+    (out_dir / "report.md").write_text(report(metrics, rows, per_type, per_zone, filters, plots, k, notes))
     return metrics
 
 
-def _headline(m: dict[str, Any], k: int) -> list[str]:
-    bar = "meets" if m["coverage_bar_met"] else "DOES NOT meet"
-    ranking_ = ("Image queries (what `pipeline search --image` ranks by: the image part of each query against the "
-                "index)" if m["image_query_headline"] else
-                "Stored vectors against stored vectors (this fusion mixes image and text into one vector, so an "
-                "image-only ranking cannot be separated)")
-    lines = [f"{ranking_}, {m['n_queries']} queries from {m['n_query_photos']} photos ({m['n_query_groups']} groups); "
-             f"a query's own photo and group are excluded from its neighbours (on average "
-             f"{m['mean_excluded_references']:.1f} crops per query).", "",
-             f"**Coverage** (same damage state among the top {k}): damaged {m['coverage_damaged']:.3f}, clean "
-             f"{m['coverage_clean']:.3f} (chance {m['coverage_chance']:.3f}); {bar} the users' bar of "
-             f"{COVERAGE_BAR:.0%}. mAP@R by damage type {m['map_at_r_damage_type']:.3f}, by zone {m['map_at_r_zone']:.3f}.",
-             ""]
-    if m["image_query_headline"]:
-        lines += [f"Fused vectors (image + context text, stored vector against stored vectors; `fused_*`): coverage "
-                  f"damaged {m['fused_coverage_damaged']:.3f}, clean {m['fused_coverage_clean']:.3f}; mAP@R by damage "
-                  f"type {m['fused_map_at_r_damage_type']:.3f}. Not the headline: a user's image query has no text.", ""]
-    return lines
-
-
-def _report(metrics, per_type, per_zone, filters, plots, k: int) -> str:
-    lines = ["# Retrieval validation", "", *_headline(metrics, k), "| metric | value |", "|---|---|",
-             *[f"| {key} | {val:.4f} |" for key, val in metrics.items()]]
-    for title, table in ((f"## By damage type (precision@{k}, recall@{k})", per_type),
-                         (f"## By zone (precision@{k}, recall@{k})", per_zone)):
-        lines += ["", title, "", "| label | precision | recall |", "|---|---|---|",
-                  *[f"| {lab} | {table['precision'][lab]:.3f} | {table['recall'][lab]:.3f} |" for lab in table["precision"]]]
-    if filters:
-        lines += ["", "## Filter correctness", "", "| filter | hits | matching | ok |", "|---|---|---|---|",
-                  *[f"| {name} | {f['hits']} | {f['matching']} | {'yes' if f['ok'] else 'NO'} |" for name, f in filters.items()]]
-    lines += ["", "## Plots", "", *[f"![{p}]({p})" for p in plots]]
-    return "\n".join(lines) + "\n"
-
-
-def _groups(crops_dir: Path, store: Any, split_dir: Path | None) -> dict[str, str]:
+def photo_groups(crops_dir: Path, store: Any, split_dir: Path | None) -> dict[str, str]:
     """item_id -> group_id from the split table: split_dir, else the split artifact the crops' lineage names."""
     import pyarrow.parquet as pq
 
@@ -356,25 +269,65 @@ def _groups(crops_dir: Path, store: Any, split_dir: Path | None) -> dict[str, st
     return dict(zip(t["item_id"], t["group_id"]))
 
 
+_groups = photo_groups
+
+
+def head_rows(emb_dir: Path, head_dir: Path | None) -> tuple[str, list[Variant], list[str]]:
+    """(the served row's name, the other row, report notes) from the embedding_head artifact: an adopted
+    head is served with the frozen features beside it; a refused one is shown beside the frozen features."""
+    from pipeline.retrieval.adopt import explain, load_head, project_fused, read_decision
+    from pipeline.retrieval.embed import load_embeddings
+
+    decision = read_decision(head_dir)
+    if decision is None:
+        return "frozen features (image queries)", [], []
+    _, raw = load_embeddings(Path(emb_dir))
+    embedder = json.loads((Path(emb_dir) / "embedder.json").read_text(encoding="utf-8"))
+    concat = embedder.get("fusion", {}).get("mode") == "concat"
+    head, loss = load_head(head_dir), decision.get("loss")
+    note = [f"Embedding head: {'**adopted**' if decision['adopted'] else 'not adopted'}; {explain(decision)} "
+            "(the embedding_head phase's report).", ""]
+    if decision["adopted"]:
+        frozen = Variant("frozen", "frozen features (image queries; not served)", raw,
+                         embedder.get("image_dim") if concat else None)
+        return f"head ({loss}, adopted; image queries)", [frozen], note
+    if head is None:
+        return "frozen features (image queries)", [], note
+    projected, meta = project_fused(raw, embedder, head, None)
+    return ("frozen features (served; image queries)",
+            [Variant("head", f"head ({loss}, not adopted; image queries)", projected, meta["image_dim"])], note)
+
+
 def run_validation(index_dir: Path, embeddings_dir: Path, crops_dir: Path, out_dir: Path, k: int = 5, seed: int = 0,
-                   store: Any = None, split_dir: Path | None = None) -> dict[str, float]:
+                   store: Any = None, split_dir: Path | None = None, head_dir: Path | None = None) -> dict[str, Any]:
     """The validation phase: the index's metadata joined with the crops' defects and photos (item_id) and the
     split's groups (from `split_dir`, else the split artifact the crops' lineage names, through `store`);
-    `validate` on the embeddings, with the retriever's filtered search checked. Returns the metrics."""
+    `validate` on the vectors the index holds (the adopted head's when there is one) with the other row of
+    the embedding_head artifact beside them, and the retriever's filtered search checked. Returns the metrics."""
     import pyarrow.parquet as pq
 
-    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.adopt import searched_vectors
     from pipeline.retrieval.retrieve import Retriever
 
-    ids, x = load_embeddings(embeddings_dir)
+    ids, x, embedder = searched_vectors(Path(embeddings_dir), head_dir)
     retriever = Retriever.open(index_dir, store=store, crops_dir=crops_dir)
     meta = {r["crop_id"]: r for r in retriever.metadata}
     crops = pq.read_table(Path(crops_dir) / "crops.parquet", columns=["crop_id", "defects", "item_id"]).to_pydict()
     by_crop = {c: (d, i) for c, d, i in zip(crops["crop_id"], crops["defects"], crops["item_id"])}
-    groups = _groups(crops_dir, store, split_dir)
+    groups = photo_groups(crops_dir, store, split_dir)
     rows = [{**meta[c], "defects": by_crop[c][0], "item_id": by_crop[c][1], "group_id": groups.get(by_crop[c][1])}
             for c in ids]
-    emb = json.loads((Path(embeddings_dir) / "embedder.json").read_text(encoding="utf-8"))
-    concat = emb.get("fusion", {}).get("mode") == "concat"
-    return validate(x, rows, Path(out_dir), k=k, search=retriever.search, seed=seed,
-                    image_dims=emb.get("image_dim") if concat else None)
+    concat = embedder.get("fusion", {}).get("mode") == "concat"
+    served, variants, notes = head_rows(Path(embeddings_dir), head_dir)
+    metrics = validate(x, rows, Path(out_dir), k=k, search=retriever.search, seed=seed,
+                       image_dims=embedder.get("image_dim") if concat else None, variants=variants, served=served,
+                       notes=notes)
+    decision = read_decision_metrics(head_dir)
+    return {**metrics, **decision}
+
+
+def read_decision_metrics(head_dir: Path | None) -> dict[str, Any]:
+    from pipeline.retrieval.adopt import explain, read_decision
+
+    d = read_decision(head_dir)
+    return {} if d is None else {"head_adopted": float(d["adopted"]), "head_reason": explain(d)}

@@ -20,7 +20,8 @@ import numpy as np
 from pipeline.core.config import PipelineConfig
 
 FIGURES = ("map_at_r", "precision_at_1", "coverage_damaged", "silhouette", "anisotropy", "cos_euclid_agreement",
-           "pml_map_at_r")
+           "pml_map_at_r", "map_at_r_lo", "map_at_r_hi", "coverage_damaged_lo", "coverage_damaged_hi",
+           "coverage_damaged_n_queries", "n_queries", "n_photos")
 BASELINE = "baseline"
 
 
@@ -44,7 +45,7 @@ def _row(arch: str, loss: str, stage: str, info: dict[str, Any], evals: dict[str
     row: dict[str, Any] = {"backbone": arch, "loss": loss, "stage": stage, "random_init": bool(info["random_init"]),
                            "weights_source": str(info["weights_source"]), **(extra or {})}
     for split, ev in evals.items():
-        for key in (*FIGURES, f"precision_at_{k}", f"recall_at_{k}", "n"):
+        for key in (*FIGURES, f"precision_at_{k}", f"precision_at_{k}_lo", f"precision_at_{k}_hi", f"recall_at_{k}", "n"):
             row[f"{split}_{key}"] = ev.metrics.get(key, float("nan"))
     return row
 
@@ -106,6 +107,11 @@ def run_cell(split_dir: Path, crops_dir: Path | None, cfg: PipelineConfig, arch:
     return metrics
 
 
+def _ci(r: dict[str, Any], key: str) -> str:
+    v, lo, hi = r.get(key, float("nan")), r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    return f"{v:.3f}" if lo is None or hi is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def _report(arch: str, loss: str, rows: list[dict[str, Any]], kept: str, data: Any, files: list[str], k: int) -> str:
     lines = []
     if rows[0]["random_init"]:
@@ -116,13 +122,16 @@ def _report(arch: str, loss: str, rows: list[dict[str, Any]], kept: str, data: A
               f"Items: {data.source}, target `{data.target}`, {len(data.class_names)} classes; "
               + ", ".join(f"{sp} {sum(counts.get(sp, {}).values())}" for sp in ("train", "val", "test"))
               + f". Weights: {rows[0]['weights_source']}. Kept stage (best val mAP@R): **{kept}**.", "",
-              f"| stage | val mAP@R | val P@{k} | test mAP@R | test P@{k} | test R@{k} | silhouette | anisotropy | "
-              "cos/euclid | epochs |", "|---|---|---|---|---|---|---|---|---|---|"]
+              f"| stage | val mAP@R | val P@{k} | test queries (photos) | test mAP@R | test P@{k} | test damaged->damaged@{k} "
+              f"| test R@{k} | silhouette | anisotropy | cos/euclid | epochs |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['val_map_at_r']:.3f} | {r[f'val_precision_at_{k}']:.3f} | "
-                     f"{r['test_map_at_r']:.3f} | {r[f'test_precision_at_{k}']:.3f} | {r[f'test_recall_at_{k}']:.3f} | "
-                     f"{r['test_silhouette']:.3f} | {r['test_anisotropy']:.3f} | {r['test_cos_euclid_agreement']:.3f} | "
-                     f"{r.get('epochs_run', '-')} |")
+        ci = lambda key: _ci(r, key)  # noqa: E731
+        lines.append(f"| {r['stage']} | {ci('val_map_at_r')} | {ci(f'val_precision_at_{k}')} | "
+                     f"{int(r.get('test_n_queries', r.get('test_n', 0)))} ({int(r.get('test_n_photos', 0))}) | "
+                     f"{ci('test_map_at_r')} | {ci(f'test_precision_at_{k}')} | {ci('test_coverage_damaged')} | "
+                     f"{r[f'test_recall_at_{k}']:.3f} | {r['test_silhouette']:.3f} | {r['test_anisotropy']:.3f} | "
+                     f"{r['test_cos_euclid_agreement']:.3f} | {r.get('epochs_run', '-')} |")
     lines += ["", "Figures within each split, the query's own photo and group excluded; test columns on the "
-              "held-back test split.", "", "## Plots (kept stage)", "", *[f"![{f}]({f})" for f in files], ""]
+              "held-back test split; intervals: 95% bootstrap over photo groups (seeded).", "",
+              "## Plots (kept stage)", "", *[f"![{f}]({f})" for f in files], ""]
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 Within each split (val, test) every item queries the other items of that split; neighbours cut from
 the query's own photo (item_id) or its group (group_id) are excluded (`retrieval.validate`'s
 ranking). Figures: precision@k, recall@k, mAP@R and precision@1 of the class labels, damage-state
-coverage, silhouette (cosine), anisotropy (mean cosine of random pairs), top-k agreement of cosine on
+coverage (mAP@R, precision@k and damaged coverage with a seeded 95% bootstrap interval over photo groups
+and their numbers of queries and photos), silhouette (cosine), anisotropy (mean cosine of random pairs), top-k agreement of cosine on
 the L2-normalised vectors against euclidean on the raw (un-normalised) ones, and for reference
 pytorch-metric-learning's AccuracyCalculator mAP@R (which can exclude only the query itself).
 Plots: PCA and t-SNE (validate.projection_plots), UMAP when umap-learn is installed, coloured by
@@ -57,16 +58,36 @@ def retrieval_metrics(x: np.ndarray, frame: Any, labels: np.ndarray, k: int) -> 
     if n < 2:
         nan = float("nan")
         return {"map_at_r": nan, f"precision_at_{k}": nan, f"recall_at_{k}": nan, "precision_at_1": nan,
-                "per_query_p": np.zeros(0), "neigh": np.zeros((0, k), int)}
+                "per_query_p": np.zeros(0), "neigh": np.zeros((0, k), int), "n_queries": float(n),
+                "n_photos": float(n)}
     k = min(k, n - 1)
     queries = np.arange(n)
     state = np.array([str(t) != "clean" for t in frame["target"]]) if "target" in frame.columns else labels >= 0
-    out = V.neighbour_metrics(x, x, queries, k, {"state": state, "cls": np.asarray(labels)},
-                              _keys(frame, "item_id"), _keys(frame, "group_id"))
-    return {"map_at_r": out["map_at_r_cls"], f"precision_at_{k}": out[f"precision_at_{k}_cls"],
-            f"recall_at_{k}": out[f"recall_at_{k}_cls"], "precision_at_1": out["precision_at_1_cls"],
-            "coverage_damaged": out["coverage_damaged"], "coverage_clean": out["coverage_clean"],
-            "per_query_p": out["per_query"]["cls"]["p"], "neigh": out["neigh"]}
+    item, group = _keys(frame, "item_id"), _keys(frame, "group_id")
+    out = V.neighbour_metrics(x, x, queries, k, {"state": state, "cls": np.asarray(labels)}, item, group)
+    res = {"map_at_r": out["map_at_r_cls"], f"precision_at_{k}": out[f"precision_at_{k}_cls"],
+           f"recall_at_{k}": out[f"recall_at_{k}_cls"], "precision_at_1": out["precision_at_1_cls"],
+           "coverage_damaged": out["coverage_damaged"], "coverage_clean": out["coverage_clean"],
+           "per_query_p": out["per_query"]["cls"]["p"], "neigh": out["neigh"]}
+    return {**res, **intervals(out, state, item, group, k)}
+
+
+def intervals(out: dict[str, Any], state: np.ndarray, item: np.ndarray, group: np.ndarray, k: int,
+              seed: int = 0) -> dict[str, float]:
+    """`<figure>_lo` / `_hi` (95% bootstrap over photo groups, seeded), `n_queries` and `n_photos` of mAP@R,
+    precision@k and damaged coverage."""
+    from pipeline.retrieval.stats import PhotoBootstrap
+
+    units = np.where(group != "", group, np.where(item != "", item, np.arange(len(item)).astype(str)))
+    boot = PhotoBootstrap(units, seed=seed)
+    pq_ = out["per_query"]
+    figures = {"map_at_r": boot.mean(pq_["cls"]["ap"]), f"precision_at_{k}": boot.mean(pq_["cls"]["p"]),
+               "coverage_damaged": boot.mean(pq_["state"]["p"], state)}
+    res: dict[str, float] = {"n_queries": float(len(units)), "n_photos": float(boot.n_photos)}
+    for name, e in figures.items():
+        res.update({f"{name}_lo": e.lo, f"{name}_hi": e.hi})
+    res["coverage_damaged_n_queries"] = float(figures["coverage_damaged"].n_queries)
+    return res
 
 
 def pml_map_at_r(x: np.ndarray, labels: np.ndarray) -> float:

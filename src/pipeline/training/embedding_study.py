@@ -53,16 +53,29 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _ci(r: dict[str, Any], key: str) -> str:
+    """'0.817 [0.750, 0.880]' when the row carries the figure's interval (older rows: the value alone)."""
+    v, lo, hi = r.get(key, float("nan")), r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    return _fmt(v) if lo is None or hi is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _queries(r: dict[str, Any], split: str) -> str:
+    n, photos = r.get(f"{split}_n_queries", r.get(f"{split}_n")), r.get(f"{split}_n_photos")
+    return "-" if n is None else f"{int(n)}" + (f" ({int(photos)})" if photos is not None else "")
+
+
 def _table(rows: list[dict[str, Any]], k: int, best: dict[str, Any] | None) -> list[str]:
-    cols = ("backbone", "loss", "stage", "val_map_at_r", "test_map_at_r", "lift_test_map_at_r",
+    cols = ("backbone", "loss", "stage", "val_map_at_r", "test_queries", "test_map_at_r", "lift_test_map_at_r",
             f"test_precision_at_{k}", f"test_recall_at_{k}", "test_coverage_damaged", "test_silhouette",
             "test_anisotropy", "test_cos_euclid_agreement")
-    head = ["backbone", "loss", "stage", "val mAP@R", "test mAP@R", "lift (test mAP@R)", f"test P@{k}",
-            f"test R@{k}", f"damaged->damaged@{k}", "silhouette", "anisotropy", "cos/euclid top-k"]
+    head = ["backbone", "loss", "stage", "val mAP@R", "test queries (photos)", "test mAP@R", "lift (test mAP@R)",
+            f"test P@{k}", f"test R@{k}", f"damaged->damaged@{k}", "silhouette", "anisotropy", "cos/euclid top-k"]
+    with_ci = {"val_map_at_r", "test_map_at_r", f"test_precision_at_{k}", "test_coverage_damaged"}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [_fmt(r.get(c, float("nan"))) if c != "lift_test_map_at_r" else
-                 ("-" if r["loss"] == BASELINE else f"{r[c]:+.3f}") for c in cols]
+        cells = [("-" if r["loss"] == BASELINE else f"{r[c]:+.3f}") if c == "lift_test_map_at_r" else
+                 _queries(r, "test") if c == "test_queries" else _ci(r, c) if c in with_ci else
+                 _fmt(r.get(c, float("nan"))) for c in cols]
         if r["random_init"]:
             cells[0] += " (random init)"
         if best is not None and r is best:
@@ -150,10 +163,11 @@ def run_study(cell_dirs: dict[str, Path], out_dir: Path, k: int = 5) -> dict[str
     (out_dir / "best.json").write_text(json.dumps(best_info, indent=2, sort_keys=True) + "\n")
     lines = ["# Embedding study", "",
              "Every row is evaluated identically: within the val and the test split each item queries the others, "
-             "neighbours from its own photo or group excluded. Best = highest **val** mAP@R among pretrained "
-             "backbones; test figures are held back for reporting. Lift = test mAP@R minus the same backbone's "
-             "frozen GAP baseline. damaged->damaged@k: the share of a damaged query's top k that are damaged (the "
-             "retrieval validation's coverage; the classes are unbalanced, so mAP@R alone flatters the clean class).",
+             "neighbours from its own photo or group excluded; intervals: 95% bootstrap over photo groups "
+             "(seeded). Best = highest **val** mAP@R among pretrained backbones; test figures are held back for "
+             "reporting. Lift = test mAP@R minus the same backbone's frozen GAP baseline. damaged->damaged@k: the "
+             "share of a damaged query's top k that are damaged (the retrieval validation's coverage; the classes "
+             "are unbalanced, so mAP@R alone flatters the clean class).",
              "", *_table(rows, k, best), "", *_chance_line(rows, cell_dirs)]
     if best:
         lines += [f"Best: `{best['cell']}` stage `{best['stage']}` (artifact `{best['artifact_id']}`), val mAP@R "
