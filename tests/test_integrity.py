@@ -208,3 +208,19 @@ def _same_artifacts(ref: Path, work: Path) -> None:
     for name in ("dataset", "audit", "split"):
         aid = Path(a.fs.ls(f"{a.root}/{name}", detail=False)[0]).name
         assert a.read_lineage(name, aid)["outputs"] == b.read_lineage(name, aid)["outputs"], name
+
+
+def test_a_corrupt_registry_copy_is_downloaded_again_never_served(tmp_path, caplog):
+    from pipeline.training import registry as R
+    from training_fixtures import colour_images, tiny_model_dir
+
+    client = R.registry_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = tiny_model_dir(tmp_path / "m", colour_images(tmp_path / "imgs", 4, seed=0, prefix="a"))
+    mv = R.register_classifier(client, "exp-student", model, "exp")
+    local = R.version_model_dir(client, mv, tmp_path / "cache")
+    assert R.model_sha256(local) == mv.tags[R.SHA_TAG]
+    _flip(local / "model.safetensors", at=300)
+    with caplog.at_level(logging.WARNING):
+        again = R.version_model_dir(client, mv, tmp_path / "cache")
+    assert again == local and R.model_sha256(again) == mv.tags[R.SHA_TAG] and "downloading it again" in caplog.text
+    assert [p.name for p in (tmp_path / "cache" / "exp-student").iterdir()] == [str(mv.version)]  # no temp left

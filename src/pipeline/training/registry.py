@@ -23,6 +23,7 @@ the same state, with the same result.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -169,12 +170,32 @@ def resolve_version(client, name: str, ref: str | int):
 
 
 def version_model_dir(client, mv, cache_dir: Path) -> Path:
-    """The version's model dir (model.safetensors + model.json), downloaded once into cache_dir."""
+    """The version's model dir (model.safetensors + model.json), downloaded once into cache_dir: into a temp
+    folder renamed into place (a killed download is never taken for a copy), and a copy whose files no
+    longer match the version's sha256 tag is downloaded again, with a warning (never served)."""
+    import logging
+    import uuid
+
     dst = Path(cache_dir) / mv.name / str(mv.version)
     local = dst / MODEL_PATH / "artifacts" / "model_dir"
-    if not (local / "model.json").is_file():
-        dst.mkdir(parents=True, exist_ok=True)
-        client.download_artifacts(mv.run_id, MODEL_PATH, str(dst))
+    sha = (getattr(mv, "tags", None) or {}).get(SHA_TAG)
+    if (local / "model.json").is_file():
+        try:
+            if not sha or model_sha256(local) == sha:
+                return local
+        except OSError:
+            pass
+        logging.getLogger(__name__).warning("registry copy %s does not match %s version %s: downloading it again",
+                                            dst, mv.name, mv.version)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        client.download_artifacts(mv.run_id, MODEL_PATH, str(tmp))
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return local
 
 
