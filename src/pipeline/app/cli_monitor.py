@@ -142,8 +142,12 @@ def review_cmd(
     typer.echo(f"left out: {int(m['n_queued_before'])} queued before, {int(m['n_labelled'])} labelled, "
                f"{int(m['n_near_duplicate_of_labelled'])} near duplicates of labelled, {int(m['n_unreadable'])} "
                f"unreadable, {int(m['n_too_close'])} too close to a queued one")
-    typer.echo(f"LabelMe folder: {result.info.get('folder')}\n  labelme {result.info.get('folder')} --flags "
-               f"{result.info.get('folder')}/flags.txt --nodata --autosave")
+    folder = result.info.get("folder", "")
+    if not m["n_queued"]:
+        typer.echo(f"nothing new to queue; every photo left out is listed with its reason in "
+                   f"{Path(result.path) / 'left_out.csv'}")
+        return
+    typer.echo(f"LabelMe folder: {folder}\n  labelme {folder} --flags {folder}/flags.txt --nodata --autosave")
 
 
 @app.command("shift-data")
