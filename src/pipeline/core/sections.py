@@ -280,6 +280,11 @@ class ReviewConfig(Section):
         "auto", description="How the champion sees a photo: 'image' whole; 'windows' the crops phase's grid windows "
         "inside the vehicle box, the window most likely damaged deciding (a crops model); 'auto': windows when the "
         "model has the crops' 'clean' class.")
+    window_scales: list[float] = Field(
+        default_factory=lambda: [1.0, 0.5], description="'windows': window sides as multiples of crops.grid_size "
+        "(each scale a grid of its own). A damage crop is cut tight around its defect, so windows smaller than the "
+        "retrieval grid find damage the grid's windows dilute (demo champion: 25 of 30 damaged inbox photos called "
+        "damaged with [1.0, 0.5], 1 of 35 with [1.0]).")
     label_check: bool = Field(False, description="Also score the current run's val and test photos and queue those "
                               "whose label the champion contradicts (likely label errors).")
     model: str = Field("champion", description="Registry alias or version number of the model that scores.")

@@ -126,7 +126,7 @@ def run_review(inp: ReviewInputs, cfg: Any, model: Any, scorer: Any, out_dir: Pa
         from pipeline.retrieval.detect import make_detector
 
         det = detector() if detector else make_detector(cfg.detect)
-    scores = score_photos(scorer, [c.path for c in cands], mode, det, cfg.crops)
+    scores = score_photos(scorer, [c.path for c in cands], mode, det, cfg.crops, rc.window_scales)
     bad = apply_scores(cands, scores, scorer.class_names, scorer.threshold, rc.uncertainty)
     left += [(c.source, c.key, why) for c, why in bad]
     scored = [c for c in cands if c.probs is not None]

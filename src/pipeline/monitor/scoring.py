@@ -7,8 +7,8 @@ returns, per image, the calibrated probabilities softmax(logits / T), the pooled
 (L2-normalised: the space the review's diversity is measured in) and an error for unreadable images.
 
 A crops model (trained on the crops phase's crops, with the `clean` class) sees a photo through the
-crops phase's grid windows inside the vehicle box (`score_photos` with mode `windows`): every window
-is scored, and the window most likely damaged (lowest P(clean)) decides the photo's probabilities;
+crops phase's grid windows inside the vehicle box, at one or more scales of its grid size (`score_photos`
+with mode `windows`): every window is scored, and the window most likely damaged (lowest P(clean)) decides the photo's probabilities;
 the photo's feature is the mean of its windows' features.
 """
 from __future__ import annotations
@@ -150,11 +150,15 @@ class PhotoScore:
     error: str | None = None
 
 
-def _windows(img: Any, detector: Any, crops_cfg: Any) -> list[tuple[int, int, int, int]]:
+def _windows(img: Any, detector: Any, crops_cfg: Any, scales: Sequence[float] = (1.0,)) -> list[tuple[int, int, int, int]]:
+    """The crops phase's grid windows inside the vehicle box, one grid per scale of crops.grid_size."""
     from pipeline.retrieval.crop_item import grid_windows
 
     det = detector.detect(img)
-    boxes = [box for _, _, box in grid_windows(det.box, img.size, crops_cfg)]
+    boxes: list[tuple[int, int, int, int]] = []
+    for scale in scales:
+        grid = crops_cfg.model_copy(update={"grid_size": max(32, round(crops_cfg.grid_size * scale))})
+        boxes += [box for _, _, box in grid_windows(det.box, img.size, grid) if box not in boxes]
     return boxes or [(0, 0, img.width, img.height)]
 
 
@@ -165,7 +169,7 @@ def _jpeg(img: Any, quality: int) -> bytes:
 
 
 def score_photos(scorer: Scorer, paths: Sequence[Path], mode: str, detector: Any = None,
-                 crops_cfg: Any = None) -> list[PhotoScore]:
+                 crops_cfg: Any = None, scales: Sequence[float] = (1.0,)) -> list[PhotoScore]:
     """Each photo scored whole (`image`) or through its grid windows (`windows`, see the module doc)."""
     if mode == "image":
         s = scorer.score_images(list(paths))
@@ -178,7 +182,7 @@ def score_photos(scorer: Scorer, paths: Sequence[Path], mode: str, detector: Any
         if img is None:
             out.append(PhotoScore(None, None, [], err))
             continue
-        boxes = _windows(img, detector, crops_cfg)
+        boxes = _windows(img, detector, crops_cfg, scales)
         # the crops phase stores windows as JPEG: score them the way the model saw its training crops
         crops = [_jpeg(img.crop(b), crops_cfg.jpeg_quality) for b in boxes]
         s = scorer.score_images(crops)
