@@ -163,3 +163,46 @@ def test_filtered_search_survives_faiss_torch_utils():
     params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array([3, 5], dtype=np.int64)))
     _, rows = np_search(index, x[:1], 2, params)
     assert sorted(rows[0].tolist()) == [3, 5]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw_low_ef", "ivfpq"])
+@pytest.mark.parametrize("rerank", ["qe", "kreciprocal"])
+def test_reranked_search_keeps_the_filter_and_is_deterministic(built, kind, rerank):
+    """Re-ranking only reorders or re-searches rows that passed the filter: k hits that all meet it whenever k
+    such crops exist, the same hits every time."""
+    from pipeline.retrieval.retrieve import Retriever
+
+    root, emb = built
+    r = Retriever.open(root / kind, crops_dir=root / "crops", embedder=emb)
+    queries = {"image": r.query_vector(r.metadata[3]["crop_path"]), "text": r.query_vector("a dent on the bumper")}
+    for filters in FILTERS:
+        n_match = sum(satisfies(m, **filters) for m in r.metadata)
+        for q in queries.values():
+            hits = r.search(q, k=5, rerank=rerank, **filters)
+            assert len(hits) == min(5, n_match) and all(satisfies(h, **filters) for h in hits)
+            assert len({h["crop_id"] for h in hits}) == len(hits)
+            assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+            again = r.search(q, k=5, rerank=rerank, **filters)
+            assert [(h["crop_id"], h["score"]) for h in again] == [(h["crop_id"], h["score"]) for h in hits]
+
+
+def test_reranking_changes_rankings_in_the_query_part(built):
+    """Both re-rankers do change some rankings; an image query re-ranks in the image part, a text query in the
+    text part (an image query is never re-ranked by the index's context texts)."""
+    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.retrieve import Retriever
+
+    root, emb = built
+    r = Retriever.open(root / "flat", crops_dir=root / "crops", embedder=emb)
+    _, x = load_embeddings(root / "emb")
+    d = emb.image_dim
+    img = emb.image_query(x[:, :d])
+    plain = [[h["crop_id"] for h in hits] for hits in r.search_many(img, k=10)]
+    for rerank in ("qe", "kreciprocal"):
+        other = [[h["crop_id"] for h in hits] for hits in r.search_many(img, k=10, rerank=rerank)]
+        assert other != plain and all(len(o) == 10 for o in other)
+    assert r._part(img[0]) == slice(0, d)
+    assert r._part(r.query_vector("a scratch")) == slice(d, None)
+    assert r._part(x[0]) == slice(None)
+    with pytest.raises(ValueError, match="rerank"):
+        r.search(x[0], rerank="magic")

@@ -158,3 +158,42 @@ def test_headline_is_the_image_query_ranking(tmp_path):
     m2 = validate(np.concatenate([x_sep, 0.2 * noise[:, :16]], axis=1), meta, tmp_path / "b", k=5, image_dims=16)
     assert m2["map_at_r_damage_type"] > 0.9 and m2["coverage_bar_met"] == 1.0
     assert "fused_coverage_damaged" not in validate(x_sep, meta, tmp_path / "c", k=5)
+
+
+def test_every_figure_has_its_n_and_a_seeded_interval_over_photos(tmp_path):
+    x, meta = make()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    m = validate(x, meta, tmp_path / "a", k=5)
+    for key in ("coverage_damaged", "coverage_clean", "balanced_coverage", "map_at_r_damage_type",
+                "precision_at_5_damage_type", "qe_coverage_damaged", "kreciprocal_map_at_r_damage_type"):
+        assert m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"], key
+        assert m[f"{key}_n_queries"] > 0 and m[f"{key}_n_photos"] > 0, key
+    assert (m["coverage_damaged_n_queries"], m["coverage_damaged_n_photos"]) == (20, 20)  # 2 damaged types x 10
+    again = validate(x, meta, tmp_path / "b", k=5)
+    assert {k: v for k, v in again.items() if k.endswith(("_lo", "_hi"))} == {
+        k: v for k, v in m.items() if k.endswith(("_lo", "_hi"))}
+    content = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    labels = [r["label"] for r in content["rows"]]
+    assert labels[0] == "stored vectors" and any("query expansion" in lab for lab in labels)
+    assert content["bootstrap"]["unit"] == "photo group"
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "## Rows" in report and "k-reciprocal" in report and "bootstrap over the query photos" in report
+
+
+def test_variant_rows_sit_beside_the_served_one(tmp_path):
+    """A head row next to the frozen one (or the other way round): same queries, paired difference."""
+    from pipeline.retrieval.validate import Variant
+
+    x, meta = make()
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=x.shape).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    m = validate(x, meta, tmp_path, k=5, variants=[Variant("frozen", "frozen features", noise, None)],
+                 served="head (adopted)", rerank=False, notes=["Embedding head: **adopted**; because.", ""])
+    assert m["frozen_coverage_damaged"] < m["coverage_damaged"]
+    assert m["served_minus_frozen_balanced_coverage_lo"] > 0
+    assert "qe_coverage_damaged" not in m
+    report = (tmp_path / "report.md").read_text()
+    assert report.index("Embedding head: **adopted**") < report.index("## Rows")
+    assert "| head (adopted) |" in report and "| frozen features |" in report and "Served minus `frozen`" in report

@@ -147,6 +147,66 @@ def _flat(prefix: str, est: dict[str, Estimate]) -> dict[str, float]:
     return out
 
 
+class _Rows:
+    """The report's rows: rankings of the same queries (same exclusions), each scored with intervals on the
+    same photo draws, into flat metrics (`<prefix><figure>`) and table rows."""
+
+    def __init__(self, meta: list[dict[str, Any]], labels: dict[str, np.ndarray], queries: np.ndarray, k: int,
+                 seed: int) -> None:
+        self.labels, self.queries, self.k, self.seed = labels, queries, k, seed
+        self.item, self.group = _keys(meta, "item_id"), _keys(meta, "group_id")
+        n = len(meta)
+        self.unit = np.where(self.group != "", self.group,
+                             np.where(self.item != "", self.item, np.arange(n).astype(str)))[queries]
+        self.boot = PhotoBootstrap(self.unit, seed=seed)
+        self.state = labels["state"][queries]
+        self.split = np.array([str(meta[q].get("split") or "") for q in queries])
+        self.metrics: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    def rank(self, refs: np.ndarray, qvecs: np.ndarray, reranker: Any = None) -> dict[str, Any]:
+        return neighbour_metrics(refs, qvecs[self.queries], self.queries, self.k, self.labels, self.item, self.group,
+                                 reranker=reranker)
+
+    def add(self, prefix: str, label: str, nm: dict[str, Any],
+            sel: np.ndarray | None = None) -> tuple[dict[str, Estimate], np.ndarray]:
+        boot = self.boot if sel is None else PhotoBootstrap(self.unit[sel], seed=self.seed)
+        est, draws = _estimates(nm, np.arange(len(self.queries)) if sel is None else sel, self.state, boot, self.k)
+        if sel is None:
+            self.metrics.update({f"{prefix}{key}": v for key, v in nm.items() if key not in ("neigh", "per_query")})
+        self.metrics.update(_flat(prefix, est))
+        self.rows.append({"name": prefix, "label": label, **est})
+        return est, draws
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{key: (e.__dict__ if isinstance(e, Estimate) else e) for key, e in r.items()} for r in self.rows]
+
+
+def _score(r: _Rows, x: np.ndarray, qimg: np.ndarray | None, variants: Sequence[Variant], served: str | None,
+           rerank: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every row: the served ranking (image queries when separable), fused, variants (with the paired
+    difference to the served one), re-ranked, test split only. Returns the served and fused rankings."""
+    fused = r.rank(x, x)
+    head = fused if qimg is None else r.rank(x, qimg)
+    head_est, head_draws = r.add("", served or ("image queries" if qimg is not None else "stored vectors"), head)
+    if qimg is not None:
+        r.add("fused_", "fused vectors (image + context text; not what an image query gets)", fused)
+    for v in variants:
+        vq = image_queries(v.x, v.image_dims)
+        est, draws = r.add(f"{v.name}_", v.label, r.rank(v.x, v.x if vq is None else vq))
+        diff = head_est["balanced_coverage"].value - est["balanced_coverage"].value
+        r.metrics.update(r.boot.difference(head_draws, draws, diff, len(r.queries)).as_dict(
+            f"served_minus_{v.name}_balanced_coverage"))
+    if rerank:
+        space = x if qimg is None else qimg  # image queries re-rank in the image part only: never by text
+        r.add("qe_", "+ alpha query expansion (n 3, alpha 3)", r.rank(space, space, qe_reranker()))
+        r.add("kreciprocal_", "+ k-reciprocal re-ranking (top 100, k1 20, k2 6, lambda 0.3)",
+              r.rank(space, space, kreciprocal_reranker()))
+    if (r.split == "test").any() and (r.split != "test").any():
+        r.add("test_", "the served ranking, test-split queries only", head, sel=np.flatnonzero(r.split == "test"))
+    return head, fused
+
+
 def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 5,
              search: Callable[..., list[dict]] | None = None, seed: int = 0, image_dims: int | None = None,
              variants: Sequence[Variant] = (), served: str | None = None, rerank: bool = True,
@@ -160,8 +220,6 @@ def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 
     expansion (`qe_*`) and k-reciprocal re-ranking (`kreciprocal_*`) of the headline's image queries, in
     the image part only. Every coverage, mAP@R and P@k comes with a bootstrap interval over the query
     photos (groups) and its number of queries and photos (`_lo`, `_hi`, `_n_queries`, `_n_photos`)."""
-    from sklearn.metrics import silhouette_score
-
     n = len(meta)
     if n < 3:
         raise ValueError(f"validation needs at least 3 indexed crops, got {n}")
@@ -169,73 +227,26 @@ def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 
     dmg = np.array([damage_label(m) for m in meta])
     labels = {"state": np.array([bool(m["has_damage"]) for m in meta]), "damage_type": dmg,
               "zone": np.array([str(m.get("zone_name") or m.get("zone") or "unknown") for m in meta])}
-    item, group = _keys(meta, "item_id"), _keys(meta, "group_id")
     queries = pick_queries(meta, seed)
     k = min(k, n - 1)
     qimg = image_queries(x, image_dims)
-    unit = np.where(group != "", group, np.where(item != "", item, np.arange(n).astype(str)))[queries]
-    boot = PhotoBootstrap(unit, seed=seed)
-    state = labels["state"][queries]
-    every = np.arange(len(queries))
-    fused = neighbour_metrics(x, x[queries], queries, k, labels, item, group)
-    head = fused if qimg is None else neighbour_metrics(x, qimg[queries], queries, k, labels, item, group)
-    head_est, head_draws = _estimates(head, every, state, boot, k)
-    rows = [{"name": "", "label": served or ("image queries" if qimg is not None else "stored vectors"), **head_est}]
-    scalar = lambda nm: {key: v for key, v in nm.items() if key not in ("neigh", "per_query")}  # noqa: E731
+    r = _Rows(meta, labels, queries, k, seed)
+    head, fused = _score(r, x, qimg, variants, served, rerank)
+    item, group = r.item, r.group
     cov = np.nan_to_num([head["coverage_damaged"], head["coverage_clean"]], nan=1.0)
     metrics: dict[str, Any] = {
         "n_crops": n, "n_queries": len(queries),
         "n_query_photos": len({item[q] or q for q in queries}), "n_query_groups": len({group[q] or q for q in queries}),
         "mean_excluded_references": float(np.mean([(excluded(queries[i:i + 1], item, group)).sum() - 1
                                                    for i in range(len(queries))])),
-        "k": k, "image_query_headline": float(qimg is not None),
-        **scalar(head), **_flat("", head_est), "coverage_bar_met": float(cov.min() >= COVERAGE_BAR),
+        "k": k, "image_query_headline": float(qimg is not None), **r.metrics,
+        "coverage_bar_met": float(cov.min() >= COVERAGE_BAR), **_space(x, dmg, queries, fused, item, group, k, seed),
     }
-    if qimg is not None:
-        fused_est, _ = _estimates(fused, every, state, boot, k)
-        metrics.update({f"fused_{key}": v for key, v in scalar(fused).items()})
-        metrics.update(_flat("fused_", fused_est))
-        rows.append({"name": "fused_", "label": "fused vectors (image + context text; not what an image query gets)",
-                     **fused_est})
-    for v in variants:
-        vq = image_queries(v.x, v.image_dims)
-        nm = neighbour_metrics(v.x, (v.x if vq is None else vq)[queries], queries, k, labels, item, group)
-        est, draws = _estimates(nm, every, state, boot, k)
-        metrics.update({f"{v.name}_{key}": val for key, val in scalar(nm).items()})
-        metrics.update(_flat(f"{v.name}_", est))
-        diff = boot.difference(head_draws, draws, head_est["balanced_coverage"].value - est["balanced_coverage"].value,
-                               len(queries))
-        metrics.update(diff.as_dict(f"served_minus_{v.name}_balanced_coverage"))
-        rows.append({"name": f"{v.name}_", "label": v.label, **est})
-    if rerank:
-        space = x if qimg is None else qimg  # image queries re-rank in the image part only: never by text
-        for name, label, rr in (("qe", "+ alpha query expansion (n 3, alpha 3)", qe_reranker()),
-                                ("kreciprocal", "+ k-reciprocal re-ranking (top 100, k1 20, k2 6, lambda 0.3)",
-                                 kreciprocal_reranker())):
-            nm = neighbour_metrics(space, space[queries], queries, k, labels, item, group, reranker=rr)
-            est, _ = _estimates(nm, every, state, boot, k)
-            metrics.update({f"{name}_{key}": val for key, val in scalar(nm).items()})
-            metrics.update(_flat(f"{name}_", est))
-            rows.append({"name": f"{name}_", "label": label, **est})
-    split = np.array([str(meta[q].get("split") or "") for q in queries])
-    if (split == "test").any() and (split != "test").any():
-        test = np.flatnonzero(split == "test")
-        test_est, _ = _estimates(head, test, state, PhotoBootstrap(unit[test], seed=seed), k)
-        metrics.update(_flat("test_", {key: e for key, e in test_est.items()}))
-        rows.append({"name": "test_", "label": "the served ranking, test-split queries only", **test_est})
-    neigh_l2 = knn(x, queries, k, "l2", item, group)
-    metrics["cosine_euclidean_agreement"] = float(np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / k
-                                                           for a, b in zip(fused["neigh"], neigh_l2)]))
-    sil = float("nan")
-    if 1 < len(set(dmg.tolist())) < n:
-        sil = float(silhouette_score(x, dmg, metric="cosine", sample_size=min(2000, n), random_state=seed))
-    metrics.update({"silhouette_damage_type": sil, "anisotropy": anisotropy(x, seed=seed)})
     filters: dict[str, Any] = {}
     if search is not None:
         filters = filter_checks(search, meta, x[0] if qimg is None else qimg[0], k=k)
         metrics["filter_checks_passed"] = float(sum(f["ok"] for f in filters.values()))
         metrics["filter_checks_total"] = float(len(filters))
-
     plots = projection_plots(x, dmg, out_dir, seed=seed)
     paths = [m.get("crop_path") for m in meta]
     if all(p and Path(p).is_file() for p in paths):
@@ -246,13 +257,25 @@ def validate(x: np.ndarray, meta: list[dict[str, Any]], out_dir: Path, k: int = 
                 "recall": grouped(pq_["damage_type"]["r"], dmg[queries])}
     per_zone = {"precision": grouped(pq_["zone"]["p"], labels["zone"][queries]),
                 "recall": grouped(pq_["zone"]["r"], labels["zone"][queries])}
-    table = [{key: (e if not isinstance(e, Estimate) else e.__dict__) for key, e in r.items()} for r in rows]
     (out_dir / "metrics.json").write_text(json.dumps(
-        {"metrics": metrics, "rows": table, "by_damage_type": per_type, "by_zone": per_zone, "filters": filters,
+        {"metrics": metrics, "rows": r.table(), "by_damage_type": per_type, "by_zone": per_zone, "filters": filters,
          "bootstrap": {"draws": N_BOOTSTRAP, "confidence": CONFIDENCE, "seed": seed, "unit": "photo group"}},
         indent=2, sort_keys=True, default=float))
-    (out_dir / "report.md").write_text(report(metrics, rows, per_type, per_zone, filters, plots, k, notes))
+    (out_dir / "report.md").write_text(report(metrics, r.rows, per_type, per_zone, filters, plots, k, notes))
     return metrics
+
+
+def _space(x: np.ndarray, dmg: np.ndarray, queries: np.ndarray, fused: dict[str, Any], item: np.ndarray,
+           group: np.ndarray, k: int, seed: int) -> dict[str, float]:
+    """Cosine vs euclidean top-k agreement, silhouette by damage type, anisotropy."""
+    from sklearn.metrics import silhouette_score
+
+    neigh_l2 = knn(x, queries, k, "l2", item, group)
+    agreement = float(np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / k for a, b in zip(fused["neigh"], neigh_l2)]))
+    sil = float("nan")
+    if 1 < len(set(dmg.tolist())) < len(x):
+        sil = float(silhouette_score(x, dmg, metric="cosine", sample_size=min(2000, len(x)), random_state=seed))
+    return {"cosine_euclidean_agreement": agreement, "silhouette_damage_type": sil, "anisotropy": anisotropy(x, seed=seed)}
 
 
 def photo_groups(crops_dir: Path, store: Any, split_dir: Path | None) -> dict[str, str]:
