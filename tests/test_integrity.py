@@ -28,7 +28,8 @@ from pipeline.core.store import ArtifactStore
 PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 CHAIN = ("dataset", "audit", "split", "crops", "contexts", "embeddings", "index")
 CFG = ["detect.backend=none", "crops.grid_size=128", "crops.target_size=96", "embed.backend=hybrid",
-       "embed.allow_random_init=true", "audit.min_side=32"]
+       "embed.allow_random_init=true", "audit.min_side=32",
+       "embed_head.adopt=never"]  # the index reads embeddings, crops and contexts only (no embedding_head phase)
 
 
 def run_chain(work: Path, data: Path, upto: str = "index", force: tuple[str, ...] = (), sets: list[str] = ()) -> dict:
