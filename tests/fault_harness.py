@@ -279,7 +279,10 @@ def leftovers(workdir: Path) -> list[str]:
         if rel.startswith((".prefect", "artifacts/.staging/")):
             continue
         name = p.name
-        if name.endswith(".tmp") or name.startswith((".tmp-", ".trash-")) or (name == ".tmp" and p.is_dir() and any(p.iterdir())):
+        if name == ".tmp" and p.is_dir():  # an item cache's temp folder: must be empty
+            if any(p.iterdir()):
+                found.append(f"leftover {rel}/{next(p.iterdir()).name}")
+        elif name.endswith(".tmp") or name.startswith((".tmp-", ".trash-")):
             found.append(f"leftover {rel}")
         elif name.endswith(".lock") and p.is_file():
             lock = filelock.FileLock(str(p), timeout=0)
