@@ -13,9 +13,11 @@ every run. Exit code 1 when a row fails.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +83,7 @@ def main() -> int:
         for phase in args.phases or list(ref.phases):
             row = kill_and_resume(setup, ref, phase, base / f"kill-{phase}", rng)
             rows.append(row)
+            (base / "rows.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
             print(f"{phase:<22} {'ok' if row.ok else 'FAILED'}  killed at event {row.kill_at}/{row.events}, "
                   f"{row.seconds:.0f} s" + "".join(f"\n    {p}" for p in row.problems[:8]), flush=True)
     print()
