@@ -34,14 +34,15 @@ def test_budget_derives_epochs_from_steps_and_explicit_epochs_win():
     assert budget.plan(100, 10, PhaseTrainConfig(warmup_epochs=1, epochs=None), _train()).warmup_steps == 10
 
 
-def test_best_epoch_ties_go_to_the_later_epoch_and_nll_breaks_top1_ties():
+def test_best_epoch_ties_go_to_the_later_epoch():
     from pipeline.training.loop import _best
 
     h = [{"val_top1": 0.5, "val_loss": 0.9}, {"val_top1": 0.8, "val_loss": 0.6}, {"val_top1": 0.8, "val_loss": 0.6},
-         {"val_top1": 0.8, "val_loss": 0.7}]
-    assert _best(h, "val_top1") == 2  # top-1 tie: lower NLL; NLL tie too: the later epoch
-    assert _best(h, "val_nll") == 2
-    assert _best([{"val_top1": 0.5, "val_loss": math.nan}, {"val_top1": 0.5, "val_loss": 0.4}], "val_top1") == 1
+         {"val_top1": 0.8, "val_loss": 0.7}, {"val_top1": 0.7, "val_loss": 0.5}]
+    assert _best(h, "val_top1") == 3  # a top-1 tie: the later epoch
+    assert _best(h, "val_nll") == 4
+    assert _best(h[:3], "val_nll") == 2  # an NLL tie: the later epoch
+    assert _best([{"val_top1": 0.5, "val_loss": 0.4}, {"val_top1": 0.5, "val_loss": math.nan}], "val_nll") == 0
 
 
 def test_kd_loss_matches_a_hand_computed_value():

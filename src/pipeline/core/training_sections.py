@@ -111,8 +111,8 @@ class TrainConfig(Section):
                            "least this many optimizer steps (epochs = ceil(min_steps / updates per epoch)).")
     max_epochs: int = Field(60, ge=1, description="Cap of the derived epochs (a tiny set would otherwise need hundreds); "
                             "the report says when the cap leaves a phase short of its budget.")
-    select_by: Literal["top1", "nll"] = Field("top1", description="Best epoch: val top-1 (ties: lower val NLL, then "
-                                              "the later epoch) or val NLL (ties: the later epoch).")
+    select_by: Literal["top1", "nll"] = Field("top1", description="Best epoch: val top-1 or val NLL (ties go to the "
+                                              "later epoch).")
     seeds: int = Field(1, ge=1, le=10, description="Repeat the training phases (teachers to fine-tune) with seeds "
                        "train.seed, +1, ...; the run summary gives each model's mean and spread (the first seed's "
                        "models go on to calibration, export and promotion).")

@@ -7,8 +7,8 @@ its `warmup_epochs`), gradient accumulation, gradient-norm clipping, label smoot
 Mixup/CutMix with SoftTargetCrossEntropy, optional early stopping after `patience` epochs without
 a better val figure, AMP (bf16, or fp16 with a GradScaler) and channels_last on CUDA.
 
-The best epoch (whose weights the model ends with) is picked by `monitor`: `val_top1` (ties: the
-lower val NLL, then the later epoch), `val_nll` (ties: the later epoch), or a custom figure of
+The best epoch (whose weights the model ends with) is picked by `monitor`: `val_top1` or `val_nll`
+(ties in either go to the later epoch), or a custom figure of
 `evaluate` (higher is better). With `eval_initial=True` the model as it starts (e.g. a pretrained
 backbone with its linear-probe head) is scored first, as epoch 0, and stays the answer when no
 trained epoch beats it.
@@ -284,7 +284,7 @@ def _best(history: list[dict[str, float]], monitor: str = "val_top1") -> int:
     def key(i: int) -> tuple[float, ...]:
         h = history[i]
         if monitor == "val_top1":
-            return (h["val_top1"], -_finite(h["val_loss"], math.inf), i)
+            return (h["val_top1"], i)
         if monitor == "val_nll":
             return (-_finite(h["val_loss"], math.inf), i)
         return (h[monitor], -i)
