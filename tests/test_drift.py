@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,8 +238,12 @@ def test_drift_phase_first_run_then_against_the_previous_run(phase_work):
     # the app's Runs page shows the latest drift table
     from streamlit.testing.v1 import AppTest
 
-    page = AppTest.from_function(_runs_page, args=(str(phase_work["work"]),))
-    page.run(timeout=120)
+    main = sys.modules["__main__"]
+    try:
+        page = AppTest.from_function(_runs_page, args=(str(phase_work["work"]),))
+        page.run(timeout=120)
+    finally:  # AppTest leaves its script as __main__: spawned processes (the audit's decoders) would run it
+        sys.modules["__main__"] = main
     assert not page.exception
     assert any("DRIFT in data (new quarantine reasons)" in e.value for e in page.error)
     table = page.dataframe[1].value  # run list first, then the drift table
