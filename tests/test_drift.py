@@ -270,3 +270,45 @@ def test_a_drifted_section_tags_the_flow_run(prefect_server, phase_work):
     assert summary["phases"]["drift"]["info"]["drifted"] == "data"
     with get_client(sync_client=True) as client:
         assert "drift:data" in client.read_flow_run(summary["flow_run_id"]).tags
+
+
+def test_shift_data_darkens_resizes_with_geometry_drops_a_class_and_adds_bad_files(demo_dataset, tmp_path):
+    from PIL import Image
+
+    from pipeline.core.config import DataConfig
+    from pipeline.data.adapters import scan
+    from pipeline.monitor.shift import shift_dataset
+
+    before = {c.path: c for c in scan(demo_dataset, "labelme", DataConfig()).candidates}
+    gone = next(c.label for c in before.values() if c.has_damage)
+    out = tmp_path / "shifted"
+    summary = shift_dataset(demo_dataset, out, "labelme", DataConfig(), darken=0.5, resize=0.5, drop_labels=[gone],
+                            bad_files=3)
+    assert summary["bad_files_added"] == 3 and summary["photos_dropped"] == sum(c.label == gone for c in before.values())
+    after = scan(out, "labelme", DataConfig())
+    assert gone not in {c.label for c in after.candidates}
+    # the truncated JPEG is named the users' way: the adapter lists it, the audit rejects it as decode_error
+    assert len(after.candidates) == len(before) - summary["photos_dropped"] + 1
+    c = next(c for c in after.candidates if c.has_damage)
+    old, new = Image.open(demo_dataset / c.path), Image.open(out / c.path)
+    assert new.size == (round(old.width / 2), round(old.height / 2))
+    assert np.asarray(new.convert("L"), float).mean() < 0.6 * np.asarray(old.convert("L"), float).mean()
+    doc_old = json.loads((demo_dataset / c.annotation_path).read_text())
+    doc_new = json.loads((out / c.annotation_path).read_text())
+    assert doc_new["shapes"][0]["points"][0] == pytest.approx([v / 2 for v in doc_old["shapes"][0]["points"][0]])
+    assert {q.reason for q in after.quarantine} >= {"bad_filename", "unsupported_file"}
+    with pytest.raises(FileExistsError):
+        shift_dataset(demo_dataset, out, "labelme", DataConfig(), darken=0.5)
+
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    Image.new("RGB", (200, 100), (120, 120, 120)).save(coco / "a.jpg")
+    (coco / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 50, 10, 50, 40]],
+                         "bbox": [10, 10, 40, 30], "area": 600}],
+        "categories": [{"id": 1, "name": "dent", "supercategory": "damage"}]}))
+    shift_dataset(coco, tmp_path / "coco-half", "coco", DataConfig(), resize=0.5)
+    doc = json.loads((tmp_path / "coco-half" / "annotations.json").read_text())
+    assert doc["images"][0]["width"] == 100 and doc["annotations"][0]["segmentation"] == [[5, 5, 25, 5, 25, 20]]
+    assert doc["annotations"][0]["area"] == 150 and Image.open(tmp_path / "coco-half" / "a.jpg").size == (100, 50)
