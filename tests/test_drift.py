@@ -159,6 +159,10 @@ def test_same_data_twice_is_no_drift_in_any_section(shifted, tmp_path):
     assert {s: v["verdict"] for s, v in result["sections"].items()} == {
         "data": "no drift", "embeddings": "no drift", "predictions": "no drift"}
     assert not any(c["skipped"] for c in result["checks"])
+    split = pd.read_parquet(shifted["work"] / "artifacts" / "split" / shifted["runs"]["base"].phases["split"]["artifact_id"]
+                            / "split.parquet")
+    held_out = int(split["split"].isin(["val", "test"]).sum())  # the model's answers: held-out photos only
+    assert {c["n_ref"] for c in result["checks"] if c["section"] == "predictions"} == {held_out}
     files = {p.name for p in tmp_path.iterdir()}
     assert {"drift.json", "report.md", "drift.html", "drift_data.png", "drift_embeddings.png",
             "drift_predictions.png"} <= files

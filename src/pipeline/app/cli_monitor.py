@@ -81,7 +81,7 @@ def drift_cmd(
     with contextlib.redirect_stdout(sys.stderr):
         result = compare(side_from_record(store, ra, "reference"), side_from_record(store, rb, "current"), cfg.drift,
                          scorer, cfg.train, found.describe() if scorer else found, dest, say,
-                         cfg.audit.near_duplicate_threshold)
+                         cfg.audit.near_duplicate_threshold, getattr(found, "trained", frozenset()))
     if as_json:
         print(json.dumps({**result, "out": str(dest)}, indent=2, default=str))
         return

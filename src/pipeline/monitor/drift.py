@@ -10,7 +10,8 @@ Sections and their checks (statistics in `stats`, plots and pages in `drift_repo
   above `drift.auc_threshold` when also significant) and an MMD permutation test, on one image
   embedding per photo, with a 2-D PCA projection of both sets;
 - predictions: the model's calibrated confidence (KS), its not-conclusive rate, and its per-class
-  prediction rates, on each run's items (the same model on both sides, so a change is the data's).
+  prediction rates, on each run's val and test items (the same model on both sides, so a change is the
+  data's), never on items the model trained on (it is surer of those).
 
 A section drifts when any of its checks does. Its p-value rules are Bonferroni-corrected within the
 section (alpha / number of p-value checks), so an unchanged distribution raises a false alarm in at
@@ -147,13 +148,22 @@ def embeddings_section(ref: RunSide, cur: RunSide, cfg: Any,
 
 
 def predictions_section(ref: RunSide, cur: RunSide, cfg: Any, scorer: Any, train_cfg: Any,
-                        no_model: str = "") -> tuple[list[Check], dict]:
+                        no_model: str = "", trained: frozenset = frozenset()) -> tuple[list[Check], dict]:
+    """The model's answers on both runs' held-out (val, test) items, also leaving out any item it trained on:
+    it is surer of those, and a reference holding its training data would make any new data look shifted."""
     if scorer is None:
         return [stats.skipped("predictions", "model answers", f"no model to score with: {no_model or 'none given'}")], {}
-    items = [prediction_items(side, train_cfg, cfg.max_items, cfg.seed) for side in (ref, cur)]
+    items = [prediction_items(side, train_cfg, 10**9, cfg.seed) for side in (ref, cur)]
     for it in items:
         if isinstance(it, str):
             return [stats.skipped("predictions", "model answers", it)], {}
+    from pipeline.monitor.drift_data import sample
+
+    left_out = [int(f["key"].isin(trained).sum()) for f in items]
+    items = [sample(f[~f["key"].isin(trained)].reset_index(drop=True), "key", cfg.max_items, cfg.seed) for f in items]
+    if min(len(f) for f in items) == 0:
+        return [stats.skipped("predictions", "model answers", f"every item of a run was a training item of the model "
+                              f"(left out {left_out[0]} / {left_out[1]})")], {}
     answers = []
     for frame in items:
         s = scorer.score_images(list(frame["path"]))
@@ -162,8 +172,10 @@ def predictions_section(ref: RunSide, cur: RunSide, cfg: Any, scorer: Any, train
         answers.append({"confidence": p.max(axis=1), "label": [scorer.class_names[k] for k in p.argmax(axis=1)],
                         "n_unreadable": len(s.errors) - len(ok)})
     (a, b), args = answers, (cfg.alpha, cfg.large_n)
-    checks = [stats.numeric("predictions", "calibrated confidence", a["confidence"], b["confidence"], *args,
-                            cfg.ks_threshold)]
+    conf = stats.numeric("predictions", "calibrated confidence", a["confidence"], b["confidence"], *args,
+                         cfg.ks_threshold)
+    note = f"; items the model trained on left out: {left_out[0]} / {left_out[1]}" if any(left_out) else ""
+    checks = [replace(conf, detail=conf.detail + note)]
     t = scorer.threshold
     if t is None:
         checks.append(stats.skipped("predictions", "not-conclusive rate", "the model has no threshold",
@@ -192,7 +204,7 @@ def verdicts(checks: list[Check]) -> dict[str, dict[str, Any]]:
 
 def compare(ref: RunSide, cur: RunSide, cfg: Any, scorer: Any = None, train_cfg: Any = None,
             model: str = "", out_dir: Path | None = None, progress: Any = None,
-            near_duplicate_threshold: int = 4) -> dict[str, Any]:
+            near_duplicate_threshold: int = 4, trained: frozenset = frozenset()) -> dict[str, Any]:
     """Every section's checks and verdicts (JSON-serialisable); with out_dir, also drift.json, report.md,
     drift.html and the plots. `near_duplicate_threshold`: pHash bits within which two photos are twins."""
     say = progress or (lambda msg: None)
@@ -201,7 +213,7 @@ def compare(ref: RunSide, cur: RunSide, cfg: Any, scorer: Any = None, train_cfg:
     say("drift: embeddings")
     e_checks, e_extra = embeddings_section(ref, cur, cfg, near_duplicate_threshold)
     say("drift: predictions")
-    p_checks, p_extra = predictions_section(ref, cur, cfg, scorer, train_cfg, "" if scorer else model)
+    p_checks, p_extra = predictions_section(ref, cur, cfg, scorer, train_cfg, "" if scorer else model, trained)
     checks = d_checks + e_checks + p_checks
     result = {
         "reference": {"run": ref.run, "dataset_root": str(ref.dataset_root) if ref.dataset_root else None},

@@ -132,8 +132,11 @@ def photo_embeddings(side: RunSide, max_items: int, seed: int) -> tuple[list[str
     return keep, out.astype(np.float32)
 
 
-def prediction_items(side: RunSide, train_cfg: Any, max_items: int, seed: int) -> pd.DataFrame | str:
-    """The items the model scores (key, path, item_id): crops or photos as training would read them."""
+def prediction_items(side: RunSide, train_cfg: Any, max_items: int, seed: int,
+                     splits: tuple[str, ...] = ("val", "test")) -> pd.DataFrame | str:
+    """The items the model scores (key, path, item_id): crops or photos as training would read them, of the
+    held-out splits only (a photo keeps its split across runs, so these are never what a model of these runs
+    trained on; the split is stratified, so their classes mirror the run's)."""
     from pipeline.core.errors import PipelineError
     from pipeline.training.data import build_items
 
@@ -145,8 +148,9 @@ def prediction_items(side: RunSide, train_cfg: Any, max_items: int, seed: int) -
         data = build_items(split / "split.parquet", cfg, side.dataset_root, side.dir("crops"))
     except PipelineError as exc:
         return f"the {side.label} run's items cannot be read: {exc}"
-    frame = data.frame[["key", "path", "item_id"]] if "item_id" in data.frame.columns else \
-        data.frame[["key", "path"]].assign(item_id=data.frame["key"])
+    held = data.frame[data.frame["split"].isin(splits)]
+    frame = held[["key", "path", "item_id"]] if "item_id" in held.columns else \
+        held[["key", "path"]].assign(item_id=held["key"])
     return sample(frame.reset_index(drop=True), "key", max_items, seed).reset_index(drop=True)
 
 

@@ -126,7 +126,7 @@ def _run_drift(run: PhaseRun) -> dict[str, Any]:
     scorer, desc = _scorer(run, model)
     say = (lambda m: print(m)) if run.progress else None
     result = compare(ref_side, cur_side, run.cfg.drift, scorer, run.cfg.train, desc, run.out_dir, say,
-                     run.cfg.audit.near_duplicate_threshold)
+                     run.cfg.audit.near_duplicate_threshold, getattr(model, "trained", frozenset()))
     out = metrics(result)
     drifted = [s for s, v in result["sections"].items() if v["verdict"] == "drift"]
     if drifted:

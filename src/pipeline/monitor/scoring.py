@@ -35,6 +35,7 @@ class ModelRef:
     alias: str = ""
     run_id: str = ""
     sha256: str = ""
+    trained: frozenset = frozenset()  # keys of the items the version trained on (registry's training_items.json)
 
     def identity(self) -> dict[str, str]:
         """What goes into an artifact id: the registered version and its weights' hash, or the dir's name."""
@@ -51,9 +52,10 @@ class ModelRef:
 
 def find_registry_model(tracking_uri: str, name: str, ref: str, cache_dir: Path,
                         download: bool = False) -> ModelRef | str:
-    """The registered version `ref` (alias or number) of `name`, or why there is none (a message)."""
+    """The registered version `ref` (alias or number) of `name`, or why there is none (a message). With
+    `download`, its model dir and the keys of the items it trained on are fetched too."""
     from pipeline.core.errors import ConfigError
-    from pipeline.training.registry import SHA_TAG, registry_client, resolve_version, version_model_dir
+    from pipeline.training.registry import SHA_TAG, registry_client, resolve_version, trained_items, version_model_dir
 
     try:
         client = registry_client(tracking_uri)
@@ -63,8 +65,9 @@ def find_registry_model(tracking_uri: str, name: str, ref: str, cache_dir: Path,
     except Exception as exc:  # noqa: BLE001 - a registry that cannot be read is a reason, not a crash
         return f"the registry at {tracking_uri} cannot be read: {type(exc).__name__}: {exc}"
     model_dir = version_model_dir(client, mv, Path(cache_dir)) if download else None
+    trained = frozenset(trained_items(client, mv)) if download else frozenset()
     return ModelRef("registry", model_dir, name=name, version=str(mv.version), alias=str(ref), run_id=mv.run_id or "",
-                    sha256=str((mv.tags or {}).get(SHA_TAG, "")))
+                    sha256=str((mv.tags or {}).get(SHA_TAG, "")), trained=trained)
 
 
 def download(ref: ModelRef, tracking_uri: str, cache_dir: Path) -> ModelRef:
