@@ -56,7 +56,7 @@ def world(tmp_path_factory):
             "inbox": inbox, "train": train}
 
 
-def _review(world, out: Path, queued=frozenset(), **over):
+def _review(world, out: Path, queued=frozenset(), dataset_root=None, **over):
     import pandas as pd
 
     from pipeline.monitor.review_run import ReviewInputs, inbox_rows, run_review
@@ -65,7 +65,7 @@ def _review(world, out: Path, queued=frozenset(), **over):
     cfg = build_config({}, SMALL + [f"review.{k}={v}" for k, v in over.items()])
     split = Path(world["workdir"]) / "artifacts" / "split" / world["record"].phases["split"]["artifact_id"]
     inp = ReviewInputs(world["inbox"], inbox_rows(world["inbox"], cfg.data.image_extensions),
-                       pd.read_parquet(split / "split.parquet"), None, set(queued), "run-x", "f" * 64)
+                       pd.read_parquet(split / "split.parquet"), dataset_root, set(queued), "run-x", "f" * 64)
     figures = run_review(inp, cfg, ModelRef("dir", world["model"]), Scorer(world["model"]), out)
     with (out / "labelme" / "queue.csv").open(newline="") as fh:
         return figures, list(csv.DictReader(fh))
@@ -102,6 +102,17 @@ def test_selection_is_deterministic_prefers_not_conclusive_and_skips_duplicates(
     # another uncertainty measure changes the order, not the rules
     _, margin = _review(world, tmp_path / "m", uncertainty="margin")
     assert [r["uncertainty_kind"] for r in margin] == ["margin"] * len(margin)
+
+
+def test_label_check_queues_labelled_photos_the_champion_contradicts(world, tmp_path):
+    figures, queue = _review(world, tmp_path / "lc", dataset_root=Path(world["record"].run["dataset_root"]),
+                             label_check="true", n=40, min_distance=0)
+    checks = [r for r in queue if r["kind"] == "label_check"]
+    assert checks and figures["n_label_checks_queued"] == len(checks)
+    for r in checks:
+        assert r["current_label"] in ("blue", "green", "red") and r["why_selected"].startswith("label check: labelled")
+        assert float(r["uncertainty"]) == pytest.approx(1 - float(dict(
+            kv.split(":") for kv in r["top_k"].split("; "))[r["current_label"]]), abs=1e-3)
 
 
 def test_review_phase_publishes_a_labelme_folder_skips_queued_photos_and_reads_back(world, tmp_path):
