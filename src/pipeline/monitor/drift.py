@@ -137,7 +137,7 @@ def embeddings_section(ref: RunSide, cur: RunSide, cfg: Any,
                 f"AUC > {cfg.auc_threshold:g} and p < {cfg.alpha:g}", cfg.auc_threshold, p_auc, len(ids_a), len(ids_b),
                 bool(auc > cfg.auc_threshold and p_auc < cfg.alpha),
                 f"AUC {auc:.3f} (0.5: the runs' photos cannot be told apart); {len(set(groups_a) & set(groups_b))} "
-                f"photo(s) with a twin on the other side kept in one fold")
+                f"photo(s) or twin group(s) on both sides, each kept in one fold")
     mmd2, p_mmd, bw = stats.mmd_permutation_test(xa, xb, cfg.mmd_permutations, cfg.seed)
     mmd = Check("embeddings", "MMD", f"MMD^2, Gaussian kernel, {cfg.mmd_permutations} permutations", mmd2,
                 f"p < {cfg.alpha:g}", cfg.alpha, p_mmd, len(ids_a), len(ids_b), bool(p_mmd < cfg.alpha),
