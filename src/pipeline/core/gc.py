@@ -207,8 +207,12 @@ def _pid_exists(pid: int) -> bool:
 
 def plan(workdir: str | Path, store: ArtifactStore, results: Path | None = None,
          min_age_s: float = DEFAULT_MIN_AGE_S) -> GcPlan:
-    """What `collect` would delete; deletes nothing (it does forget markers of dead runs)."""
+    """What `collect` would delete; deletes nothing (it does forget markers of dead runs).
+
+    The live runs are read first, then the run records: a run that finishes meanwhile (it writes its record,
+    then drops its marker) is then seen as live, never as a run whose artifacts no record names yet."""
     workdir = Path(workdir)
+    live = active_runs(workdir)
     roots, n_runs = run_references(workdir / "runs")
     keep, missing = _reachable(store, roots)
     young: list[tuple[str, str]] = []
@@ -223,7 +227,7 @@ def plan(workdir: str | Path, store: ArtifactStore, results: Path | None = None,
     for path in sorted((workdir / "runs").glob(".*.json.tmp")) if (workdir / "runs").is_dir() else []:
         if now - path.stat().st_mtime > min_age_s:
             garbage.append(Garbage("run-record-tmp", str(path), path.stat().st_size))
-    return GcPlan(garbage, sorted(keep), sorted(missing), sorted(young), n_runs, active_runs(workdir))
+    return GcPlan(garbage, sorted(keep), sorted(missing), sorted(young), n_runs, live)
 
 
 def collect(workdir: str | Path, store: ArtifactStore, results: Path | None = None,
