@@ -153,11 +153,26 @@ async function classifyImage(img) {
   return a;
 }
 
+const MAX_UPLOAD_MB = 20, MAX_PIXELS = 40e6;  // bounds of a dropped photo (size, then decoded pixels)
+
+function refuse(message) {
+  const el = document.getElementById('answer');
+  el.className = 'inconclusive';
+  el.textContent = message;
+  window.lastAnswer = {refused: message};
+  return Promise.reject(new Error(message));
+}
+
 function classifyFile(file) {
+  if (file.size > MAX_UPLOAD_MB * 1024 * 1024) {
+    return refuse(`${(file.size / 1048576).toFixed(1)} MB: the limit is ${MAX_UPLOAD_MB} MB`);
+  }
   return new Promise((resolve, reject) => {
     const img = document.getElementById('preview');
     img.style.display = 'block'; document.getElementById('overlay').style.display = 'none';
-    img.onload = () => classifyImage(img).then(resolve, reject);
+    img.onload = () => (img.naturalWidth * img.naturalHeight > MAX_PIXELS
+      ? refuse(`${img.naturalWidth} x ${img.naturalHeight} pixels: the limit is ${MAX_PIXELS / 1e6} megapixels`)
+      : classifyImage(img)).then(resolve, reject);
     img.onerror = () => reject(new Error('not an image'));
     img.src = URL.createObjectURL(file);
   });
