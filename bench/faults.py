@@ -53,7 +53,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    ap.add_argument("--recheck", action="store_true", help="only re-check the work dirs of an earlier run in --out "
+                    "(its rows.json) with the current harness: identical, clean, registry")
     args = ap.parse_args()
+    if args.recheck:
+        return recheck(args.out)
 
     import numpy as np
     from prefect.settings import PREFECT_API_URL
@@ -90,6 +94,31 @@ def main() -> int:
     print(table(rows))
     print(f"\n{sum(r.ok for r in rows)}/{len(rows)} phases killed inside the phase, resumed to identical bytes with "
           f"a consistent registry; {time.monotonic() - t0:.0f} s in all; work folder {base}")
+    return 0 if all(r.ok for r in rows) else 1
+
+
+def recheck(base: Path) -> int:
+    """Recompute the identical / clean / registry columns of an earlier run from its work dirs."""
+    from fault_harness import Reference, Row, compare, leftovers, registry_state, table
+    from pipeline.core.verify import VerifyReport, check_registry
+
+    rows = [Row(**r) for r in json.loads((base / "rows.json").read_text())]
+    ref_rec = max((base / "reference" / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    phases = {k: v["artifact_id"] for k, v in json.loads(ref_rec.read_text())["phases"].items()}
+    ref = Reference(base / "reference", phases, {}, registry_state(base / "reference"), 0.0)
+    for row in rows:
+        work = base / f"kill-{row.phase}"
+        diffs, left = compare(ref, work), leftovers(work)
+        report = VerifyReport()
+        check_registry(f"sqlite:///{work / 'mlflow.db'}", report, work / ".cache")
+        state = registry_state(work)
+        reg = [f"{f.path}: {f.problem}" for f in report.findings]
+        reg += [f"registry {k}: {state.get(k)} instead of {v}" for k, v in ref.registry.items() if state.get(k) != v]
+        row.identical, row.clean, row.registry = not diffs, not left, not reg
+        row.problems = [p for p in row.problems if p.startswith(("not killed", "re-run", "process"))] + diffs + left + reg
+        print(f"{row.phase:<22} {'ok' if row.ok else 'FAILED'}" + "".join(f"\n    {p}" for p in row.problems[:8]))
+    print()
+    print(table(rows))
     return 0 if all(r.ok for r in rows) else 1
 
 
