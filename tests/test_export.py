@@ -14,10 +14,10 @@ import pytest
 
 from export_fixtures import make_split, make_student
 from pipeline.core.config import PipelineConfig
-from pipeline.export import browser, gate, runtimes
+from pipeline.export import browser, gate, onnx_export, runtimes
 from pipeline.export.run import run_export
 
-SOURCE = {"calibration_artifact": "test-calibration", "arch": "mobilenetv2_050"}
+SOURCE = {"calibration_artifact": "test-calibration", "arch": "tf_efficientnet_lite0"}
 
 
 def _tfjs_missing() -> str:
@@ -29,7 +29,7 @@ def _tfjs_missing() -> str:
 def student(tmp_path_factory):
     root = tmp_path_factory.mktemp("export_data")
     split = make_split(root)
-    return root, split, make_student(root, split, steps=40)
+    return root, split, make_student(root, split)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,15 @@ def test_onnx_variants_cards_and_gate(exported, student):
         assert (name in summary["passed"]) == c["gate"]["passed"]
         assert (out / c["dir"]).is_dir() and c["dir"].startswith("rejected/") != c["gate"]["passed"]
     assert metrics["n_passed"] == len(summary["passed"]) and metrics["onnx_fp32_passed"] == 1.0
+    # INT8 keeps the answers on the student's own test inputs (calibrated on its train images and their views)
+    int8 = summary["variants"]["onnx_int8"]
+    f = int8["gate"]["checks"]["onnxruntime"]
+    assert int8["gate"]["passed"] and f["top1_agreement"] >= 0.99, int8["gate"]["reason"]
+    assert f["test_top1"] == fp32["gate"]["checks"]["onnxruntime"]["test_top1"] and f["test_n"] == 20
+    info = int8["int8"]
+    assert info["settings"]["n_calibration"] == 256 and info["selected_on"].startswith("192 inputs from 16 validation images")
+    assert info["reduce_range"] == onnx_export.resolve_reduce_range("auto", info["cpu"])[0]
+    assert "VNNI" in (out / "report.md").read_text() and int8["size_bytes"] < fp32["size_bytes"] / 3
 
 
 def test_corrupted_variant_is_refused_and_not_registered(student, tmp_path, monkeypatch):
@@ -77,8 +86,10 @@ def test_corrupted_variant_is_refused_and_not_registered(student, tmp_path, monk
 
     monkeypatch.setattr(onnx_export, "export_fp16", corrupted_fp16)
     root, split, model_dir = student
-    cfg = PipelineConfig().export.model_copy(update={"onnx_variants": ["fp32", "fp16"], "tfjs_variants": [],
-                                                     "n_inputs": 40})
+    # |dp| <= 1e-4: FP32 passes, no INT8 can; one calibration method, no float-head candidates
+    cfg = PipelineConfig().export.model_copy(update={"onnx_variants": ["fp32", "fp16", "int8"], "tfjs_variants": [],
+                                                     "n_inputs": 40, "n_calibration": 40, "max_prob_diff": 1e-4,
+                                                     "int8_method": "minmax", "int8_keep_head_float": "never"})
     out = tmp_path / "export"
     out.mkdir()
     run_export(model_dir, split, root, cfg, out, SOURCE)
@@ -86,6 +97,15 @@ def test_corrupted_variant_is_refused_and_not_registered(student, tmp_path, monk
     assert summary["passed"] == ["onnx_fp32"]
     assert not summary["variants"]["onnx_fp16"]["gate"]["passed"]
     assert (out / "rejected" / "onnx_fp16" / "model.onnx").is_file() and not (out / "onnx_fp16").exists()
+    # the refused INT8 variant: every candidate in its card, and the per-layer error table in card and report
+    int8 = summary["variants"]["onnx_int8"]
+    assert not int8["gate"]["passed"] and "max |dp|" in int8["gate"]["reason"]
+    assert [t["float_convs"] for t in int8["int8"]["search"]] == [0, 1, 4] and "float_head" in int8["int8"]["settings"]
+    table = int8["layer_errors"]
+    assert len(table) > 10 and table[0]["tensor"] == "input" and all(r["xmodel_sqnr"] is not None for r in table[:-1])
+    assert json.loads((out / "rejected" / "onnx_int8" / "card.json").read_text())["layer_errors"] == table
+    report = (out / "report.md").read_text()
+    assert "onnx_int8: per-layer error" in report and f"| {table[1]['tensor']} |" in report
 
     client = registry_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mv = register_classifier(client, "test-student", model_dir, "test")

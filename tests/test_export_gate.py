@@ -106,7 +106,8 @@ def test_probability_and_kl_thresholds_refuse_on_their_own():
     got = ref.copy()
     got[0] = [2.0, 0.0, 0.0]  # same answer, confidence 0.910 -> 0.787
     f = gate.compare(ref, got)
-    cfg = PipelineConfig().export.model_copy(update={"min_corr": -1.0, "min_image_corr": -1.0})
+    cfg = PipelineConfig().export.model_copy(update={"min_corr": -1.0, "min_image_corr": -1.0, "max_prob_diff": 0.05,
+                                                     "max_kl": 0.005})
     ok, reason = gate.verdict(f, cfg)
     assert f["top1_agreement"] == 1.0 and not ok and reason.startswith("max |dp| 0.12")
     loose = cfg.model_copy(update={"max_prob_diff": 0.2, "max_kl": 0.01})  # mean KL here 0.0054

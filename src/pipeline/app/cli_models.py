@@ -24,12 +24,18 @@ def predict_cmd(
     model: str = typer.Option("champion", "--model", help="Registry alias (champion, challenger) or version number."),
     name: Optional[str] = typer.Option(None, "--name", help="Registered model (default: <experiment>-student)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the answers as CSV."),
+    windows: bool = typer.Option(False, "--windows", help="A model trained on crops: also print each grid window's "
+                                 "answer (the CSV and --json always hold them)."),
+    whole_image: bool = typer.Option(False, "--whole-image", help="Answer on the whole image even when the model was "
+                                     "trained on crops (e.g. the images are crops already)."),
     workdir: Path = WorkdirOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Answer from the model registry: label, calibrated confidence, and whether it is not conclusive."""
+    """Answer from the model registry: label, calibrated confidence, and whether it is not conclusive.
+    A model trained on crops answers a photo the way its training crops were made (vehicle box, grid
+    windows): one answer per window, and the photo damaged with its most confident damaged window."""
     _exactly_one(image=image, folder=folder)
     cfg = _config(config, set_)
     from pipeline.training.predict import image_files, predict_images
@@ -40,7 +46,7 @@ def predict_cmd(
         raise typer.Exit(2)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            answers = predict_images(paths, model, workdir.resolve(), cfg, name)
+            answers = predict_images(paths, model, workdir.resolve(), cfg, name, whole_image=whole_image)
     except ConfigError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
@@ -50,10 +56,15 @@ def predict_cmd(
     if as_json:
         print(answers.to_json(orient="records"))
         return
-    for row in answers.itertuples():
-        verdict = "NOT CONCLUSIVE" if row.not_conclusive else ""
-        typer.echo(f"{row.label or '-':<20} {row.confidence:6.3f}  {verdict:<14} {row.path}"
-                   + (f"  ({row.error})" if row.error else ""))
+    for row in answers.to_dict("records"):
+        verdict = "NOT CONCLUSIVE" if row["not_conclusive"] else ""
+        n = row.get("n_windows")
+        where = f"  ({int(n)} windows)" if n is not None and n == n and n > 0 else ""
+        typer.echo(f"{row['label'] or '-':<20} {row['confidence']:6.3f}  {verdict:<14} {row['path']}{where}"
+                   + (f"  ({row['error']})" if row["error"] else "") + (f"  [{row['note']}]" if row.get("note") else ""))
+        if windows and where:
+            for w in json.loads(row["windows"]):
+                typer.echo(f"    window r{w['row']} c{w['col']} {tuple(w['box'])}: {w['label']} {w['confidence']:.3f}")
 
 
 @app.command("promote")

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-# The variant the page serves: the smallest download among the admitted TF.js variants.
-BROWSER_ORDER = ("tfjs_uint8", "tfjs_fp16", "tfjs_fp32")
+# The variant the page serves: FP16 (near-lossless, half the download) when admitted, else uint8, else FP32.
+BROWSER_ORDER = ("tfjs_fp16", "tfjs_uint8", "tfjs_fp32")
 FIGURES = ("corr", "raw_corr", "min_image_corr", "max_abs", "top1_agreement", "conf_max_diff", "prob_max_diff",
            "mean_kl", "test_top1")
 THRESHOLDS = ("min_corr", "min_image_corr", "min_top1_agreement", "max_prob_diff", "max_kl")
@@ -89,19 +89,21 @@ def _int8_lines(name: str, card: dict[str, Any]) -> list[str]:
              f"CPU: {cpu.get('arch')}, VNNI {cpu.get('vnni')} ({', '.join(cpu.get('flags') or []) or 'no VNNI flags'}); "
              f"reduce_range {info['reduce_range']}: {info['reduce_range_reason']}.",
              f"Kept: {st['method']} calibration on {st['n_calibration']} inputs, per-channel {st['per_channel']}, "
-             f"float nodes {st['float_nodes'] or 'none'}; chosen on {info['selected_on']}.", "",
-             "| candidate | head | top-1 agree | max abs dp | mean KL | centred corr | on calibration inputs |",
-             "|---|---|---|---|---|---|---|"]
+             f"float layers: first {st.get('float_convs', 0)} convolutions, classifier "
+             f"{'float' if st.get('float_head') else 'INT8'}; chosen on {info['selected_on']}.", "",
+             "| calibration | float convs | head | top-1 agree | max abs dp | mean KL | centred corr | on the selection inputs |",
+             "|---|---|---|---|---|---|---|---|"]
     for t in info["search"]:
         f = t.get("figures") or {}
-        lines.append(f"| {t['method']} | {'float' if t['keep_head_float'] else 'int8'} | "
+        lines.append(f"| {t['method']} | {t.get('float_convs', 0)} | {'float' if t['keep_head_float'] else 'int8'} | "
                      f"{_fmt(f.get('top1_agreement'), '.4f')} | {_fmt(f.get('prob_max_diff'), '.2e')} | "
                      f"{_fmt(f.get('mean_kl'), '.2e')} | {_fmt(f.get('corr'), '.5f')} | "
                      f"{t.get('reason') or t.get('error', '')} |")
     if card.get("layer_errors"):
         lines += ["", f"### {name}: per-layer error (onnxruntime qdq_loss_debug; SQNR in dB, higher is better)", "",
                   "`xmodel`: the INT8 model's tensor against the float model's (error accumulated up to it); `qdq`: "
-                  "this tensor's own quantise-dequantise. The lowest xmodel SQNR, in graph order:", "",
+                  "this tensor's own quantise-dequantise (- for a Clip/Relu fused into its producer). In graph order; "
+                  "where xmodel drops most is where the answers are lost:", "",
                   "| tensor | xmodel SQNR | qdq SQNR |", "|---|---|---|"]
         lines += [f"| {r['tensor']}{' (' + r['weight'] + ')' if r.get('weight') else ''} | "
                   f"{_fmt(r.get('xmodel_sqnr'), '.1f')} | {_fmt(r.get('qdq_sqnr'), '.1f')} |" for r in card["layer_errors"]]

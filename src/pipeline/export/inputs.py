@@ -94,17 +94,18 @@ def _rows(split_path: Path, dataset_root: Path, items: ItemSets | None, split: s
 
 
 def gate_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: int = 0, items: ItemSets | None = None,
-                ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    """(inputs [M, C, S, S] float32 with M = n when the test split allows, "item:view" names, counts).
-    counts["labels"] holds the class index of each unaltered test item (the first counts["test_images"]
-    inputs), or -1 where the label is unknown or not a class of the model."""
+                split: str = "test") -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """(inputs [M, C, S, S] float32 with M = n when the split allows, "item:view" names, counts) of the
+    held-out `split` (test: the gate; val: the INT8 candidates' selection). counts["labels"] holds the
+    class index of each unaltered item (the first counts["test_images"] inputs), or -1 where the
+    label is unknown or not a class of the model."""
     from pipeline.training.modeling import preprocess
 
-    rows = _rows(split_path, dataset_root, items, "test", seed)
+    rows = _rows(split_path, dataset_root, items, split, seed)
     images, names, bad, kept = _load([Path(p) for _, p, _ in rows])
     what = "crops" if items is not None else "images"
     if not images:
-        raise DatasetError(f"the export gate needs readable test {what}; the split has none ({bad} unreadable)")
+        raise DatasetError(f"the export gate needs readable {split} {what}; the split has none ({bad} unreadable)")
     readable = [rows[i] for i in kept]
     index = {c: i for i, c in enumerate(meta["class_names"])}
     chosen, labels = [], []
@@ -122,15 +123,13 @@ def gate_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: 
 
 def calibration_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: int = 0,
                        items: ItemSets | None = None) -> np.ndarray:
-    """A seeded sample of train items and their mirror images, n in all, preprocessed: the INT8
-    calibration data (as many train items as there are, flips filling up to n)."""
-    from PIL import ImageOps
-
+    """A seeded sample of n train items, preprocessed: the INT8 calibration data. A train split with
+    fewer than n items gives all of them, then their flips, then the gate's other views, up to n."""
     from pipeline.training.modeling import preprocess
 
     rows = _rows(split_path, dataset_root, items, "train", seed)
     images = _load([Path(p) for _, p, _ in rows[:n]])[0]
     if not images:
         raise DatasetError("INT8 calibration needs readable train items; the split has none")
-    chosen = (images + [ImageOps.mirror(im) for im in images])[:n]
+    chosen = [f(im) for _, f in _views() for im in images][:n]
     return preprocess(chosen, meta).numpy().astype(np.float32)

@@ -21,12 +21,64 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 OPSET = 17
 
 
+def static_same_padding(model: Any, image_size: int, in_chans: int) -> tuple[Any, int]:
+    """A copy of `model` whose TF-style 'SAME' convolutions and poolings (timm's Conv2dSame,
+    MaxPool2dSame, AvgPool2dSame: EfficientNet-Lite's stride-2 layers) pad by constants computed
+    for the export's input size, as ZeroPad2d + the plain layer: the same numbers, without the
+    padding arithmetic on traced tensor shapes that the legacy exporter writes as float Sub/Mul/Add
+    ops. Quantisation would treat those ops as activations and round the padding, so the INT8
+    model's feature maps come out a pixel short (measured: Lite0 at 64 px, top-1 agreement 0.25).
+    Returns (the copy, how many layers were frozen)."""
+    import copy
+
+    import torch
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+    from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+
+    model = copy.deepcopy(model).eval().cpu()
+    sizes: dict[str, tuple[int, int]] = {}
+    kinds = (Conv2dSame, MaxPool2dSame, AvgPool2dSame)
+    def record(name: str) -> Any:
+        def hook(module: Any, args: tuple) -> None:
+            sizes.setdefault(name, tuple(int(v) for v in args[0].shape[-2:]))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
+    with torch.inference_mode():
+        model(torch.zeros(1, in_chans, image_size, image_size))
+    for h in hooks:
+        h.remove()
+    for name, size in sizes.items():
+        parent, _, leaf = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        old = getattr(holder, leaf)
+        two = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        if isinstance(old, Conv2dSame):
+            pad = pad_same_arg(list(size), list(old.weight.shape[-2:]), two(old.stride), two(old.dilation))
+            layer = torch.nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0, old.dilation,
+                                    old.groups, old.bias is not None)
+            layer.load_state_dict(old.state_dict())
+            fill = 0.0
+        else:
+            pad = pad_same_arg(list(size), list(two(old.kernel_size)), two(old.stride), two(getattr(old, "dilation", 1)))
+            if isinstance(old, MaxPool2dSame):
+                layer = torch.nn.MaxPool2d(old.kernel_size, old.stride, 0, old.dilation, ceil_mode=old.ceil_mode)
+                fill = -float("inf")
+            else:
+                layer = torch.nn.AvgPool2d(old.kernel_size, old.stride, 0, old.ceil_mode, old.count_include_pad)
+                fill = 0.0
+        setattr(holder, leaf, torch.nn.Sequential(torch.nn.ConstantPad2d(tuple(pad), fill), layer))
+    return model, len(sizes)
+
+
 def export_fp32(model: Any, image_size: int, in_chans: int, out_path: Path) -> Path:
-    """Write the eval-mode `model` as ONNX (one file, dynamic batch) and check it."""
+    """Write the eval-mode `model` as ONNX (one file, dynamic batch, 'SAME' padding frozen for
+    image_size: `static_same_padding`) and check it."""
     import onnx
     import torch
 
-    model = model.eval().cpu()
+    model, _ = static_same_padding(model, image_size, in_chans)
     dummy = torch.zeros(1, in_chans, image_size, image_size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
@@ -115,10 +167,20 @@ def head_nodes(onnx_path: Path) -> list[str]:
     return [node.name] if node is not None and node.op_type in ("Gemm", "MatMul") else []
 
 
+def first_convs(onnx_path: Path, k: int) -> list[str]:
+    """The first `k` Conv nodes in graph order (the stem and the first block: where an INT8 CNN loses
+    the most signal-to-noise, measured with `layer_errors`)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "Conv"][:k]
+
+
 def export_int8(fp32_path: Path, calib: np.ndarray, out_path: Path, per_channel: bool = True,
                 method: str = "minmax", reduce_range: bool = False, keep_head_float: bool = False,
-                percentile: float = 99.999) -> dict[str, object]:
-    """Static QDQ quantisation (uint8 activations, int8 weights) calibrated on `calib` [N, C, H, W];
+                percentile: float = 99.999, float_convs: int = 0) -> dict[str, object]:
+    """Static QDQ quantisation (uint8 activations, int8 weights) calibrated on `calib` [N, C, H, W],
+    the first `float_convs` convolutions (and the classifier with `keep_head_float`) left in float;
     returns the settings used (for the card)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -128,7 +190,7 @@ def export_int8(fp32_path: Path, calib: np.ndarray, out_path: Path, per_channel:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pre = out_path.with_name("pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    exclude = head_nodes(pre) if keep_head_float else []
+    exclude = first_convs(pre, float_convs) + (head_nodes(pre) if keep_head_float else [])
     extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
     try:
         quantize_static(str(pre), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
@@ -138,40 +200,50 @@ def export_int8(fp32_path: Path, calib: np.ndarray, out_path: Path, per_channel:
     finally:
         pre.unlink(missing_ok=True)
     return {"method": method, "per_channel": per_channel, "reduce_range": reduce_range, "n_calibration": int(len(calib)),
-            "float_nodes": exclude, **({"percentile": float(percentile)} if method == "percentile" else {})}
+            "float_convs": int(float_convs), "float_head": bool(keep_head_float), "float_nodes": exclude,
+            **({"percentile": float(percentile)} if method == "percentile" else {})}
 
 
-def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, work: Path, limit: int = 40) -> list[dict[str, object]]:
+def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, work: Path) -> list[dict[str, object]]:
     """Per-layer quantisation error of an INT8 model (onnxruntime.quantization.qdq_loss_debug) on a
     few inputs `x`: per activation, the SQNR (dB) of the INT8 model's tensor against the float
     model's (`xmodel_sqnr`: accumulated error so far) and of its own QDQ pair (`qdq_sqnr`: this
-    tensor's quantisation alone), plus the weight SQNR of the node's initializer; the `limit` worst
-    by xmodel SQNR, in graph order."""
+    tensor's quantisation alone; None for a Clip/Relu output fused into its producer, whose QDQ pair
+    sees the unclipped input), in graph order, then the lowest weight SQNR and its initializer."""
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
                                                          compute_weight_error, create_activation_matching,
                                                          create_weight_matching, modify_model_output_intermediate_tensors)
 
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     work.mkdir(parents=True, exist_ok=True)
-    f_aug, q_aug = work / "float_aug.onnx", work / "qdq_aug.onnx"
+    f_aug, q_aug, pre = work / "float_aug.onnx", work / "qdq_aug.onnx", work / "pre.onnx"
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)  # the float graph export_int8 quantised
+    fp32_path = pre
     modify_model_output_intermediate_tensors(fp32_path, f_aug)
     modify_model_output_intermediate_tensors(int8_path, q_aug)
     f_act = collect_activations(str(f_aug), _Reader(x))
     q_act = collect_activations(str(q_aug), _Reader(x))
     act_err = compute_activation_error(create_activation_matching(q_act, f_act))
     w_err = compute_weight_error(create_weight_matching(str(fp32_path), str(int8_path)))
-    order = list(f_act)
-    rows = [{"tensor": name, "xmodel_sqnr": _finite(e.get("xmodel_err")), "qdq_sqnr": _finite(e.get("qdq_err"))}
+    import onnx
+
+    graph = onnx.load(str(fp32_path)).graph
+    order = [graph.input[0].name] + [o for node in graph.node for o in node.output]
+    fused = {o for node in graph.node if node.op_type in ("Clip", "Relu") for o in node.output}
+    rows = [{"tensor": name, "xmodel_sqnr": _finite(e.get("xmodel_err")),
+             # an activation fused into its producer: its QDQ pair sees the unclipped input, not rounding
+             "qdq_sqnr": None if name in fused else _finite(e.get("qdq_err"))}
             for name, e in act_err.items()]
-    rows.sort(key=lambda r: order.index(r["tensor"]) if r["tensor"] in order else len(order))
-    worst = sorted(rows, key=lambda r: r["xmodel_sqnr"] if r["xmodel_sqnr"] is not None else np.inf)[:limit]
-    keep = {r["tensor"] for r in worst}
+    rank = {name: i for i, name in enumerate(order)}
+    rows.sort(key=lambda r: rank.get(r["tensor"], len(rank)))
     weights = {k: _finite(v) for k, v in w_err.items()}
-    out = [r for r in rows if r["tensor"] in keep]
+    out = rows
     if weights:
         out.append({"tensor": "(weights, lowest SQNR)", "xmodel_sqnr": None,
                     "qdq_sqnr": min((v for v in weights.values() if v is not None), default=None),
                     "weight": min(weights, key=lambda k: weights[k] if weights[k] is not None else np.inf)})
-    for f in (f_aug, q_aug):
+    for f in (f_aug, q_aug, pre):
         f.unlink(missing_ok=True)
     return out
 

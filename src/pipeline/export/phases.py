@@ -33,7 +33,8 @@ def _item_params(cfg: Any, options: dict[str, Any]) -> dict[str, Any]:
     return {"items": {"source": t.source, "target": t.target, "max_items": t.max_items, "seed": t.seed}}
 
 
-def crop_items(run: PhaseRun, meta: dict[str, Any]) -> Any:
+def items_for(meta: dict[str, Any], split_path: Path, crops_dir: Path | None, train_cfg: Any,
+              dataset_root: Path | None = None) -> Any:
     """The crops a crops-trained model was trained and tested on (inputs.ItemSets), None for a
     whole-image model: the training side's own item builder with the model's class list."""
     from pipeline.export.crop_rule import rule_of
@@ -42,12 +43,9 @@ def crop_items(run: PhaseRun, meta: dict[str, Any]) -> Any:
 
     if rule_of(meta) is None:
         return None
-    crops = run.inputs.get("crops")
-    if crops is None:
-        raise ValueError("the calibrated model was trained on crops but the export phase has no crops input")
-    root = run.runtime.get("dataset_root")
-    data = build_items(run.inputs["split"] / "split.parquet", run.cfg.train, Path(root) if root else None, crops,
-                       class_names=list(meta["class_names"]))
+    if crops_dir is None:
+        raise ValueError("the model was trained on crops: its export needs the crops artifact")
+    data = build_items(Path(split_path), train_cfg, dataset_root, Path(crops_dir), class_names=list(meta["class_names"]))
     return ItemSets({s: [(str(k), str(p), str(t)) for k, p, t in zip(f["key"], f["path"], f["target"])]
                      for s, f in ((s, data.part(s)) for s in ("train", "val", "test"))})
 
@@ -60,8 +58,9 @@ def _run_export(run: PhaseRun) -> dict[str, Any]:
     meta = read_meta(model_dir)
     source = {"calibration_artifact": run.inputs["calibration"].name, "split_artifact": run.inputs["split"].name,
               "arch": meta["arch"], "random_init": bool(meta.get("random_init"))}
-    return run_export(model_dir, run.inputs["split"] / "split.parquet", Path(run.runtime["dataset_root"]),
-                      run.cfg.export, run.out_dir, source, items=crop_items(run, meta))
+    split, root = run.inputs["split"] / "split.parquet", Path(run.runtime["dataset_root"])
+    return run_export(model_dir, split, root, run.cfg.export, run.out_dir, source,
+                      items=items_for(meta, split, run.inputs.get("crops"), run.cfg.train, root))
 
 
 register(

@@ -24,7 +24,7 @@ def read_summary(export_dir: Path) -> dict[str, Any]:
 
 
 def browser_variants(export_dir: Path) -> list[str]:
-    """The admitted TF.js variants, smallest download first: promotion needs at least one."""
+    """The admitted TF.js variants, the served one first (cards.BROWSER_ORDER): promotion needs at least one."""
     return list(read_summary(export_dir)["browser_variants"])
 
 

@@ -83,7 +83,7 @@ def _admit(ctx: Context, name: str, folder: Path, checks: dict[str, dict[str, fl
                 ctx.metrics[f"{name}_{check}_{key}"] = float(figures[key])
 
 
-def export_onnx(ctx: Context, calib: np.ndarray) -> Path | None:
+def export_onnx(ctx: Context, calib: np.ndarray, select: tuple[np.ndarray, str] | None = None) -> Path | None:
     """ONNX variants, each gated on onnxruntime; returns the FP32 file (the TF.js source) or None.
     INT8 is chosen among its candidates on the calibration inputs (int8.py); a refused INT8 variant's
     card and the report carry its per-layer error table."""
@@ -94,7 +94,8 @@ def export_onnx(ctx: Context, calib: np.ndarray) -> Path | None:
     ox.export_fp32(ctx.model, int(ctx.meta["image_size"]), int(ctx.meta.get("in_chans", 3)), fp32)
     def make(precision: str, path: Path) -> dict[str, Any]:
         if precision == "int8":
-            return {"int8": int8.build_int8(fp32, calib, path, ctx.cfg, _temperature(ctx.meta), ctx.work / "int8")}
+            x, what = select if select is not None else (calib, f"{len(calib)} calibration inputs")
+            return {"int8": int8.build_int8(fp32, calib, x, what, path, ctx.cfg, _temperature(ctx.meta), ctx.work / "int8")}
         shutil.copyfile(fp32, path) if precision == "fp32" else ox.export_fp16(fp32, path)
         return {}
 
@@ -178,6 +179,20 @@ def _tfjs_checks(ctx: Context, name: str, folder: Path, info: dict[str, Any], mo
     return checks, skipped
 
 
+def _selection_inputs(split_path: Path, dataset_root: Path, meta: dict[str, Any], cfg: Any, items: Any
+                      ) -> tuple[np.ndarray, str] | None:
+    """The INT8 candidates' selection inputs: the validation items with the gate's views (None: no
+    readable validation item; the calibration inputs are used)."""
+    from pipeline.core.errors import DatasetError
+    from pipeline.export import inputs
+
+    try:
+        x, _, counts = inputs.gate_inputs(split_path, dataset_root, meta, cfg.n_inputs, cfg.seed, items, split="val")
+    except DatasetError:
+        return None
+    return x, f"{len(x)} inputs from {counts['test_images']} validation {counts['source']} (views added)"
+
+
 def run_export(model_dir: Path, split_path: Path, dataset_root: Path, cfg: Any, out_dir: Path,
                source: dict[str, Any], runtime_cfg: Any | None = None, items: Any | None = None) -> dict[str, Any]:
     """Export, gate and card every configured variant of the model in `model_dir` (see the module
@@ -194,8 +209,10 @@ def run_export(model_dir: Path, split_path: Path, dataset_root: Path, cfg: Any, 
     if rule_of(meta) is not None and items is None:
         raise ValueError("the model was trained on crops: the export needs its crop items (inputs.ItemSets)")
     x, names, counts = inputs.gate_inputs(split_path, dataset_root, meta, cfg.n_inputs, cfg.seed, items)
-    calib = inputs.calibration_inputs(split_path, dataset_root, meta, cfg.n_calibration, cfg.seed, items) \
-        if "int8" in cfg.onnx_variants else x[:0]
+    calib, select = x[:0], None
+    if "int8" in cfg.onnx_variants:
+        calib = inputs.calibration_inputs(split_path, dataset_root, meta, cfg.n_calibration, cfg.seed, items)
+        select = _selection_inputs(split_path, dataset_root, meta, cfg, items)
     ref, torch_ms = onnx_export.torch_logits(model, x)
     out_dir = Path(out_dir)
     labels = np.asarray(counts.pop("labels"), dtype=int)
@@ -206,7 +223,7 @@ def run_export(model_dir: Path, split_path: Path, dataset_root: Path, cfg: Any, 
         if (top := ctx.test_top1(ref)) is not None:
             counts["torch_test_top1"] = top
             ctx.metrics.update({"torch_test_top1": top["top1"], "n_test_labelled": float(top["n"])})
-        fp32 = export_onnx(ctx, calib)
+        fp32 = export_onnx(ctx, calib, select)
         skipped = export_tfjs(ctx, fp32, runtime_cfg) if fp32 is not None else {}
     summary = write_outputs(out_dir, ctx.results, skipped, meta, source, counts, names, cfg)
     passed = summary["passed"]

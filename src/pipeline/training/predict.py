@@ -208,9 +208,19 @@ def load_model(ref: str | int = "champion", workdir: str | Path = "work", config
 
 
 def predict_images(paths: Sequence[Path], ref: str | int = "champion", workdir: str | Path = "work",
-                   config: Any = None, name: str | None = None):
-    """Answers for image files from the registered model (DataFrame, one row per path)."""
-    import pandas as pd
+                   config: Any = None, name: str | None = None, whole_image: bool = False):
+    """Answers for image files from the registered model (DataFrame, one row per path): the
+    version's model dir (downloaded once, as the pyfunc does) through `Predictor`, with the work
+    dir's weights dir for a crops model's detector. A model trained on crops answers each photo
+    through its crop rule (per window and for the photo) unless `whole_image`."""
+    from pipeline.core.config import PipelineConfig
+    from pipeline.core.workspace import setup_environment
+    from pipeline.training.registry import registry_client, resolve_version, student_name, version_model_dir
 
-    model = load_model(ref, workdir, config, name)
-    return model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
+    cfg = config if config is not None else PipelineConfig()
+    ws = setup_environment(workdir, prefect_home=False)
+    client = registry_client(ws.tracking_uri(cfg))
+    mv = resolve_version(client, name or student_name(cfg), ref)
+    predictor = Predictor.from_dir(version_model_dir(client, mv, ws.cache / "registry"), weights_dir=ws.weights)
+    out = predictor.predict([str(p) for p in paths], whole_image=whole_image)
+    return out.drop(columns=["source"])

@@ -72,11 +72,20 @@ function pixels(img, box, fit) {
   const short = Math.min(cw, ch), long = Math.max(cw, ch), scaledLong = Math.floor(r * long / short);
   const rw = cw <= ch ? r : scaledLong, rh = cw <= ch ? scaledLong : r;
   const left = pyRound((rw - s) / 2), top = pyRound((rh - s) / 2);
+  let src = img, region = [box[0], box[1], box[2] - box[0], box[3] - box[1]];
+  if (cw !== region[2] || ch !== region[3]) {  // the crop fitted first, as a training crop was saved
+    src = document.createElement('canvas');
+    src.width = cw; src.height = ch;
+    const fctx = src.getContext('2d');
+    fctx.imageSmoothingEnabled = true; fctx.imageSmoothingQuality = 'high';
+    fctx.drawImage(img, ...region, 0, 0, cw, ch);
+    region = [0, 0, cw, ch];
+  }
   const canvas = document.createElement('canvas');
   canvas.width = s; canvas.height = s;
   const ctx = canvas.getContext('2d');
   ctx.imageSmoothingEnabled = true; ctx.imageSmoothingQuality = 'high';
-  ctx.drawImage(img, box[0], box[1], box[2] - box[0], box[3] - box[1], -left, -top, rw, rh);
+  ctx.drawImage(src, ...region, -left, -top, rw, rh);
   return tf.tidy(() => {
     const hwc = tf.browser.fromPixels(canvas).toFloat().div(255).sub(card.mean).div(card.std);
     return tf.transpose(hwc, [2, 0, 1]).expandDims(0);
