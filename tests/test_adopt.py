@@ -152,3 +152,11 @@ def test_index_and_retriever_serve_the_adopted_head(helpful, tmp_path):
     q = e.image_query(x[:3])
     assert q.shape == (3, head.dim + TXT) and not q[:, head.dim:].any()
     assert np.allclose(q[:, : head.dim], head.project(x[:3]), atol=1e-5)
+
+
+def test_cross_validation_queries_are_capped(tmp_path):
+    """At scale the judgement samples its queries (seeded); every development crop stays a reference."""
+    x, rows = features(40)
+    m, d, _ = decide(tmp_path, x, rows, FAST.model_copy(update={"max_queries": 30}))
+    assert [r["balanced_coverage"]["n_queries"] for r in d["rows"]] == [30, 30]
+    assert d["protocol"]["max_queries"] == 30 and d["protocol"]["n_development_crops"] == 108

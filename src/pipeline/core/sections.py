@@ -209,6 +209,8 @@ class EmbedHeadConfig(Section):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate, cosine decay.")
     batch_size: int = Field(64, ge=4, description="Class-balanced batches.")
     folds: int = Field(5, ge=2, description="Cross-validation folds over the train + val photo groups.")
+    max_queries: int = Field(2000, ge=10, description="Cross-validation queries at most (a seeded sample of the "
+                             "train + val crops; every such crop stays a reference).")
     min_photos: int = Field(8, ge=2, description="Fewer train + val photo groups than this: no head (reported).")
     min_gain: float = Field(0.0, description="Adopt when the lower end of the gain's interval (balanced coverage, "
                             "head minus frozen) is above this.")

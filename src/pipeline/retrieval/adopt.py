@@ -94,12 +94,17 @@ def train_head(x: np.ndarray, labels: np.ndarray, loss: str, cfg: Any, study: An
 
 def cross_validate(x: np.ndarray, labels: np.ndarray, state: np.ndarray, item: np.ndarray, group: np.ndarray,
                    losses: list[str], cfg: Any, study: Any, k: int) -> dict[str, np.ndarray]:
-    """Per-query top-k state precision of every development crop: 'frozen' and one array per loss
-    (each crop ranked by the head of the fold that did not see its photo)."""
+    """Per-query top-k state precision of the development crops (nan for crops not sampled as queries:
+    at most cfg.max_queries, seeded): 'frozen' and one array per loss (each crop ranked by the head of the
+    fold that did not see its photo), against every development crop."""
     keys = np.where(group != "", group, item)
     folds = fold_of(keys, min(cfg.folds, len(set(keys.tolist()))), cfg.seed)
     rows = np.arange(len(x))
-    out = {"frozen": topk_state_precision(x, rows, rows, state, item, group, k)}
+    asked = np.zeros(len(x), dtype=bool)
+    asked[rows if len(x) <= cfg.max_queries else
+          np.random.default_rng(cfg.seed).choice(len(x), cfg.max_queries, replace=False)] = True
+    out = {"frozen": np.full(len(x), np.nan)}
+    out["frozen"][asked] = topk_state_precision(x, np.flatnonzero(asked), rows, state, item, group, k)
     for loss in losses:
         vals = np.full(len(x), np.nan)
         for f in np.unique(folds):
@@ -107,7 +112,7 @@ def cross_validate(x: np.ndarray, labels: np.ndarray, state: np.ndarray, item: n
             if len(set(labels[train].tolist())) < 2:
                 continue
             z = train_head(x[train], labels[train], loss, cfg, study).project(x)
-            q = np.flatnonzero(folds == f)
+            q = np.flatnonzero((folds == f) & asked)
             vals[q] = topk_state_precision(z, q, rows, state, item, group, k)
         out[loss] = vals
     return out
@@ -215,7 +220,8 @@ def run_embedding_head(emb_dir: Path, crops_dir: Path, out_dir: Path, cfg: Any, 
     train = t["split"] == "train"
     decision: dict[str, Any] = {"rows": [], "loss": None, "gain": None, "adopted": False}
     decision["reason"] = _refusal(t, dev, train, img, cfg)
-    protocol = {"folds": cfg.folds, "k": k, "losses": list(cfg.losses), "min_gain": cfg.min_gain,
+    protocol = {"folds": cfg.folds, "k": k, "max_queries": cfg.max_queries, "losses": list(cfg.losses),
+                "min_gain": cfg.min_gain,
                 "bootstrap": cfg.bootstrap, "confidence": cfg.confidence, "seed": cfg.seed,
                 "n_development_crops": int(dev.sum()), "n_train_crops": int(train.sum()),
                 "image_dim": int(img.shape[1]) if img is not None else None}
