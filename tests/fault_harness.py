@@ -306,8 +306,26 @@ def stray_processes(workdir: Path) -> list[psutil.Process]:
     return out
 
 
-def kill_and_resume(setup: Setup, ref: Reference, phase: str, workdir: Path, rng: np.random.Generator) -> Row:
-    """One row of the table: kill `phase` at a seeded random point, re-run, check (module docstring)."""
+def run_in_process(setup: Setup, workdir: Path) -> subprocess.CompletedProcess:
+    """The flow run through the CLI in this process (its imports already paid); exit code 0 or 1."""
+    from pipeline.app.cli import app
+
+    saved = {k: os.environ.get(k) for k in setup.env}
+    os.environ.update(setup.env)
+    try:
+        app(setup.argv(workdir), standalone_mode=False)
+        return subprocess.CompletedProcess([], 0, "", "")
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        return subprocess.CompletedProcess([], 1, "", f"{type(exc).__name__}: {exc}")
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def kill_and_resume(setup: Setup, ref: Reference, phase: str, workdir: Path, rng: np.random.Generator,
+                    resume_in_process: bool = False) -> Row:
+    """One row of the table: kill `phase` at a seeded random point, re-run (in a new process, or in this
+    one), check (module docstring)."""
     from pipeline.core.store import ArtifactStore
     from pipeline.core.verify import VerifyReport, check_registry
 
@@ -327,7 +345,7 @@ def kill_and_resume(setup: Setup, ref: Reference, phase: str, workdir: Path, rng
     row.problems += [f"process of the killed run alive: {' '.join(p.cmdline())[:120]}" for p in stray]
     for p in stray:
         p.kill()
-    second = run_driver(setup, workdir)
+    second = run_in_process(setup, workdir) if resume_in_process else run_driver(setup, workdir)
     row.resumed = second.returncode == 0 and _record(workdir) is not None
     if not row.resumed:
         row.problems.append(f"re-run failed ({second.returncode}): {second.stderr[-1500:]}")
