@@ -80,13 +80,13 @@ def _run_study(run: PhaseRun) -> dict[str, Any]:
 
 register(
     PhaseSpec(
-        name="embedding_cell", version="2", inputs=("split", "crops"), outputs=("head/head.json", "rows.json"),
+        name="embedding_cell", version="3", inputs=("split", "crops"), outputs=("head/head.json", "rows.json"),
         sections=(), runtime_keys=STUDY_RUNTIME_KEYS, run=_run_cell, extra_params=_cell_params, instances=grid,
         reports=CELL_REPORTS, pool="gpu",
         description="one (backbone, loss) cell of the embedding study: staged metric learning, val/test retrieval figures",
     ),
     PhaseSpec(
-        name="embedding_study", version="3", inputs=("embedding_cell*",),
+        name="embedding_study", version="4", inputs=("embedding_cell*",),
         outputs=("comparison.md", "comparison.csv", "best.json"), sections=(), runtime_keys=("study.register_best",),
         run=_run_study, extra_params=lambda cfg, opt: {"k": cfg.study.k},
         reports=("comparison.md", "comparison.csv", "comparison.png", "best.json", "umap_baseline.png", "umap_best.png"),
