@@ -168,6 +168,20 @@ def test_opencv_dnn_runs_a_yolov8_onnx_export_of_a_random_model(tmp_path):
     assert 0 <= d.x0 < d.x1 <= 320 and 0 <= d.y0 < d.y1 <= 240
 
 
+def test_importing_ultralytics_leaves_pillow_open_alone(tmp_path):
+    """Ultralytics patches PIL.Image.open to fetch pi-heif on an unknown file: offline that turned every later
+    bad file into ModuleNotFoundError (the audit's and drift's UnidentifiedImageError handling never ran)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from pipeline.retrieval.detect import ultralytics_offline
+
+    ultralytics_offline()
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_bytes(b"this is not a picture" * 10)
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(bad)
+
+
 def test_opencv_dnn_needs_local_files(tmp_path):
     with pytest.raises(ModelUnavailable, match="needs detect.dnn_model"):
         make_detector(DetectConfig(backend="opencv_dnn"))

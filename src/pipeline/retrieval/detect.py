@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -136,6 +137,15 @@ def ultralytics_offline() -> Any:
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "false"
     import ultralytics
+    from PIL import Image as _pil
+
+    # Ultralytics replaces PIL.Image.open process-wide with a wrapper that, on an unidentified file, tries to
+    # install and import pi-heif (absent offline): every later PIL open of a bad file then raised
+    # ModuleNotFoundError instead of UnidentifiedImageError. Put Pillow's own function back.
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None)
+    if original is not None and getattr(_pil.open, "__module__", "") == "ultralytics.utils.patches":
+        _pil.open = original
 
     off = {"sync": False, "mlflow": False, "clearml": False, "comet": False, "dvc": False, "raytune": False,
            "tensorboard": False, "wandb": False, "hub": False}
