@@ -107,3 +107,19 @@ def test_bounded_work_times_out_runs_out_of_memory_and_survives_a_crashing_decod
     assert out[0].status == "crash" and "SIGABRT" in out[0].detail
     out = run_bounded("json:loads", [("{",)], workers=1, seconds=30, memory_mb=64)
     assert out[0].status == "error" and "JSONDecodeError" in out[0].detail
+
+
+def test_workers_that_cannot_start_say_why(tmp_path):
+    """A script that calls the pipeline without a `__main__` guard: each worker re-imports it and dies at start.
+    That used to quarantine every file as decode_error; now it is one clear error naming the fix."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from pipeline.data.bounded import run_bounded\n"
+        "print(run_bounded('json:loads', [('1',)], workers=1, seconds=30, memory_mb=256))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "WorkersCannotStart" in done.stderr and 'if __name__ == "__main__":' in done.stderr
+    assert "audit.isolate=false" in done.stderr

@@ -21,8 +21,18 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
 
+from pipeline.core.errors import PipelineError
+
 PRELOAD = ["pipeline.data.images", "numpy", "PIL.Image", "PIL.ImageOps", "PIL.PngImagePlugin", "PIL.JpegImagePlugin",
            "PIL.TiffImagePlugin", "PIL.GifImagePlugin", "imagehash", "scipy.fftpack"]
+
+
+READY = ("ready",)  # a worker's first message: it started and imported its function
+
+
+class WorkersCannotStart(PipelineError):
+    """A worker process died before it could take any work: nothing it would decode can be judged (a retry
+    cannot help; the message says what to change)."""
 
 
 @dataclass
@@ -48,6 +58,7 @@ def _worker(conn: Connection, fn_ref: str, memory_mb: int) -> None:
     module, name = fn_ref.split(":")
     fn = getattr(importlib.import_module(module), name)
     _limit_memory(memory_mb)
+    conn.send(READY)
     while True:
         try:
             msg = conn.recv()
@@ -89,6 +100,7 @@ class _Slot:
         child.close()
         self.task: int | None = None
         self.started = 0.0
+        self.ready = False
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -140,13 +152,24 @@ def run_bounded(fn_ref: str, args: Sequence[tuple], workers: int, seconds: float
                     continue
                 if s.conn in ready:
                     try:
-                        index, status, value, detail = s.conn.recv()
+                        msg = s.conn.recv()
                     except (EOFError, OSError):
                         s.proc.join(timeout=5)
+                        if not s.ready:
+                            raise WorkersCannotStart(
+                                f"the bounded worker processes cannot start ({_death(s.proc)} before taking any "
+                                f"work). When the pipeline is called from a script, multiprocessing re-imports that "
+                                f"script in each worker: put the call under `if __name__ == \"__main__\":`; or set "
+                                f"audit.isolate=false to decode in threads (without the time and memory bounds)"
+                            ) from None
                         out[s.task] = Outcome("crash", detail=_death(s.proc))
                         s.stop(kill=True)
                         slots[i] = _Slot(ctx, fn_ref, memory_mb)
                     else:
+                        if msg == READY:
+                            s.ready = True
+                            continue
+                        index, status, value, detail = msg
                         out[index] = Outcome(status, value, detail)
                         s.task = None
                         if status == "memory":  # its heap may be fragmented near the limit: start afresh
