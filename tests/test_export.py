@@ -129,6 +129,11 @@ def test_tfjs_variants_in_node_and_chromium(exported):
         assert fp32["gate"]["checks"]["chromium"]["top1_agreement"] == 1.0
     sizes = {v: summary["variants"][v]["size_bytes"] for v in ("tfjs_fp32", "tfjs_fp16", "tfjs_uint8")}
     assert sizes["tfjs_uint8"] < sizes["tfjs_fp16"] < sizes["tfjs_fp32"]
+    # model.json in a canonical form (the converter's attribute order changed bytes between processes)
+    out = exported[0]
+    for v in ("tfjs_fp32", "tfjs_fp16"):
+        text = (out / summary["variants"][v]["dir"] / "model.json").read_text()
+        assert text == json.dumps(json.loads(text), sort_keys=True), v
 
 
 def test_page_classifies_test_photos_like_torch(exported, student):

@@ -99,6 +99,13 @@ def layout_of(model_json: Path) -> tuple[str, list[int]]:
     return ("NHWC" if dims[-1] in (1, 3) else "NCHW"), dims
 
 
+def canonical_model_json(model_json: Path) -> None:
+    """Rewrite model.json with sorted keys: the converter writes each node's attributes in an order that
+    changes from one process to the next (the same model gave different bytes after a resumed run); lists,
+    the weights manifest's order included, are kept as they are."""
+    model_json.write_text(json.dumps(json.loads(model_json.read_text()), sort_keys=True))
+
+
 def main(argv: list[str]) -> int:
     onnx_path, work, out_root = Path(argv[0]), Path(argv[1]), Path(argv[2])
     variants = [v for v in argv[3].split(",") if v]
@@ -117,6 +124,7 @@ def main(argv: list[str]) -> int:
                 to_tfjs(saved, out_root / v, v, names)
             else:
                 to_tfjs(saved, out_root / v, v)
+            canonical_model_json(out_root / v / "model.json")
             layout, dims = layout_of(out_root / v / "model.json")
             result["variants"][v] = {"ok": True, "layout": layout, "input_shape": dims, **extra}
         except Exception as exc:  # noqa: BLE001 - one variant's failure is reported, the others go on
