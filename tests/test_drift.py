@@ -316,3 +316,17 @@ def test_shift_data_darkens_resizes_with_geometry_drops_a_class_and_adds_bad_fil
     doc = json.loads((tmp_path / "coco-half" / "annotations.json").read_text())
     assert doc["images"][0]["width"] == 100 and doc["annotations"][0]["segmentation"] == [[5, 5, 25, 5, 25, 20]]
     assert doc["annotations"][0]["area"] == 150 and Image.open(tmp_path / "coco-half" / "a.jpg").size == (100, 50)
+
+
+def test_first_run_drift_id_does_not_name_the_work_dir_or_count_records(tmp_path):
+    """The same first run in two work dirs, one holding a killed run's record: one drift artifact id
+    (a resumed run must rebuild the same bytes as an uninterrupted one)."""
+    from pipeline.core.config import build_config
+    from pipeline.core.runs import RunRecord
+    from pipeline.monitor.phases import _drift_source
+
+    cfg = build_config()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    RunRecord(flow_run_id="killed-run", flow="factory", config={}).save(b)  # RUNNING: its process was killed
+    assert _drift_source(cfg, {"workdir": str(a)}) == _drift_source(cfg, {"workdir": str(b)})

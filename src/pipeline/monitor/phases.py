@@ -66,8 +66,9 @@ def reference_record(workdir: Path, ref: str):
 # -- drift ----------------------------------------------------------------------------------------
 def _drift_source(cfg: PipelineConfig, runtime: dict[str, Any]) -> dict[str, Any]:
     rec, why = reference_record(_workdir(runtime), cfg.drift.reference)
-    if rec is None:
-        reference: dict[str, Any] = {"none": why}
+    if rec is None:  # the kind of reason only: the message names the work dir and counts records (a killed
+        # run's record too), which must not change the artifact id of the same first run
+        reference: dict[str, Any] = {"none": why.split(":")[0]}
     else:
         runtime["_drift_reference_root"] = rec.run.get("dataset_root")
         reference = {"flow_run_id": rec.flow_run_id,
