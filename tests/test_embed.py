@@ -93,6 +93,17 @@ def test_minilm_paraphrases_closer(hybrid):
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
 
 
+def test_a_text_vector_does_not_depend_on_its_batch(hybrid):
+    """Shards on two workers encode different sets of texts: a text's vector must be the same bits whichever
+    texts share its batch (sentence-transformers' encode pads to the batch's longest text), and match encode."""
+    short, long_ = "dent", "deep scratch along the rear left door, paint gone down to the metal in two places"
+    alone = hybrid.embed_texts([short])
+    mixed = hybrid.embed_texts([long_, short, "clean panel"] * 12)
+    assert np.array_equal(alone[0], mixed[1]) and np.array_equal(alone[0], mixed[-2])
+    ref = hybrid.text.model.encode([short, long_], normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(hybrid.embed_texts([short, long_]), ref, atol=1e-5)
+
+
 def test_hybrid_images_and_queries(hybrid):
     imgs = [Image.new("RGB", (80, 60), c) for c in ("red", "blue")]
     iv = hybrid.embed_images(imgs)

@@ -17,7 +17,8 @@ import pytest
 from pipeline.core.config import DemoConfig, build_config
 
 SMALL = ["detect.backend=none", "crops.grid_size=128", "crops.target_size=160", "embed.backend=hybrid",
-         "embed.batch_size=8"]
+         "embed.batch_size=8",
+         "embed_head.adopt=never"]  # the sharded phases and the index alone (the head is judged in test_adopt)
 
 
 @pytest.fixture(scope="module")

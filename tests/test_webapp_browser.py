@@ -223,7 +223,7 @@ def test_app_in_a_browser(app_workdir, demo_dataset, shots, tmp_path):
         driver.get(f"{base}/compare")
         wait_for(driver, lambda d: settled(d) and "phase(s) recomputed" in page_text(d), "compare page")
         text = page_text(driver)
-        assert "0 of 8 phase(s) recomputed" in text and "No file added, removed or changed." in text
+        assert "0 of 9 phase(s) recomputed" in text and "No file added, removed or changed." in text
         shot(driver, shots, "05-compare")
     finally:
         driver.quit()

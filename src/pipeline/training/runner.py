@@ -188,8 +188,8 @@ def _training_lines(result: FitResult, budget: Any, start_name: str) -> list[str
     best = "epoch 0 (" + start_name + ": no trained epoch beat it on val)" if result.best_epoch < 0 else \
         f"epoch {result.best_epoch + 1}"
     lines = ["## Training", "", f"Budget: {budget.text()}", "",
-             f"Peak lr {result.lr_peak:g}; {result.epochs_run} epochs run, {result.steps} optimizer steps in this "
-             f"process; stopped because {result.stop_reason}. Best: {best} (val top-1 {result.best_val_top1:.3f}).", "",
+             f"Peak lr {result.lr_peak:g}; {result.epochs_run} epochs run; "
+             f"stopped because {result.stop_reason}. Best: {best} (val top-1 {result.best_val_top1:.3f}).", "",
              "![curves](curves.png)", ""]
     return lines + _table([(h.get("epoch", i + 1), h["train_loss"], h["val_loss"], h["val_top1"], h["val_top5"],
                             f"{h['lr']:.2e}")
