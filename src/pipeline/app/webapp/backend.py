@@ -3,7 +3,6 @@ hit's source photo and lineage. A thin layer over `Retriever`, the store, run re
 (no search logic of its own); the pages and bench/app_latency.py call these same functions."""
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from functools import cached_property

@@ -22,7 +22,6 @@ photo unless `data.labelme_group_by: vehicle`.
 """
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 import unicodedata
