@@ -58,17 +58,17 @@ def reference_record(workdir: Path, ref: str):
             return None, f"drift.reference {ref!r}: {exc}"
     done = [r for r in records if r.status == "COMPLETED" and "split" in r.phases]
     if not done:
-        return None, (f"first run: no earlier completed run with a split in {workdir}/runs to compare with "
-                      f"({len(records)} run record(s))")
+        # neither the work dir nor a count of records (a killed run's too) in the message: it is part of the
+        # artifact's id and report, the same for the same first run wherever it runs and however often it was killed
+        return None, "first run: no earlier completed run with a split to compare with"
     return done[0], ""
 
 
 # -- drift ----------------------------------------------------------------------------------------
 def _drift_source(cfg: PipelineConfig, runtime: dict[str, Any]) -> dict[str, Any]:
     rec, why = reference_record(_workdir(runtime), cfg.drift.reference)
-    if rec is None:  # the kind of reason only: the message names the work dir and counts records (a killed
-        # run's record too), which must not change the artifact id of the same first run
-        reference: dict[str, Any] = {"none": why.split(":")[0]}
+    if rec is None:
+        reference: dict[str, Any] = {"none": why}
     else:
         runtime["_drift_reference_root"] = rec.run.get("dataset_root")
         reference = {"flow_run_id": rec.flow_run_id,
