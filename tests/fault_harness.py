@@ -323,9 +323,10 @@ def run_in_process(setup: Setup, workdir: Path) -> subprocess.CompletedProcess:
 
 
 def kill_and_resume(setup: Setup, ref: Reference, phase: str, workdir: Path, rng: np.random.Generator,
-                    resume_in_process: bool = False) -> Row:
+                    resume_in_process: bool = False, max_delay_s: float = 0.02) -> Row:
     """One row of the table: kill `phase` at a seeded random point, re-run (in a new process, or in this
-    one), check (module docstring)."""
+    one), check (module docstring). `max_delay_s`: the kill lands up to this long after its event (0: at the
+    event itself, so a kill late in a quick phase cannot land after the phase finished)."""
     from pipeline.core.store import ArtifactStore
     from pipeline.core.verify import VerifyReport, check_registry
 
@@ -334,7 +335,7 @@ def kill_and_resume(setup: Setup, ref: Reference, phase: str, workdir: Path, rng
     workdir.mkdir(parents=True)
     prepare(ref, phase, workdir)
     row.kill_at = int(rng.integers(1, max(1, int(row.events * 0.9)) + 1))
-    first = run_driver(setup, workdir, target=phase, kill_at=row.kill_at, delay_s=float(rng.uniform(0, 0.02)))
+    first = run_driver(setup, workdir, target=phase, kill_at=row.kill_at, delay_s=float(rng.uniform(0, max_delay_s)))
     row.killed = first.returncode == -signal.SIGKILL
     row.in_phase = row.killed and not ArtifactStore(workdir / "artifacts").is_complete(phase, ref.phases[phase])
     if phase == "promotion":  # uncacheable: its artifact may exist from before only if the kill came after the commit
