@@ -11,7 +11,8 @@ land inside a write); then the flow runs again, uninterrupted. Checked after the
 - identical: every phase's artifact id is the reference's, its files are the reference's (size, sha256,
   and on disk as lineage.json says); a model file whose bytes differ is compared tensor by tensor;
   promotion (which reads the registry, so its report holds times) is compared by its decision's figures
-  and by the registry's state;
+  and by the registry's state; drift.json names the flow run that computed it, so it is compared without
+  that one field (RUN_NAMED);
 - clean: no staging folder, no temp or trash file or folder (`*.tmp`, `.tmp-*`, `.trash-*`, a non-empty
   item-cache `.tmp/`), every lock file free, no process of the killed run alive;
 - registry consistent: `pipeline verify`'s registry check finds nothing (no version without its files, no
@@ -226,6 +227,21 @@ def _weights_equal(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
 
 
+# files that name the flow run which computed them (provenance, not content): compared without that field
+RUN_NAMED = {("drift", "drift.json"): ("current", "run")}
+
+
+def _same_but_run(a: Path, b: Path, key: tuple[str, ...]) -> bool:
+    x, y = json.loads(a.read_text()), json.loads(b.read_text())
+    for doc in (x, y):
+        inner = doc
+        for k in key[:-1]:
+            inner = inner.get(k, {}) if isinstance(inner, dict) else {}
+        if isinstance(inner, dict):
+            inner.pop(key[-1], None)
+    return x == y
+
+
 def compare(ref: Reference, workdir: Path) -> list[str]:
     """Differences between the re-run's artifacts and the reference's (empty: identical)."""
     from pipeline.core.store import ArtifactStore
@@ -254,6 +270,9 @@ def compare(ref: Reference, workdir: Path) -> list[str]:
             if path.endswith(".safetensors") and path in mine and path in theirs and _weights_equal(
                     store.dir_for(name, aid) / path, ref_store.dir_for(name, aid) / path):
                 continue  # identical weights, other bytes
+            if (name, path) in RUN_NAMED and path in mine and path in theirs and _same_but_run(
+                    store.dir_for(name, aid) / path, ref_store.dir_for(name, aid) / path, RUN_NAMED[(name, path)]):
+                continue  # the same document but for the flow run that computed it
             problems.append(f"{name}: {path} differs")
     return problems
 
