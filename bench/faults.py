@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=40, help="demo images")
     ap.add_argument("--phases", nargs="*", help="only these phases (default: every phase of the flow)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-delay", type=float, default=0.02, help="the kill lands up to this many seconds after its "
+                    "event (0: at the event; a late kill in a quick phase may otherwise land after it finished)")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     ap.add_argument("--recheck", action="store_true", help="only re-check the work dirs of an earlier run in --out "
@@ -85,7 +87,7 @@ def main() -> int:
         rng = np.random.default_rng(args.seed)
         rows = []
         for phase in args.phases or list(ref.phases):
-            row = kill_and_resume(setup, ref, phase, base / f"kill-{phase}", rng)
+            row = kill_and_resume(setup, ref, phase, base / f"kill-{phase}", rng, max_delay_s=args.max_delay)
             rows.append(row)
             (base / "rows.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
             print(f"{phase:<22} {'ok' if row.ok else 'FAILED'}  killed at event {row.kill_at}/{row.events}, "
@@ -99,7 +101,7 @@ def main() -> int:
 
 def recheck(base: Path) -> int:
     """Recompute the identical / clean / registry columns of an earlier run from its work dirs."""
-    from fault_harness import Reference, Row, compare, leftovers, registry_state, table
+    from fault_harness import Reference, Row, compare, leftovers, registry_differences, registry_state, table
     from pipeline.core.verify import VerifyReport, check_registry
 
     rows = [Row(**r) for r in json.loads((base / "rows.json").read_text())]
@@ -113,7 +115,7 @@ def recheck(base: Path) -> int:
         check_registry(f"sqlite:///{work / 'mlflow.db'}", report, work / ".cache")
         state = registry_state(work)
         reg = [f"{f.path}: {f.problem}" for f in report.findings]
-        reg += [f"registry {k}: {state.get(k)} instead of {v}" for k, v in ref.registry.items() if state.get(k) != v]
+        reg += registry_differences(ref, state, row.phase)
         row.identical, row.clean, row.registry = not diffs, not left, not reg
         row.problems = [p for p in row.problems if p.startswith(("not killed", "re-run", "process"))] + diffs + left + reg
         print(f"{row.phase:<22} {'ok' if row.ok else 'FAILED'}" + "".join(f"\n    {p}" for p in row.problems[:8]))
