@@ -45,7 +45,6 @@ from pipeline.models.loading import LITE0_ARCH, Loaded, load_clip, load_sentence
 EMBED_VERSION = "3"  # 2: fixed forward chunks, texts encoded in sorted fixed chunks; 3: texts in fixed token shapes
 FORWARD_CHUNK = 32  # views per image-tower forward, whatever embed.batch_size is
 TEXT_CHUNK = 32  # texts per text-tower call
-TEXT_LENGTH_STEP = 16  # sentence-transformers texts are padded to a multiple of this many tokens
 RUNTIME_KEYS = ("batch_size", "num_workers", "allow_download")  # EmbedConfig keys that do not change vectors
 LITE0_SIZE = 224
 LITE0_MEAN = (0.5, 0.5, 0.5)
@@ -75,35 +74,6 @@ def patch_boxes(width: int, height: int, size: int) -> list[tuple[int, int, int,
 
     pw, ph = min(size, width), min(size, height)
     return [(x, y, x + pw, y + ph) for y in starts(height) for x in starts(width)]
-
-
-def encode_fixed_shape(st: Any, texts: list[str], device: str) -> np.ndarray:
-    """(n, d) sentence-transformers vectors, each computed in a (TEXT_CHUNK, L) token batch where L is its own
-    length rounded up to TEXT_LENGTH_STEP (rows filled with copies): a text's vector depends on the text alone,
-    not on which other texts shared its batch (`encode` pads to the batch's longest text, and another padding
-    length changes the float bits: shards of one phase on two workers then disagreed in the 8th digit)."""
-    import torch
-
-    tok, max_len = st.tokenizer, int(st.max_seq_length or 512)
-    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_len)["input_ids"]]
-    buckets: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        buckets.setdefault(min(max_len, -(-n // TEXT_LENGTH_STEP) * TEXT_LENGTH_STEP), []).append(i)
-    out: np.ndarray | None = None
-    with torch.inference_mode():
-        for length, idx in sorted(buckets.items()):
-            for start in range(0, len(idx), TEXT_CHUNK):
-                part = idx[start:start + TEXT_CHUNK]
-                batch = [texts[i] for i in part]
-                batch += [batch[0]] * (TEXT_CHUNK - len(batch))
-                feats = tok(batch, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
-                feats = {k: v.to(device) for k, v in feats.items()}
-                vecs = st(feats)["sentence_embedding"][:len(part)].float().cpu().numpy()
-                if out is None:
-                    out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
-                out[part] = vecs
-    assert out is not None
-    return out
 
 
 class Preprocess:
@@ -234,7 +204,9 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.text_dim), dtype=np.float32)
         if self.cfg.backend in ("hybrid", "trained"):
-            return l2n(encode_fixed_shape(self.text.model, list(texts), self.device))
+            from pipeline.retrieval.text_encode import encode_fixed_shape
+
+            return l2n(encode_fixed_shape(self.text.model, list(texts), self.device, TEXT_CHUNK))
         tokens = self.image.extra["tokenizer"](list(texts))
         parts = []
         with torch.inference_mode():
