@@ -63,6 +63,9 @@ class ExportConfig(Section):
     int8_method: Literal["auto", "minmax", "entropy", "percentile"] = Field(
         "auto", description="INT8 calibration method; auto tries MinMax, then Percentile, keeping the first whose "
         "figures on the calibration inputs pass the gate.")
+    int8_selection_margin: float = Field(0.5, gt=0, le=1, description="INT8 candidate search: the share of each gate "
+                                         "tolerance a candidate may use on the validation items (it must pass with room "
+                                         "to spare, since the held-out gate sees other inputs).")
     int8_percentile: float = Field(99.999, gt=90, le=100, description="INT8 Percentile calibration: the percentile kept.")
     int8_reduce_range: Literal["auto", "true", "false"] = Field(
         "auto", description="INT8 7-bit weights: auto = on x86 CPUs without VNNI (avx512_vnni / avx_vnni), where "
