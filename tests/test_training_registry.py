@@ -25,6 +25,7 @@ def _fitted_temperature(model_dir, val):
 
 
 def test_gate_keeps_the_champion_against_worse_students_and_moves_for_a_better_one(data, tmp_path):
+    from pipeline.training import promote as P
     from pipeline.training import registry as R
 
     cfg = PipelineConfig()
@@ -39,7 +40,7 @@ def test_gate_keeps_the_champion_against_worse_students_and_moves_for_a_better_o
         return int(client.get_model_version_by_alias(name, "champion").version)
 
     bad = register(tiny_model_dir(tmp_path / "bad", data["train"], shift=1))
-    first = R.promote_student(client, name, bad, test, cfg, cache_dir=cache, majority_class="blue")
+    first = P.promote_student(client, name, bad, test, cfg, cache_dir=cache, majority_class="blue")
     # the first promotion has floors too: a systematically wrong model is below the majority-class rate
     assert not first["promoted"] and first["frozen_now"] and first["frozen_items"] == 45
     assert "refused by the floor" in first["reason"] and "always 'blue'" in first["reason"]
@@ -50,7 +51,7 @@ def test_gate_keeps_the_champion_against_worse_students_and_moves_for_a_better_o
     t = _fitted_temperature(good_dir, data["val"])
     good = register(tiny_model_dir(tmp_path / "good", data["train"], temperature=t),
                     extra_ids=[r["item_id"] for r in test[:3]])  # it trained on 3 test items
-    better = R.promote_student(client, name, good, test[:5], cfg, cache_dir=cache,  # another test list: frozen wins
+    better = P.promote_student(client, name, good, test[:5], cfg, cache_dir=cache,  # another test list: frozen wins
                                majority_class="blue", baseline_dir=tmp_path / "bad")
     assert not better["frozen_now"] and better["frozen_items"] == 45
     assert better["left_out_trained"] == 3 and better["compared_items"] == 42
@@ -59,20 +60,20 @@ def test_gate_keeps_the_champion_against_worse_students_and_moves_for_a_better_o
     assert all(r["passed"] for r in better["floors"]) and [r["rule"] for r in better["floors"]] == ["majority", "probe"]
 
     worse = register(tiny_model_dir(tmp_path / "bad2", data["train"], shift=2))
-    d = R.promote_student(client, name, worse, test, cfg, cache_dir=cache, majority_class="blue")
+    d = P.promote_student(client, name, worse, test, cfg, cache_dir=cache, majority_class="blue")
     assert not d["promoted"] and d["alias"] == "challenger" and "vs the champion" in d["reason"]
     assert {r["rule"] for r in d["floors"] if not r["passed"]} == {"majority", "champion"}
     assert champion() == int(good) and int(client.get_model_version_by_alias(name, "challenger").version) == int(worse)
 
     overconfident = register(tiny_model_dir(tmp_path / "hot", data["train"], temperature=0.001))
-    d = R.promote_student(client, name, overconfident, test, cfg, cache_dir=cache, majority_class="blue")
+    d = P.promote_student(client, name, overconfident, test, cfg, cache_dir=cache, majority_class="blue")
     assert d["new"]["top1"] == pytest.approx(d["champion"]["top1"])  # same weights: same answers
     assert all(r["passed"] for r in d["floors"])  # same answers: within every interval, ECE decides
     assert d["new"]["ece"] > d["champion"]["ece"] + cfg.promotion.ece_margin
     assert not d["promoted"] and "ECE" in d["reason"] and champion() == int(good)
 
     two = register(tiny_model_dir(tmp_path / "two", data["train"], classes=("blue", "green")))
-    d = R.promote_student(client, name, two, test, cfg, cache_dir=cache, majority_class="blue")
+    d = P.promote_student(client, name, two, test, cfg, cache_dir=cache, majority_class="blue")
     assert d["classes_changed"] and d["only_champion"] == ["red"] and d["shared_classes"] == ["blue", "green"]
     assert d["left_out_trained"] == 3 and d["outside_shared_classes"] == 15 and d["compared_items"] == 27
     assert d["promoted"] == all(r["passed"] for r in d["floors"]) and champion() == (int(two) if d["promoted"] else int(good))

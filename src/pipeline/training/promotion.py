@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from pipeline.training.promote import promote_student
 from pipeline.training.registry import (
     history,
-    promote_student,
     register_classifier,
     registry_client,
     student_name,
@@ -34,7 +34,7 @@ def run_promotion(student_dir: Path, test_items: Sequence[Any], trained_item_ids
                   export_dir: Path | None = None, majority_class: str | None = None) -> dict[str, Any]:
     """Register teachers (`teacher_dirs`: phase name 'teacher' / 'teacher_<region>' -> model dir) as
     `<experiment>-teacher[-<region>]` and the calibrated student as `<experiment>-student`, then gate the
-    student (`registry.promote_student`). `veto` (e.g. no passing browser variant) keeps it challenger."""
+    student (`promote.promote_student`). `veto` (e.g. no passing browser variant) keeps it challenger."""
     client = registry_client(tracking_uri)
     experiment = cfg.tracking.experiment
     registered: dict[str, int] = {}
