@@ -93,7 +93,8 @@ def _run_flow(flow_name: str, as_json: bool, **kwargs: Any) -> dict[str, Any]:
     from pipeline.core.errors import PipelineError
     from pipeline.core.workspace import setup_environment
 
-    from pipeline.app.process import signals_unwind, tie_prefect_ephemeral_server
+    from pipeline.app.process import signals_unwind
+    from pipeline_tasks.ephemeral import tie_prefect_ephemeral_server
 
     setup_environment(kwargs["workdir"])
     _use_server(Path(kwargs["workdir"]))

@@ -7,8 +7,9 @@ starts the stack) turn SIGTERM and SIGHUP into `Terminated`, a KeyboardInterrupt
 `signals_unwind()`: the same clean-up as Ctrl-C runs, so a terminated command (a test, a process
 manager, `docker stop`) stops its children. `run_foreground` waits for a child started in its own
 session (`child_options()`: it also gets SIGTERM if its parent dies, even by SIGKILL) and stops its
-whole process group on any of these signals. `tie_prefect_ephemeral_server()` does the same for the
-temporary Prefect server a `pipeline run` starts when no server is configured.
+whole process group on any of these signals. `tied_command` wraps a Python command the same way;
+`pipeline_tasks.ephemeral` applies it to the temporary Prefect server a `pipeline run` starts when no
+server is configured (the Prefect side stays out of the library).
 """
 from __future__ import annotations
 
@@ -81,33 +82,6 @@ def tied_command(cmd: list[str]) -> list[str]:
     if not sys.platform.startswith("linux") or not cmd or cmd[0] != sys.executable:
         return list(cmd)
     return [sys.executable, "-c", _TIED, str(os.getpid()), *cmd[1:]]
-
-
-class _TiedSubprocess:
-    """The `subprocess` module as one module sees it: its Popen runs Python commands tied to this process."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def Popen(self, args: Any = None, *rest: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802
-        return self._real.Popen(tied_command(list(args)) if isinstance(args, (list, tuple)) else args, *rest, **kwargs)
-
-
-def tie_prefect_ephemeral_server() -> bool:
-    """Make the temporary Prefect server a flow process starts (no server configured) die with that process,
-    even when it is SIGKILLed (Prefect stops it only at a normal exit); False if Prefect has no such server."""
-    try:
-        import prefect.server.api.server as server
-    except ImportError:
-        return False
-    if not hasattr(server, "SubprocessASGIServer") or not hasattr(server, "subprocess"):
-        return False
-    if not isinstance(server.subprocess, _TiedSubprocess):
-        server.subprocess = _TiedSubprocess(server.subprocess)
-    return True
 
 
 def child_options() -> dict[str, Any]:
