@@ -41,6 +41,7 @@ import numpy as np
 
 from pipeline.core.config import EmbedConfig
 from pipeline.models.loading import LITE0_ARCH, Loaded, load_clip, load_sentence_model, load_timm, pick_device
+from pipeline.retrieval.text_encode import encode_fixed_shape
 
 EMBED_VERSION = "3"  # 2: fixed forward chunks, texts encoded in sorted fixed chunks; 3: texts in fixed token shapes
 FORWARD_CHUNK = 32  # views per image-tower forward, whatever embed.batch_size is
@@ -204,8 +205,6 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.text_dim), dtype=np.float32)
         if self.cfg.backend in ("hybrid", "trained"):
-            from pipeline.retrieval.text_encode import encode_fixed_shape
-
             return l2n(encode_fixed_shape(self.text.model, list(texts), self.device, TEXT_CHUNK))
         tokens = self.image.extra["tokenizer"](list(texts))
         parts = []
