@@ -1,9 +1,10 @@
 """The network for model loading: off by default, lifted for one load when the config allows it.
 
 Runs are offline (`core.workspace.OFFLINE_ENV` sets HF_HUB_OFFLINE=1, so a missing hub model
-fails at once instead of after a minute of retries). With `embed.allow_download=true`,
-`try_download` probes the host, lifts the hub's offline switch for that one load (`hub_online`)
-and restores it afterwards; what happened goes into the caller's list of what was tried.
+fails at once instead of after a minute of retries). With downloads allowed (`embed.allow_download`,
+`train.allow_download`), `try_download` probes the host, lifts the hub's offline switch for that one
+load (`hub_online`) and restores it afterwards; what happened goes into the caller's list of what was
+tried. `hf_cached` looks files up in the local HF hub cache (`hub_cache_dir`) without the network.
 """
 from __future__ import annotations
 
@@ -55,13 +56,16 @@ def hub_online() -> Iterator[None]:
         hub_constants.HF_HUB_OFFLINE = saved_const
 
 
-def try_download(host: str, fetch: Callable[[], T], tried: list[str], allowed: bool) -> T | None:
+def try_download(host: str, fetch: Callable[[], T], tried: list[str], allowed: bool,
+                 key: str | None = "embed.allow_download") -> T | None:
     """`fetch()` with the hub online, when downloads are allowed and `host` answers; else None.
 
-    What happened is appended to `tried` (for the ModelUnavailable message).
+    What happened is appended to `tried` (for the ModelUnavailable message); `key` is the caller's
+    config switch for downloads (None: it has none).
     """
     if not allowed:
-        tried.append("download: not attempted (embed.allow_download=false; runs are offline by default)")
+        why = f"{key}=false" if key else "no download switch here"
+        tried.append(f"download: not attempted ({why}; runs are offline by default)")
         return None
     with hub_online():
         why = probe(host)
@@ -70,7 +74,26 @@ def try_download(host: str, fetch: Callable[[], T], tried: list[str], allowed: b
                 return fetch()
             except Exception as exc:  # noqa: BLE001 - any failed download means: not available
                 why = f"failed ({type(exc).__name__}: {str(exc)[:300]})"
-    tried.append(f"download from {host} with HF_HUB_OFFLINE lifted for this load (embed.allow_download=true): {why}")
+    switch = f" ({key}=true)" if key else ""
+    tried.append(f"download from {host} with HF_HUB_OFFLINE lifted for this load{switch}: {why}")
+    return None
+
+
+def hub_cache_dir() -> str:
+    """The local HF hub cache (under HF_HOME)."""
+    import huggingface_hub.constants as hub_constants
+
+    return str(hub_constants.HF_HUB_CACHE)
+
+
+def hf_cached(repo_id: str, filenames: list[str]) -> str | None:
+    """The first of `filenames` of hub repo `repo_id` in the local cache, without the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in filenames:
+        hit = try_to_load_from_cache(repo_id, name)
+        if isinstance(hit, str):
+            return hit
     return None
 
 

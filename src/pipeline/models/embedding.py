@@ -82,11 +82,12 @@ def backbone_groups(backbone: nn.Module) -> dict[Any, list[str]]:
 
 
 def create_backbone(arch: str, weights: str | None, allow_random_init: bool, seed: int = 0) -> tuple[nn.Module, dict]:
-    """A timm backbone (GAP features, no classifier) with offline weights, via `modeling.create_classifier`."""
-    from pipeline.training.modeling import create_classifier
+    """A timm backbone (GAP features, no classifier) with offline weights, via `classifier.create_classifier`
+    (the study has no download switch)."""
+    from pipeline.models.classifier import create_classifier
 
     model, info = create_classifier(arch, 0, pretrained=weights or True, allow_random_init=allow_random_init,
-                                    seed=seed, keys=(f"study.weights.{arch}", "study.allow_random_init"))
+                                    seed=seed, keys=(f"study.weights.{arch}", "study.allow_random_init", None))
     return model, info
 
 
