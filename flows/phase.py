@@ -11,14 +11,17 @@ from typing import Any
 from prefect import flow
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.flow_table import FLOWS
 from pipeline.core.runner import node_for
 from pipeline.core.store import ArtifactRef
-from pipeline_tasks.phase import RunInfo, run_node
+from pipeline_tasks.context import RunInfo
+from pipeline_tasks.phase import run_node
 
 
-@flow(name="phase", flow_run_name="{phase}", log_prints=True, persist_result=True, result_serializer="json")
+@flow(name="phase", description=FLOWS["phase"].description, flow_run_name="{phase}", log_prints=True,
+      persist_result=True, result_serializer="json")
 def phase(phase: str, config: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo) -> dict[str, Any]:
-    """Run PHASE on the INPUTS artifacts (a `gpu` phase dispatched by its parent flow run)."""
+    # described in pipeline.core.flow_table.FLOWS: run PHASE on the INPUTS artifacts
     from pipeline.core.workspace import setup_environment
 
     setup_environment(run.workdir)

@@ -1,4 +1,4 @@
 """retrieval: data-prep -> crops -> contexts -> embeddings -> index -> validation."""
 from pipeline_flows.dag import pipeline_flow
 
-retrieval = pipeline_flow("retrieval", "From a raw dataset to a validated, searchable index of vehicle crops.")
+retrieval = pipeline_flow("retrieval")

@@ -9,6 +9,7 @@ from prefect import flow
 from pipeline.core.gc import run_guard
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.flow_table import FLOWS
 from pipeline.core.runner import node_for
 from pipeline.core.runs import RunRecord
 from pipeline.core.store import ArtifactRef
@@ -16,9 +17,10 @@ from pipeline_tasks.flowrun import begin_flow, end_flow
 from pipeline_tasks.phase import run_node
 
 
-@flow(name="run-phase", log_prints=True, persist_result=True, result_serializer="json")
+@flow(name="run-phase", description=FLOWS["run-phase"].description, log_prints=True, persist_result=True,
+      result_serializer="json")
 def run_phase(phase: str, from_run: str, workdir: str = "work", force: bool = False) -> dict[str, Any]:
-    """Re-run PHASE with the inputs and config recorded by flow run FROM_RUN (force: even if cached)."""
+    # described in pipeline.core.flow_table.FLOWS: re-run PHASE with what flow run FROM_RUN recorded
     record = RunRecord.load(workdir, from_run)
     if record is None:
         raise ValueError(f"no run record for flow run {from_run} in {workdir}/runs (was it run with this work dir?)")

@@ -2,4 +2,4 @@
 no-teacher student -> fine-tune -> calibration -> promotion."""
 from pipeline_flows.dag import pipeline_flow
 
-train = pipeline_flow("train", "Train, distil, fine-tune, calibrate and (gated) promote a student on DATASET.")
+train = pipeline_flow("train")

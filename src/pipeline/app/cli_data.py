@@ -9,9 +9,9 @@ from typing import List, Optional
 import typer
 
 
-from pipeline.app.cli import (  # noqa: F401
-    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _exactly_one, _open_workdir, _print_summary, _run_flow, app,
-)
+from pipeline.app.cli_app import app
+from pipeline.app.cli_flows import _print_summary, _run_flow
+from pipeline.app.cli_options import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _exactly_one, _open_workdir
 
 
 @app.command("demo-data")

@@ -11,9 +11,8 @@ import typer
 
 from pipeline.core.config import ConfigError
 
-from pipeline.app.cli import (  # noqa: F401
-    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _exactly_one, _print_summary, _run_flow, app,
-)
+from pipeline.app.cli_app import app
+from pipeline.app.cli_options import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _exactly_one
 
 
 @app.command("predict")
@@ -38,7 +37,7 @@ def predict_cmd(
     windows): one answer per window, and the photo damaged with its most confident damaged window."""
     _exactly_one(image=image, folder=folder)
     cfg = _config(config, set_)
-    from pipeline.training.predict import image_files, predict_images
+    from pipeline.registry.predict import image_files, predict_images
 
     paths = [image] if image is not None else image_files(folder, cfg.data.image_extensions)
     if not paths:
@@ -80,7 +79,7 @@ def promote_cmd(
     """Pin or roll back the champion by hand, recorded in the registry's history."""
     cfg = _config(config, set_)
     from pipeline.core.workspace import setup_environment
-    from pipeline.training.registry import pin_champion, registry_client, student_name
+    from pipeline.registry.versions import pin_champion, registry_client, student_name
 
     ws = setup_environment(workdir, prefect_home=False)
     try:
@@ -111,9 +110,9 @@ def serve_model_cmd(
     cfg = _config(config, set_)
     from pipeline.core.workspace import setup_environment
     from pipeline.export.browser import serve_forever
-    from pipeline.export.registry_io import browser_model_dir
+    from pipeline.registry.export_io import browser_model_dir
     from pipeline.export.runtimes import node_modules
-    from pipeline.training.registry import registry_client, student_name
+    from pipeline.registry.versions import registry_client, student_name
 
     ws = setup_environment(workdir, prefect_home=False)
     mods, why = node_modules(cfg.export)

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.app.cli import ConfigOpt, Format, JsonOpt, SetOpt, WorkdirOpt, _config, app
+from pipeline.app.cli_app import app
+from pipeline.app.cli_options import ConfigOpt, Format, JsonOpt, SetOpt, WorkdirOpt, _config
 
 
 def _run_config(record, config: Optional[Path], overrides: Optional[List[str]]):
@@ -59,12 +60,12 @@ def drift_cmd(
     import sys
 
     from pipeline.core.workspace import setup_environment
-    from pipeline.models.loading import pick_device
+    from pipeline.core.device import pick_device
     from pipeline.monitor.drift import compare
     from pipeline.monitor.drift_data import side_from_record
     from pipeline.monitor.drift_report import summary_line, table_rows
     from pipeline.monitor.scoring import Scorer, find_registry_model
-    from pipeline.training.registry import student_name
+    from pipeline.registry.versions import student_name
 
     ws = setup_environment(workdir, prefect_home=False)
     ra, rb = _find(ws.root, run_a), _find(ws.root, run_b)

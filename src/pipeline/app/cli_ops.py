@@ -8,9 +8,9 @@ from typing import List, Optional
 import typer
 
 
-from pipeline.app.cli import (  # noqa: F401
-    ConfigOpt, DatasetOpt, Format, FormatOpt, JsonOpt, SetOpt, WorkdirOpt, _config, _open_workdir, _print_summary, _run_flow, app,
-)
+from pipeline.app.cli_app import app
+from pipeline.app.cli_options import ConfigOpt, Format, JsonOpt, SetOpt, WorkdirOpt, _open_workdir
+from pipeline.core.flow_table import deployments
 
 
 @app.command("up")
@@ -73,7 +73,8 @@ def status_cmd(workdir: Path = WorkdirOpt, as_json: bool = JsonOpt) -> None:
         typer.echo(f"{name:<14} pid {info.get('pid')}  {'running' if info.get('alive') else 'stopped'}  {where}")
 
 
-@app.command("deploy")
+@app.command("deploy", help="Register prefect.yaml's deployments "
+             f"({', '.join(d.name for d, _ in deployments())}) non-interactively.")
 def deploy_cmd(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset the deployments run on.", file_okay=False),
     format: Format = typer.Option(Format.labelme, "--format", "-f"),
@@ -87,7 +88,6 @@ def deploy_cmd(
     inbox: Optional[Path] = typer.Option(None, "--inbox", file_okay=False, help="Photos without labels the nightly "
                                          "reviews (its data.inbox); without it the nightly's review says it is skipped."),
 ) -> None:
-    """Register prefect.yaml's deployments (nightly, adhoc, data-prep, run-phase) non-interactively."""
     from pipeline.app.deploy import deploy
 
     try:

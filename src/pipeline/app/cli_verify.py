@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.app.cli import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, _open_workdir, app
+from pipeline.app.cli_app import app
+from pipeline.app.cli_options import ConfigOpt, JsonOpt, SetOpt, WorkdirOpt, _open_workdir
 
 
 @app.command("verify")
@@ -24,7 +25,7 @@ def verify_cmd(
     """Re-hash every artifact file and per-item cache entry against what was recorded when it was written;
     list missing and changed files. Exit code 0: everything intact (or fixed); 1: damage found."""
     from pipeline.core.gc import GcRefused
-    from pipeline.core.verify import verify
+    from pipeline.registry.verify import verify
 
     if not workdir.is_dir():
         typer.secho(f"error: no work dir {workdir}", err=True, fg="red")

@@ -15,9 +15,11 @@ from pathlib import Path
 
 from pipeline.app.packaged import PREFECT_YAML, packaged_file
 from pipeline.app.process import bin_path
+from pipeline.core.flow_table import deployments
 from pipeline.core.workspace import OFFLINE_ENV
 
-DEPLOYMENTS = ("nightly", "adhoc", "data-prep", "run-phase", "gpu")
+# prefect.yaml's deployments: the flow table's (prefect.yaml is written from it, see pipeline.app.prefect_yaml).
+DEPLOYMENTS = tuple(d.name for d, _ in deployments())
 
 
 def deploy(workdir: Path, dataset: Path, fmt: str, timezone: str = "UTC", names: list[str] | None = None,

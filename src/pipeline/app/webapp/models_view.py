@@ -29,7 +29,7 @@ def _calibration_plots(ctx: AppContext) -> list[Path]:
 def registry_summary(ctx: AppContext) -> dict[str, Any]:
     """{name, aliases: {alias: {version, metrics, plots}}, history} or {message} when there is no model."""
     try:
-        from pipeline.training.registry import history, registry_client, student_name
+        from pipeline.registry.versions import history, registry_client, student_name
     except ImportError:
         return {"message": "No model registry yet (the training package is not installed)."}
     ws = Workspace(ctx.workdir)
