@@ -11,78 +11,23 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
-from prefect.context import TaskRunContext
 from prefect.runtime import flow_run as rt_flow_run
-from pydantic import BaseModel
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.phases import PHASES, PhaseNode
-from pipeline.core.runner import PhaseContext, PhaseResult, execute_phase, node_for, phase_id, reusable
-from pipeline.core.store import ArtifactRef, ArtifactStore
-from pipeline.core.tracking import MlflowTracker, NullTracker
+from pipeline.core.runner import PhaseResult, execute_phase, node_for, phase_id, reusable
+from pipeline.core.store import ArtifactRef
 from pipeline.core.workspace import Workspace
+from pipeline_tasks.context import RunInfo, phase_context, record_phase, store_for, tracker_for
+from pipeline_tasks.placement import dispatch, full_artifact_id, gpu_deployment
+from pipeline_tasks.shards import shard_node
 
 RETRY_DELAYS = [2, 10]
-
-
-class RunInfo(BaseModel):
-    """Per-run values a task needs besides its config and inputs."""
-
-    workdir: str
-    dataset_root: str | None = None
-    format: str | None = None
-    parent_run_id: str | None = None
-    progress: bool = True
-    force: bool = False
-    in_process: bool = False  # set by the `phase` flow: never dispatch again from a dispatched phase
-
-    def options(self) -> dict[str, Any]:
-        return {"format": self.format}
-
-    def runtime(self, cfg: PipelineConfig, phase: str) -> dict[str, Any]:
-        ws = Workspace(Path(self.workdir))
-        mirror = ws.item_mirror(cfg)
-        return {
-            "dataset_root": self.dataset_root, "workdir": self.workdir, "device": cfg.runtime.device,
-            "item_cache": ws.item_cache_uri(cfg), "item_mirror": str(mirror) if mirror else None,
-            "hash_cache": str(ws.cache / "file-hashes.json"),
-            "weights_dir": str(ws.cache / "weights"), "checkpoints": str(ws.cache / "checkpoints"),
-        }
-
-
-@functools.lru_cache(maxsize=8)
-def _tracker(uri: str, experiment: str, artifact_root: str):
-    return MlflowTracker(uri, experiment, artifact_root=Path(artifact_root))
-
-
-def tracker_for(cfg: PipelineConfig, workdir: str):
-    if not cfg.tracking.enabled:
-        return NullTracker()
-    ws = Workspace(Path(workdir))
-    return _tracker(ws.tracking_uri(cfg), cfg.tracking.experiment, str(ws.mlflow_artifacts))
-
-
-def store_for(cfg: PipelineConfig, workdir: str) -> ArtifactStore:
-    ws = Workspace(Path(workdir))
-    return ws.store(cfg)
-
-
-def phase_context(cfg: PipelineConfig, run: RunInfo) -> PhaseContext:
-    ctx = TaskRunContext.get()
-    return PhaseContext(
-        store=store_for(cfg, run.workdir),
-        tracker=tracker_for(cfg, run.workdir),
-        parent_run_id=run.parent_run_id,
-        flow_run_id=str(rt_flow_run.id) if rt_flow_run.id else None,
-        task_run_id=str(ctx.task_run.id) if ctx and ctx.task_run else None,
-        progress=run.progress,
-    )
 
 
 @dataclass
@@ -191,8 +136,6 @@ def finish_phase(state, node: PhaseNode, cfg: PipelineConfig, run: RunInfo) -> P
 
 def publish_result(result: PhaseResult, node: PhaseNode, cfg: PipelineConfig, run: RunInfo) -> PhaseResult:
     """The phase's Prefect markdown artifact and its entry in the run record."""
-    from pipeline_tasks.flowrun import record_phase
-
     try:
         create_markdown_artifact(
             report_markdown(result, tracker_for(cfg, run.workdir)),
@@ -248,15 +191,11 @@ def run_node(node: PhaseNode, cfg: PipelineConfig, results: dict[str, PhaseResul
     not complete yet), else as its Prefect task here, its items first sharded over Dask when configured."""
     inputs = {k: ArtifactRef.model_validate(results[dep].model_dump()) for k, dep in node.inputs.items()}
     if node.spec.pool == "gpu" and cfg.runtime.dispatch_gpu and not run.in_process:
-        from pipeline_tasks.placement import dispatch, full_artifact_id, gpu_deployment
-
         aid = full_artifact_id(node, cfg, inputs, run)
         cached = node.spec.cacheable and not run.force and store_for(cfg, run.workdir).is_complete(node.name, aid)
         if not cached and gpu_deployment() is not None:
             return publish_result(dispatch(node, cfg, inputs, run, aid), node, cfg, run)
     if node.spec.sharding is not None and cfg.runtime.task_runner == "dask":
-        from pipeline_tasks.shards import shard_node
-
         shard_node(node, cfg, inputs, run)
     configured = phase_task(node.spec.name).with_options(
         result_storage=results_storage(cfg, run.workdir), retries=cfg.runtime.task_retries)

@@ -23,7 +23,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.phases import PhaseNode
 from pipeline.core.runner import PhaseResult, phase_id, resolve_options, split_metrics
 from pipeline.core.store import ArtifactRef
-from pipeline_tasks.phase import RunInfo, store_for
+from pipeline_tasks.context import RunInfo, store_for
 
 PHASE_DEPLOYMENT = "phase/gpu"
 POLL_SECONDS = 2.0
@@ -98,7 +98,9 @@ def dispatch(node: PhaseNode, cfg: PipelineConfig, inputs: dict[str, ArtifactRef
         raise ChildPhaseFailed(f"phase {node.name} failed in flow run {fr.name} ({fr.id}) on pool "
                                f"{fr.work_pool_name}: {fr.state.name}: {fr.state.message}")
     if not store.is_complete(node.name, aid):
-        raise ChildPhaseFailed(f"flow run {fr.name} completed but artifact {node.name}/{aid} is not in {store.uri}")
+        raise ChildPhaseFailed(f"flow run {fr.name} completed but artifact {node.name}/{aid} is not in {store.uri} "
+                               f"(the child computes the id itself: a source it resolves otherwise on its machine, "
+                               f"such as other detector weights, gives another id)")
     lineage = store.read_lineage(node.name, aid)
     metrics, info = split_metrics({**lineage.get("metrics", {}), **lineage.get("info", {})})
     ref = store.ref(node.name, aid)

@@ -5,7 +5,8 @@ DaskTaskRunner (prefect-dask) from the flow process.
 `pipeline up --dask N` gives its workers) joins a running scheduler, else a temporary local cluster of `runtime.dask_workers` processes (one
 thread each, dashboard on loopback) lives for the phase. Each shard is a Prefect task run
 (`<phase>-shard`) on a Dask worker: it fills the per-item cache and returns a small manifest; the
-phase's own task then writes the artifact in the flow process, which alone writes to MLflow. Workers on
+phase's own task then writes the artifact in the flow process, which alone writes to MLflow. A phase's
+source (the crops' detector and its files' hashes) is resolved once here and handed to every shard. Workers on
 several machines share the per-item cache through `store.items` (an fsspec URI such as s3://bucket/items,
 see `pipeline.core.item_cache`): a shard uploads its entries before it returns. A shard
 of a `gpu` phase on a CUDA device asks Dask for `GPU: 1`, so it only lands on workers started with
@@ -24,21 +25,26 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.phases import PhaseNode
 from pipeline.core.sharding import chunks, plan_shards, run_shard
 from pipeline.core.store import ArtifactRef
-from pipeline_tasks.phase import RunInfo, store_for
+from pipeline_tasks.context import RunInfo, store_for
 
 GPU_RESOURCE = "GPU"
+# runtime key of the source options (`PhaseSpec.source`: the detector and its files' hashes, a registry
+# head) the flow process resolves once for the id: every shard gets them and computes the items of that id
+# instead of resolving its own (pipeline.retrieval.phases reads them)
+RESOLVED = "resolved"
 
 
 @task(name="shard", task_run_name="{phase}-shard-{index}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=[2, 10], persist_result=False)
 def shard_task(phase: str, index: int, cfg: PipelineConfig, inputs: dict[str, ArtifactRef], run: RunInfo,
-               items: list[Any], context: dict[str, Any]) -> dict[str, Any]:
-    """One shard: its items computed into the per-item cache; a small manifest back (never arrays)."""
+               items: list[Any], context: dict[str, Any], resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One shard: its items computed into the per-item cache; a small manifest back (never arrays).
+    `resolved`: the phase's source options the flow process resolved for its id (the detector, the head)."""
     from pipeline.core.workspace import setup_environment
 
     setup_environment(run.workdir)  # offline settings on a fresh Dask worker
     manifest = run_shard(phase, cfg, inputs, store_for(cfg, run.workdir), items, context,
-                         run.options(), run.runtime(cfg, phase))
+                         run.options(), {**run.runtime(cfg, phase), RESOLVED: resolved or {}})
     try:
         from distributed import get_worker
 
@@ -63,7 +69,7 @@ def dask_runner(cfg: PipelineConfig):
 def _needs_gpu(node: PhaseNode, cfg: PipelineConfig) -> bool:
     if node.spec.pool != "gpu" or cfg.runtime.device == "cpu":
         return False
-    from pipeline.models.loading import pick_device
+    from pipeline.core.device import pick_device
 
     return pick_device(cfg.runtime.device).startswith("cuda")
 
@@ -81,8 +87,10 @@ def shard_node(node: PhaseNode, cfg: PipelineConfig, inputs: dict[str, ArtifactR
     The artifact is not written here: the phase's task does that next, from the warm per-item cache."""
     if node.spec.sharding is None or cfg.runtime.task_runner != "dask":
         return []
+    runtime = run.runtime(cfg, node.name)
+    resolved = node.spec.source(cfg, runtime) if node.spec.source is not None else {}  # once, for every shard
     plan = plan_shards(node.name, cfg, inputs, store_for(cfg, run.workdir), run.options(),
-                       run.runtime(cfg, node.name), force=run.force)
+                       {**runtime, RESOLVED: resolved}, force=run.force)
     if plan is None or not plan.items:
         return []
     shards = chunks(plan.items, cfg.runtime.shard_items)
@@ -95,7 +103,7 @@ def shard_node(node: PhaseNode, cfg: PipelineConfig, inputs: dict[str, ArtifactR
         with dask.annotate(resources={GPU_RESOURCE: 1}) if gpu else contextlib.nullcontext():
             futures = [runner.submit(shard_task, parameters={
                 "phase": node.name, "index": i, "cfg": cfg, "inputs": inputs, "run": run, "items": items,
-                "context": plan.context}) for i, items in enumerate(shards)]
+                "context": plan.context, "resolved": resolved}) for i, items in enumerate(shards)]
         manifests = [f.result() for f in futures]
     workers = sorted({m.get("worker") or m["host"] for m in manifests})
     print(f"{node.name}: {len(plan.items)} items in {len(shards)} shards of <= {cfg.runtime.shard_items} on "

@@ -40,7 +40,7 @@ HEAD_DIR = "head"
 
 def image_part(x: np.ndarray, embedder: dict[str, Any]) -> np.ndarray | None:
     """The L2-normalised image part of fused vectors (None when the fusion mixes image and text into one)."""
-    from pipeline.training.embedding_head import l2n
+    from pipeline.retrieval.head import l2n
 
     dims = embedder.get("image_dim")
     if embedder.get("fusion", {}).get("mode") != "concat" or not dims:
@@ -86,7 +86,7 @@ def _steps(n_train: int, cfg: Any) -> int:
 
 
 def train_head(x: np.ndarray, labels: np.ndarray, loss: str, cfg: Any, study: Any) -> Any:
-    from pipeline.training.embedding_head import train_feature_head
+    from pipeline.retrieval.head import train_feature_head
 
     return train_feature_head(x, labels, loss, study, dim=cfg.dim, steps=_steps(len(x), cfg), lr=cfg.lr,
                               batch_size=cfg.batch_size, seed=cfg.seed)
@@ -166,7 +166,7 @@ def crop_table(ids: list[str], crops_dir: Path, groups: dict[str, str]) -> dict[
     """Per embedding row (crop_id order): label (damage type or clean), state, photo, group, split."""
     import pyarrow.parquet as pq
 
-    from pipeline.retrieval.validate import damage_label
+    from pipeline.retrieval.neighbours import damage_label
 
     cols = ["crop_id", "item_id", "split", "has_damage", "defects", "damage_types"]
     rows = {r["crop_id"]: r for r in pq.read_table(Path(crops_dir) / "crops.parquet", columns=cols).to_pylist()}
@@ -208,7 +208,7 @@ def _plain(obj: Any) -> Any:
 def run_embedding_head(emb_dir: Path, crops_dir: Path, out_dir: Path, cfg: Any, study: Any, *, k: int = 5,
                        groups: dict[str, str] | None = None) -> dict[str, Any]:
     """The phase (see the module docstring): decision.json, head/ and report.md in out_dir; returns metrics."""
-    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,7 @@ def read_decision(head_phase_dir: Path | None) -> dict[str, Any] | None:
 
 def load_head(head_phase_dir: Path | None) -> Any:
     """The FeatureHead an embedding_head artifact trained (adopted or not), or None."""
-    from pipeline.training.embedding_head import FeatureHead
+    from pipeline.retrieval.head import FeatureHead
 
     if head_phase_dir is None or not (Path(head_phase_dir) / HEAD_DIR).is_dir():
         return None
@@ -296,7 +296,7 @@ def load_head(head_phase_dir: Path | None) -> Any:
 def project_fused(x: np.ndarray, embedder: dict[str, Any], head: Any, artifact_id: str | None) -> tuple[np.ndarray, dict]:
     """Fused vectors with their image part replaced by the head's output, re-fused the embedder's way
     (l2n([alpha * head(image), beta * text])), and the embedder description that says so (`projection`)."""
-    from pipeline.training.embedding_head import l2n
+    from pipeline.retrieval.head import l2n
 
     d = int(embedder["image_dim"])
     a, b = float(embedder["fusion"]["alpha"]), float(embedder["fusion"]["beta"])
@@ -311,8 +311,8 @@ def project_fused(x: np.ndarray, embedder: dict[str, Any], head: Any, artifact_i
 def searched_vectors(emb_dir: Path, head_phase_dir: Path | None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """(crop ids, the vectors search uses, their embedder description): the embeddings, with the head's
     projection when the embedding_head artifact adopted one."""
-    from pipeline.retrieval.embed import load_embeddings
-    from pipeline.retrieval.index import artifact_id_of
+    from pipeline.retrieval.embeddings import load_embeddings
+    from pipeline.retrieval.lineage import artifact_id_of
 
     ids, x = load_embeddings(Path(emb_dir))
     embedder = json.loads((Path(emb_dir) / "embedder.json").read_text(encoding="utf-8"))

@@ -95,15 +95,17 @@ class PhotoWindows:
             return self._detector
         from pipeline.core.config import DetectConfig
         from pipeline.core.errors import ModelUnavailable
-        from pipeline.retrieval.detect import WholeImageDetector, make_detector
+        from pipeline.retrieval.detect import WholeImageDetector, make_detector, resolve_detector
 
-        used = (self.rule.get("detector") or {}).get("backend", "unknown")
+        named = self.rule.get("detector") or {}
+        used = named.get("backend", "unknown")
         detect = DetectConfig(**{**(self.rule.get("detect") or {}), "backend": used if used != "unknown" else "auto"})
-        if used == "none":
-            self._detector = WholeImageDetector(detect)
-            return self._detector
-        try:
-            self._detector = make_detector(detect, self.weights_dir)
+        try:  # the backend the crops used, built from the table of builders (`none`: the whole image)
+            choice = resolve_detector(detect, self.weights_dir)
+            if named.get("weights") and choice.file_name != named["weights"]:
+                raise ModelUnavailable(f"the crops were made with {named['weights']!r}, here it would be "
+                                       f"{choice.file_name!r}")
+            self._detector = make_detector(detect, self.weights_dir, choice)
         except (ModelUnavailable, ImportError, OSError) as exc:
             self.note = f"the crops' detector ({used}) cannot run here, so the whole photo is the vehicle box: {exc}"
             self._detector = WholeImageDetector(detect)

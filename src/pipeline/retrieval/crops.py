@@ -43,7 +43,7 @@ from PIL import Image
 from pipeline.core.tables import CROPS, SKIPPED, write_table
 from pipeline.core.config import CropsConfig, DetectConfig
 from pipeline.retrieval.crops_report import contact_sheet, crops_report
-from pipeline.retrieval.detect import Detector, make_detector, resolve_detector
+from pipeline.retrieval.detect import Detector, DetectorChoice, choice_for, make_detector, resolve_detector
 from pipeline.core.hashing import canonical_json, sha256_bytes
 from pipeline.core.item_cache import ItemCache, as_item_cache
 from pipeline.data.images import ImageLoadError, load_rgb
@@ -188,12 +188,15 @@ def run_crops(
     progress: bool = True,
     max_pixels: int = 89_478_485,
     weights_dir: Path | None = None,
+    detector: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Crop every photo of split.parquet into out_dir (see the module docstring).
 
     Returns numeric metrics plus the detector's info strings (`detector`, `detector_reason`,
     `detector_weights`). `weights_dir` is where bare Ultralytics weight names resolve
-    (`Workspace.weights`). The per-item cache key holds the resolved detector's files by hash, so
+    (`Workspace.weights`). `detector`: the detector the artifact id names (`DetectorChoice.identity`,
+    resolved once for the id), found again here and never re-decided (ModelUnavailable when its files
+    are not here); None: resolved here. The per-item cache key holds the detector's files by hash, so
     adding weights to the weights dir recomputes every photo. `item_cache`: a local directory or an
     `ItemCache` (a remote one is listed once, its entries downloaded in batches, new ones uploaded
     before this returns).
@@ -202,16 +205,10 @@ def run_crops(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    choice = resolve_detector(det_cfg, weights_dir)  # fails here, before any work, on missing model files
+    choice = named_choice(det_cfg, weights_dir, detector)  # fails here, before any work, on missing model files
     rows = pq.read_table(split_path).to_pylist()
     params = item_params(det_cfg, cfg, choice)
-    detectors: list[Detector] = []
-
-    def get_detector() -> Detector:
-        if not detectors:
-            detectors.append(make_detector(det_cfg, weights_dir, choice))
-        return detectors[0]
-
+    get_detector = lazy_detector(det_cfg, weights_dir, choice)
     cache = as_item_cache(item_cache)
     crops: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -247,6 +244,23 @@ def run_crops(
     (out_dir / "report.md").write_text(report, encoding="utf-8")
     # run-dependent figures: returned (lineage, MLflow), never written into the artifact
     return {**metrics, "n_items_cached": counts["cached"], "n_items_processed": counts["processed"], **choice.info()}
+
+
+def named_choice(det_cfg: DetectConfig, weights_dir: Path | None, detector: dict[str, Any] | None) -> DetectorChoice:
+    """The detector an artifact id names (`detector`: its identity, found again here), else resolved now."""
+    return resolve_detector(det_cfg, weights_dir) if detector is None else choice_for(detector, det_cfg, weights_dir)
+
+
+def lazy_detector(det_cfg: DetectConfig, weights_dir: Path | None, choice: DetectorChoice) -> Callable[[], Detector]:
+    """The detector of `choice`, built on the first call only (no model loaded when every photo is cached)."""
+    detectors: list[Detector] = []
+
+    def get_detector() -> Detector:
+        if not detectors:
+            detectors.append(make_detector(det_cfg, weights_dir, choice))
+        return detectors[0]
+
+    return get_detector
 
 
 def item_params(det_cfg: DetectConfig, cfg: CropsConfig, choice: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.core.config import DetectConfig
-from pipeline.retrieval.detect import SSD_INPUT, DetectorChoice
+from pipeline.retrieval.detect_choice import DetectorChoice
 
 
 def detector_lines(choice: DetectorChoice, det_cfg: DetectConfig) -> list[str]:
@@ -26,9 +26,8 @@ def detector_lines(choice: DetectorChoice, det_cfg: DetectConfig) -> list[str]:
              if role in ident]
     if files:
         lines.append(f"Model files: {', '.join(files)}.")
-    if choice.backend != "none":
-        ssd = choice.backend == "opencv_dnn" and choice.weights is not None and choice.weights.suffix.lower() != ".onnx"
-        size = SSD_INPUT if ssd else det_cfg.imgsz  # the TF SSD graphs take a fixed input
+    size = choice.input_px(det_cfg.imgsz)  # None: no model
+    if size is not None:
         lines.append(f"Classes {', '.join(det_cfg.classes)} at confidence >= {det_cfg.conf}, input {size} px, "
                      f"margin {det_cfg.margin:.0%}; on a miss: `{det_cfg.on_miss}`.")
     return lines

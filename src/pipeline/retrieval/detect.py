@@ -1,7 +1,9 @@
 """Vehicle detection: the box every crop of a photo lies in.
 
 `resolve_detector(cfg, weights_dir)` decides which backend runs and why (cheap: file checks and
-hashes, no model loaded); `make_detector(cfg, weights_dir)` builds it. A `Detector`'s
+hashes, no model loaded; `detect_choice`), `choice_for(identity, ...)` finds that decision again from
+the identity an artifact id holds; `make_detector(cfg, weights_dir, choice)` builds it (a table of
+builders by backend, `BUILDERS`). A `Detector`'s
 `.detect(img)` gives one `Detection`: the largest box of a vehicle class (cfg.classes) with
 confidence >= cfg.conf, expanded by cfg.margin of its size on each side and clipped to the image.
 Backends:
@@ -28,19 +30,24 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from PIL import Image
 
 from pipeline.core.config import DetectConfig
 from pipeline.core.errors import ModelUnavailable  # noqa: F401  (re-exported)
-from pipeline.core.hashing import sha256_file
+from pipeline.retrieval.detect_choice import (  # noqa: F401  (re-exported)
+    DetectorChoice,
+    choice_for,
+    resolve_detector,
+    resolve_yolo_weights,
+)
 from pipeline.retrieval.detect_outputs import (  # noqa: F401  (re-exported)
     COCO80_NAMES,
     COCO90_NAMES,
+    SSD_INPUT,
     Box,
     Scored,
     onnx_class_names,
@@ -49,7 +56,6 @@ from pipeline.retrieval.detect_outputs import (  # noqa: F401  (re-exported)
     ultralytics_candidates,
 )
 
-SSD_INPUT = 300  # the TF SSD MobileNet graphs take 300x300
 LETTERBOX_FILL = 114
 
 
@@ -158,7 +164,7 @@ def ultralytics_offline() -> Any:
 class UltralyticsDetector:
     """A YOLO model through Ultralytics' own predict path (preprocessing, NMS, scaling)."""
 
-    def __init__(self, cfg: DetectConfig, choice: "DetectorChoice"):
+    def __init__(self, cfg: DetectConfig, choice: DetectorChoice):
         self.cfg, self.choice = cfg, choice
         ul = ultralytics_offline()
         if choice.weights is not None:
@@ -187,29 +193,13 @@ class UltralyticsDetector:
                 "classes": list(self.cfg.classes), "imgsz": self.cfg.imgsz}
 
 
-def _is_path(weights: str) -> bool:
-    """A path (it has a directory part), as opposed to a bare file name looked up in the weights dir."""
-    return Path(weights).name != weights
-
-
-def resolve_yolo_weights(weights: str, weights_dir: Path | None) -> Path | None:
-    """A local weights file: `weights` as a path, else a bare name in the weights dir (never the cwd)."""
-    if weights.endswith((".yaml", ".yml")):
-        return None  # an architecture, not weights
-    if _is_path(weights):
-        path = Path(weights).expanduser()
-        return path if path.is_file() else None
-    cached = Path(weights_dir) / weights if weights_dir is not None else None
-    return cached if cached is not None and cached.is_file() else None
-
-
 # -- OpenCV DNN ------------------------------------------------------------------------------------
 
 
 class OpenCVDetector:
     """OpenCV DNN: a TensorFlow SSD (.pb + .pbtxt) or a YOLOv8 ONNX export (.onnx)."""
 
-    def __init__(self, cfg: DetectConfig, choice: "DetectorChoice"):
+    def __init__(self, cfg: DetectConfig, choice: DetectorChoice):
         import cv2
 
         self.cfg, self.choice = cfg, choice
@@ -255,111 +245,18 @@ class OpenCVDetector:
                 "model_kind": self.kind, "random_init": False, "classes": list(self.cfg.classes)}
 
 
-# -- choosing the backend --------------------------------------------------------------------------
+# -- building the chosen backend -------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class DetectorChoice:
-    """Which backend runs, why, and the files it will load (resolved, nothing loaded yet).
-
-    `reason` names config keys and file names only (no work-dir paths): it goes into the crops
-    report, which must depend on the inputs alone.
-    """
-
-    backend: str  # ultralytics | opencv_dnn | none
-    reason: str
-    weights: Path | None = None
-    config: Path | None = None  # OpenCV SSD text graph
-    arch: str | None = None  # Ultralytics random init: the model yaml
-    random_init: bool = False
-
-    @property
-    def file_name(self) -> str | None:
-        return self.weights.name if self.weights is not None else self.arch
-
-    @cached_property
-    def identity(self) -> dict[str, Any]:
-        """What decides the boxes: backend, random init, and each file by name and sha256."""
-        files = {role: {"name": p.name, "sha256": sha256_file(p)}
-                 for role, p in (("weights", self.weights), ("config", self.config)) if p is not None}
-        return {"backend": self.backend, "arch": self.arch, "random_init": self.random_init, **files}
-
-    def info(self) -> dict[str, str]:
-        """String entries for the phase's returned metrics (lineage, MLflow, the run summary)."""
-        out = {"detector": self.backend, "detector_reason": self.reason}
-        if self.file_name:
-            out["detector_weights"] = self.file_name
-        return out
-
-
-def _ultralytics_missing(cfg: DetectConfig, weights_dir: Path | None) -> ModelUnavailable:
-    where = f"the weights dir {weights_dir}" if weights_dir is not None else "the work dir's weights dir"
-    return ModelUnavailable(
-        f"YOLO weights {cfg.weights!r} not found and runs are offline. Provide them one of three ways: "
-        f"set detect.weights to a local file path; put {Path(cfg.weights).name!r} into {where} "
-        f"(<workdir>/.cache/weights); or, for tests and demos only, set detect.allow_random_init=true (random "
-        f"weights: meaningless boxes). detect.backend=auto uses detect.dnn_model or the whole image instead."
-    )
-
-
-def _dnn_choice(cfg: DetectConfig, why: str) -> DetectorChoice:
-    """The OpenCV DNN files of cfg.dnn_model / cfg.dnn_config; ModelUnavailable when they are not local files."""
-    if not cfg.dnn_model:
-        raise ModelUnavailable(
-            "detect.backend=opencv_dnn needs detect.dnn_model: a TensorFlow SSD frozen graph (.pb, with "
-            "detect.dnn_config=<its .pbtxt>) or a YOLOv8 .onnx export. OpenCV has no model cache and runs are offline."
-        )
-    model = Path(cfg.dnn_model).expanduser()
-    if not model.is_file():
-        raise ModelUnavailable(
-            f"OpenCV DNN model detect.dnn_model={cfg.dnn_model!r} is not a local file. Set it to the model file (a "
-            f"TensorFlow SSD frozen_inference_graph.pb with detect.dnn_config=<its .pbtxt>, or a YOLOv8 .onnx export); "
-            f"OpenCV has no model cache and runs are offline."
-        )
-    config = None
-    if model.suffix.lower() != ".onnx":
-        config = Path(cfg.dnn_config).expanduser() if cfg.dnn_config else None
-        if config is None or not config.is_file():
-            raise ModelUnavailable(f"OpenCV DNN SSD {model.name!r} needs detect.dnn_config (its .pbtxt text graph); "
-                                   f"got {cfg.dnn_config!r}")
-    return DetectorChoice("opencv_dnn", f"{why}: OpenCV DNN model {model.name!r} (detect.dnn_model)", model, config)
-
-
-def resolve_detector(cfg: DetectConfig, weights_dir: Path | None = None) -> DetectorChoice:
-    """The backend `make_detector` will build and why; raises ModelUnavailable for configured files that are missing."""
-    if cfg.backend == "none":
-        return DetectorChoice("none", "detect.backend=none: the whole image is the vehicle box")
-    if cfg.backend == "opencv_dnn":
-        return _dnn_choice(cfg, "detect.backend=opencv_dnn")
-    path = resolve_yolo_weights(cfg.weights, weights_dir)
-    where = "detect.weights path" if _is_path(cfg.weights) else "in the weights dir"
-    if path is not None:
-        return DetectorChoice("ultralytics", f"detect.backend={cfg.backend}: Ultralytics weights {path.name!r} "
-                                             f"found ({where})", path)
-    if cfg.backend == "ultralytics":
-        if not cfg.allow_random_init:
-            raise _ultralytics_missing(cfg, weights_dir)
-        arch = Path(cfg.weights).with_suffix(".yaml").name
-        return DetectorChoice("ultralytics", f"detect.backend=ultralytics: no weights {cfg.weights!r}; "
-                                             f"RANDOM-INITIALISED {arch} (detect.allow_random_init)", arch=arch,
-                              random_init=True)
-    if _is_path(cfg.weights):
-        raise ModelUnavailable(f"detect.weights {cfg.weights!r} is not a file (detect.backend=auto uses a configured "
-                               f"path or fails; a bare name such as 'yolov8n.pt' is looked up in the weights dir)")
-    miss = (f"no Ultralytics weights ({cfg.weights!r} is not in the weights dir)" if weights_dir is not None
-            else f"no Ultralytics weights (no weights dir to look {cfg.weights!r} up in)")
-    if cfg.dnn_model:
-        return _dnn_choice(cfg, f"detect.backend=auto, {miss}")
-    return DetectorChoice("none", f"detect.backend=auto, {miss} and no detect.dnn_model: the whole image is "
-                                  f"the vehicle box")
+Builder = Callable[[DetectConfig, DetectorChoice], Detector]
+BUILDERS: dict[str, Builder] = {  # DetectorChoice.backend -> the detector (the model loaded now)
+    "none": lambda cfg, choice: WholeImageDetector(cfg),
+    "opencv_dnn": OpenCVDetector,
+    "ultralytics": UltralyticsDetector,
+}
 
 
 def make_detector(cfg: DetectConfig, weights_dir: Path | None = None,
                   choice: DetectorChoice | None = None) -> Detector:
     """The detector of `choice` (default: `resolve_detector(cfg, weights_dir)`); loads the model now."""
     choice = choice or resolve_detector(cfg, weights_dir)
-    if choice.backend == "none":
-        return WholeImageDetector(cfg)
-    if choice.backend == "opencv_dnn":
-        return OpenCVDetector(cfg, choice)
-    return UltralyticsDetector(cfg, choice)
+    return BUILDERS[choice.backend](cfg, choice)

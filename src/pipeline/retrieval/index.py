@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.core.config import IndexConfig
 from pipeline.retrieval.coarse import coarse_spec, quantizer_bytes, quantizer_params, search_ready, set_search_ef, train_ivf
+from pipeline.retrieval.lineage import artifact_id_of
 
 METRIC = "inner_product"
 SQ_ORDER = ("SQfp16", "SQ8")
@@ -283,14 +284,6 @@ def np_search(index: Any, q: np.ndarray, k: int, params: Any = None) -> tuple[np
     pytorch-metric-learning) replaced `search` with a torch-aware version that takes no params."""
     search = getattr(index, "search_numpy", index.search)
     return search(q, k, params=params) if params is not None else search(q, k)
-
-
-def artifact_id_of(directory: Path | None) -> str | None:
-    """The artifact id recorded in a committed artifact directory's lineage.json (None if it has none)."""
-    lineage = Path(directory) / "lineage.json" if directory is not None else None
-    if lineage is None or not lineage.is_file():
-        return None
-    return json.loads(lineage.read_text(encoding="utf-8")).get("artifact_id")
 
 
 def run_index(emb_dir: Path, crops_dir: Path, contexts_dir: Path | None, cfg: IndexConfig,

@@ -9,16 +9,27 @@ re-ranked (`rerankers`: alpha query expansion or k-reciprocal re-ranking of the 
 and returns per label: precision@k, recall@k, AP@R and precision@1 per query, their means, and for
 the damage state the coverage (share of same-state references among the top k) of damaged and clean
 queries. Per-query arrays come back under `per_query` so that callers can put intervals over photos on
-every figure (`pipeline.retrieval.stats`).
+every figure (`pipeline.retrieval.stats`). `damage_label` is a crop's label for the per-type figures.
 """
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
 
 # (query vector, candidate rows best first, reference matrix, exclusion row) -> re-ordered candidate rows
 Reranker = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def damage_label(row: dict[str, Any]) -> str:
+    """One label per crop for per-type metrics: the most frequent defect type, or 'clean'."""
+    if not row.get("has_damage"):
+        return "clean"
+    defects = json.loads(row.get("defects") or "[]") if isinstance(row.get("defects"), str) else []
+    types = [d.get("type") for d in defects if d.get("type")] or list(row.get("damage_types") or [])
+    return Counter(types).most_common(1)[0][0] if types else "damage"
 
 
 def excluded(queries: np.ndarray, item: np.ndarray, group: np.ndarray) -> np.ndarray:

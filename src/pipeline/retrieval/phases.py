@@ -7,7 +7,11 @@ from typing import Any
 from pipeline.core.item_cache import ItemCache
 from pipeline.core.phases import PhaseRun, PhaseSpec, register
 from pipeline.core.sharding import Sharding
-from pipeline.retrieval.shards import crops_plan, crops_work, embed_plan, embed_work
+from pipeline.retrieval.shards import crops_plan, crops_work, embed_config, embed_plan, embed_work, weights_dir
+
+# runtime key: the source options the flow process resolved once for a phase's id and handed to its
+# shards (tasks/shards.py); a source hook returns them as they are instead of resolving again
+RESOLVED = "resolved"
 
 
 def _item_cache(run: PhaseRun, name: str) -> ItemCache | None:
@@ -16,19 +20,23 @@ def _item_cache(run: PhaseRun, name: str) -> ItemCache | None:
 
 
 def _run_crops(run: PhaseRun) -> dict[str, Any]:
+    """The crops, with the detector the id names (`run.params["detector"]`: found again, never re-decided)."""
     from pipeline.retrieval.crops import run_crops
 
-    kwargs = {"weights_dir": Path(run.runtime["weights_dir"])} if run.runtime.get("weights_dir") else {}
     return run_crops(
         run.inputs["split"] / "split.parquet", Path(run.runtime["dataset_root"]), run.cfg.detect, run.cfg.crops,
-        run.out_dir, _item_cache(run, "crops"), progress=run.progress, max_pixels=run.params["max_pixels"], **kwargs,
+        run.out_dir, _item_cache(run, "crops"), progress=run.progress, max_pixels=run.params["max_pixels"],
+        weights_dir=weights_dir(run), detector=run.params.get("detector"),
     )
 
 
 def _detector(cfg: Any, runtime: dict[str, Any]) -> dict[str, Any]:
-    """Which detector `auto` will pick (and the sha256 of its files): part of the crops id."""
+    """Which detector `auto` will pick (and the sha256 of its files): part of the crops id, resolved once
+    (a shard gets the flow's in `runtime[RESOLVED]`)."""
     from pipeline.retrieval.detect import resolve_detector
 
+    if "detector" in (runtime.get(RESOLVED) or {}):
+        return {"detector": runtime[RESOLVED]["detector"]}
     weights = runtime.get("weights_dir")
     return {"detector": resolve_detector(cfg.detect, Path(weights) if weights else None).identity}
 
@@ -42,28 +50,25 @@ def _run_contexts(run: PhaseRun) -> dict[str, Any]:
 def _embedding_head(cfg: Any, runtime: dict[str, Any]) -> dict[str, Any]:
     """`embed.backend: trained`: the head's artifact id (a registry alias resolved now), so the id and
     the lineage of the embeddings name the head that made them."""
+    if "head" in (runtime.get(RESOLVED) or {}):
+        return {"head": runtime[RESOLVED]["head"]}
     head = cfg.embed.head if cfg.embed.backend == "trained" else None
     if head and str(head).startswith("registry:"):
-        from pipeline.core.workspace import Workspace
-        from pipeline.training.embedding_study import head_from_registry
+        from pipeline.core.phases import resolve_reference
 
-        uri = Workspace(Path(runtime.get("workdir", "."))).tracking_uri(cfg)
-        head = head_from_registry(uri, cfg.tracking.experiment, str(head))
+        head = resolve_reference("embed_head", str(head), cfg, runtime)
     return {"head": head}
 
 
 def _run_embeddings(run: PhaseRun) -> dict[str, Any]:
-    from pipeline.retrieval.embed import run_embeddings
+    from pipeline.retrieval.embeddings import run_embeddings
 
-    embed = run.cfg.embed
-    if run.params.get("head"):
-        embed = embed.model_copy(update={"head": run.params["head"]})
-    return run_embeddings(run.inputs["crops"], run.inputs["contexts"], embed, run.out_dir,
+    return run_embeddings(run.inputs["crops"], run.inputs["contexts"], embed_config(run), run.out_dir,
                           item_cache=_item_cache(run, "embeddings"), device=run.runtime.get("device", "auto"),
                           progress=run.progress, store=run.store)
 
 
-# The study's loss settings the head's criterion reads (embedding_train.make_criterion).
+# The study's loss settings the head's criterion reads (retrieval.metric_losses.make_criterion).
 STUDY_LOSS_KEYS = ("miner", "triplet_margin", "pair_margins", "arcface_margin", "arcface_scale")
 
 

@@ -83,7 +83,7 @@ class Retriever:
     def embedder(self) -> Any:
         """The embedder passed in, else the one index.json records (the embeddings' embedder.json)."""
         if self._embedder is None:
-            from pipeline.retrieval.embed import embedder_from_json
+            from pipeline.retrieval.embeddings import embedder_from_json
 
             if "embedder" not in self.info:
                 raise ValueError("this index records no embedder (built by an older version): pass one, or rebuild it")

@@ -22,7 +22,6 @@ split's groups and calls `validate`.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pipeline.retrieval.neighbours import (  # noqa: F401  (re-exported)
-    ap_at_r as _ap_at_r, excluded, kreciprocal_reranker, knn, neighbour_metrics, qe_reranker, ranking,
+    ap_at_r as _ap_at_r, damage_label, excluded, kreciprocal_reranker, knn, neighbour_metrics, qe_reranker, ranking,
 )
 
 from pipeline.retrieval.stats import CONFIDENCE, N_BOOTSTRAP, Estimate, PhotoBootstrap
@@ -40,15 +39,6 @@ from pipeline.retrieval.validate_report import report
 COVERAGE_BAR = 0.60
 MAX_QUERIES = 2000
 HEADLINE_KEYS = ("coverage_damaged", "coverage_clean", "coverage_chance")
-
-
-def damage_label(row: dict[str, Any]) -> str:
-    """One label per crop for per-type metrics: the most frequent defect type, or 'clean'."""
-    if not row.get("has_damage"):
-        return "clean"
-    defects = json.loads(row.get("defects") or "[]") if isinstance(row.get("defects"), str) else []
-    types = [d.get("type") for d in defects if d.get("type")] or list(row.get("damage_types") or [])
-    return Counter(types).most_common(1)[0][0] if types else "damage"
 
 
 def grouped(values: np.ndarray, keys: np.ndarray) -> dict[str, float]:
@@ -299,7 +289,7 @@ def head_rows(emb_dir: Path, head_dir: Path | None) -> tuple[str, list[Variant],
     """(the served row's name, the other row, report notes) from the embedding_head artifact: an adopted
     head is served with the frozen features beside it; a refused one is shown beside the frozen features."""
     from pipeline.retrieval.adopt import explain, load_head, project_fused, read_decision
-    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings
 
     decision = read_decision(head_dir)
     if decision is None:
