@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from pipeline.core.config import EmbedConfig
-    from pipeline.retrieval.embed import run_embeddings
+    from pipeline.retrieval.embeddings import run_embeddings
 
     root = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     crops, ctx = make_crops(root, args.n, args.size)
@@ -68,7 +68,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from pipeline.retrieval.embed import make_embedder
+    from pipeline.retrieval.embeddings import make_embedder
 
     emb = make_embedder(cfg, args.device)  # loaded once, outside both timings
     table = pq.read_table(crops / "crops.parquet").to_pylist()
@@ -81,7 +81,7 @@ def main() -> None:
     loop_s = time.perf_counter() - t
     print(f"per-image loop  n={len(table)}  {loop_s:.2f}s  {len(table) / loop_s:.1f} crops/s")
 
-    from pipeline.retrieval import embed as embed_mod
+    from pipeline.retrieval import embeddings as embed_mod
 
     embed_mod.make_embedder = lambda *a, **k: emb  # the phase gets the already-loaded model
     m = run_embeddings(crops, ctx, cfg, root / "emb-cold", root / "cache", device=args.device, progress=False)

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from pipeline.core.config import load_config
-from pipeline.training.embedding_cell import run_cell
-from pipeline.training.embedding_study import run_study
-from pipeline.training.study_phases import grid
+from pipeline.study.cell import run_cell
+from pipeline.study.compare import run_study
+from pipeline.study.phases import grid
 
 
 def main() -> None:

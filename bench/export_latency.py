@@ -31,8 +31,8 @@ def main() -> None:
     from pipeline.core.config import PipelineConfig
     from pipeline.export.cards import gate_table
     from pipeline.export.phases import items_for, model_dir_of
-    from pipeline.export.run import run_export
-    from pipeline.training.modeling import read_meta
+    from pipeline.export.variants import run_export
+    from pipeline.models.classifier import read_meta
 
     model_dir = model_dir_of(args.model_dir)
     meta = read_meta(model_dir)

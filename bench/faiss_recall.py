@@ -138,7 +138,7 @@ def main() -> None:
         bench(f"gaussian mixture ({args.clusters} clusters)", mixture(n, args.dim, args.clusters, 1),
               mixture(args.queries, args.dim, args.clusters, 2), args)
     if args.embeddings:
-        from pipeline.retrieval.embed import load_embeddings
+        from pipeline.retrieval.embeddings import load_embeddings
 
         _, x = load_embeddings(args.embeddings)
         rng = np.random.default_rng(0)

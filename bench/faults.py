@@ -102,7 +102,7 @@ def main() -> int:
 def recheck(base: Path) -> int:
     """Recompute the identical / clean / registry columns of an earlier run from its work dirs."""
     from fault_harness import Reference, Row, compare, leftovers, registry_differences, registry_state, table
-    from pipeline.core.verify import VerifyReport, check_registry
+    from pipeline.registry.verify import VerifyReport, check_registry
 
     rows = [Row(**r) for r in json.loads((base / "rows.json").read_text())]
     ref_rec = max((base / "reference" / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)

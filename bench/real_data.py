@@ -58,8 +58,8 @@ def plain_finetune(split_path: Path, crops: Path | None, dataset: Path, cfg: Any
     from torchvision import transforms as T
 
     from pipeline.core.stats import mean_ci
-    from pipeline.training.data import ImageDataset, build_items
-    from pipeline.training.modeling import create_classifier, val_transform
+    from pipeline.training.items import ImageDataset, build_items
+    from pipeline.models.classifier import create_classifier, val_transform
 
     torch.manual_seed(seed)
     data = build_items(split_path, cfg.train, dataset, crops)
@@ -173,7 +173,7 @@ def shuffled_dataset(split_path: Path, crops: Path | None, dataset: Path, cfg: A
     """A JSONL dataset of the same items (symlinks) with their labels permuted within each split."""
     import pandas as pd
 
-    from pipeline.training.data import build_items
+    from pipeline.training.items import build_items
 
     data = build_items(split_path, cfg.train, dataset, crops)
     rng = np.random.default_rng(seed)

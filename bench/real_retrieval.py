@@ -134,8 +134,8 @@ def features(crops_dir: Path, data: Path, cache: Path, names: list[str]) -> dict
     import pyarrow.parquet as pq
 
     from pipeline.core.config import EmbedConfig
-    from pipeline.retrieval.embed import make_embedder
-    from pipeline.training.embedding_head import l2n
+    from pipeline.retrieval.embeddings import make_embedder
+    from pipeline.retrieval.head import l2n
 
     crops = sorted(pq.read_table(crops_dir / "crops.parquet").to_pylist(), key=lambda r: r["crop_id"])
     cache.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def costs(crops_dir: Path, data: Path, names: list[str], n: int = 32, repeats: i
     import pyarrow.parquet as pq
 
     from pipeline.core.config import EmbedConfig
-    from pipeline.retrieval.embed import make_embedder
+    from pipeline.retrieval.embeddings import make_embedder
 
     crops = sorted(pq.read_table(crops_dir / "crops.parquet").to_pylist(), key=lambda r: r["crop_id"])[:n]
     towers = {t: make_embedder(EmbedConfig(image_model=t), "cpu") for t in sorted({VARIANTS[m][0] for m in names})}
@@ -191,7 +191,7 @@ def costs(crops_dir: Path, data: Path, names: list[str], n: int = 32, repeats: i
 # -- cross-validated comparison ----------------------------------------------------------------
 def crop_frame(results: dict[str, Any]) -> dict[str, np.ndarray]:
     from pipeline.retrieval.adopt import crop_table
-    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings
     from pipeline.retrieval.validate import photo_groups
 
     ids, _ = load_embeddings(Path(results["embeddings"].path))

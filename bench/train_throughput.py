@@ -81,11 +81,11 @@ def main() -> None:
     from timm.optim import create_optimizer_v2
 
     from pipeline.core.config import build_config
-    from pipeline.models.loading import pick_device
-    from pipeline.training.data import build_items
+    from pipeline.core.device import pick_device
+    from pipeline.training.items import build_items
     from pipeline.training.loop import amp_dtype, fit
-    from pipeline.training.modeling import create_classifier
-    from pipeline.training.runner import make_loaders
+    from pipeline.models.classifier import create_classifier
+    from pipeline.training.trainer import make_loaders
 
     device = pick_device(args.device)
     mix = [] if args.mixup else ["teacher.mixup_alpha=0", "teacher.cutmix_alpha=0"]

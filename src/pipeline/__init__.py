@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_model"]
+__all__ = ["LAYERS", "load_model"]
+
+# The library's packages, lowest first: a module may import its own package and the ones before it,
+# never a later one (lazy imports included; tests/core/test_layers.py reads every import to check).
+# Prefect, tasks/ and flows/ sit above all of them and are never imported here.
+LAYERS = ("core", "data", "demo", "models", "retrieval", "training", "registry", "export", "study", "monitor", "app")
 
 
 def load_model(ref: str | int = "champion", workdir: Any = "work", config: Any = None, name: str | None = None):
     """The registered student (or `name`) at alias `ref` or version number, as an MLflow pyfunc:
     `model.predict(pandas.DataFrame({"path": [...]}))` returns label, confidence (calibrated) and
-    not_conclusive. See `pipeline.training.predict.load_model`."""
-    from pipeline.training.predict import load_model as _load
+    not_conclusive. See `pipeline.registry.predict.load_model`."""
+    from pipeline.registry.predict import load_model as _load
 
     return _load(ref, workdir, config, name)

@@ -19,15 +19,9 @@ from pipeline.core.sections import (  # noqa: F401  (re-exported)
 from pipeline.core.training_sections import (  # noqa: F401  (re-exported)
     CalibrationConfig, PromotionConfig, ExportConfig, AugmentConfig, TrainConfig, PhaseTrainConfig,
     TeacherConfig, RegionSpec, RegionalConfig, SoftLabelsConfig, StudentConfig, FinetuneConfig,
-    StudyStage, StudyConfig,
+    StudyStage, StudyConfig, INHERITED_TRAIN_KEYS, PHASE_RUNTIME_KEYS,
 )
-
-
-TRAIN_PHASE_SECTIONS = ("teacher", "regional", "student", "finetune")
-INHERITED_TRAIN_KEYS = ("epochs", "image_size", "batch_size")
-TRAIN_RUNTIME_KEYS = ("train.batch_size", "train.num_workers", "train.amp", "train.channels_last",
-                      "train.eval_batch_size", "train.allow_download", "runtime.device",
-                      *(f"{s}.batch_size" for s in TRAIN_PHASE_SECTIONS))
+from pipeline.core.training_sections import TRAIN_RUNTIME_KEYS as _TRAIN_RUNTIME
 
 
 class PipelineConfig(Section):
@@ -59,13 +53,25 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _inherit_train(self) -> "PipelineConfig":
-        """Training phase fields left null take the train section's value."""
+        """Training phase fields left null take the train section's value (training_sections decides which)."""
         for section in TRAIN_PHASE_SECTIONS:
-            phase = getattr(self, section)
-            for key in INHERITED_TRAIN_KEYS:
-                if getattr(phase, key) is None:
-                    setattr(phase, key, getattr(self.train, key))
+            getattr(self, section).inherit_train(self.train)
         return self
+
+
+# The training phase sections: every PhaseTrainConfig section of the config.
+TRAIN_PHASE_SECTIONS = tuple(name for name, f in PipelineConfig.model_fields.items()
+                             if isinstance(f.annotation, type) and issubclass(f.annotation, PhaseTrainConfig))
+
+
+def train_runtime_keys(*sections: str) -> tuple[str, ...]:
+    """The dotted keys of `sections` that training reads at run time (never in an artifact id): train's
+    runtime keys, and the inherited ones of the training phase sections."""
+    keys = {"train": _TRAIN_RUNTIME, **{s: PHASE_RUNTIME_KEYS for s in TRAIN_PHASE_SECTIONS}}
+    return tuple(f"{s}.{k}" for s in sections for k in keys.get(s, ()))
+
+
+TRAIN_RUNTIME_KEYS = train_runtime_keys("train", *TRAIN_PHASE_SECTIONS)
 
 
 def valid_keys(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[str]:

@@ -18,20 +18,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.flow_table import FLOWS
 from pipeline.core.hashing import artifact_id
 
 # The stage modules that declare phases (discovered in this order, like Kedro's pipeline registry).
 STAGE_MODULES = ("pipeline.data.phases", "pipeline.retrieval.phases", "pipeline.training.phases",
-                 "pipeline.export.phases", "pipeline.training.study_phases", "pipeline.monitor.phases")
+                 "pipeline.export.phases", "pipeline.registry.phases",
+                 "pipeline.study.phases", "pipeline.monitor.phases")
 
-# Flows: the phases each flow must produce; everything upstream of them is run too.
-FLOWS: dict[str, tuple[str, ...]] = {
-    "data-prep": ("split",),
-    "retrieval": ("validation",),
-    "train": ("student_no_teacher", "promotion"),
-    "factory": ("validation", "student_no_teacher", "promotion", "drift", "review"),
-    "embedding-study": ("embedding_study",),
-}
+# Flows (`FLOWS`, re-exported here): each names the phases it must produce; everything upstream of them
+# is run too. Declared in pipeline.core.flow_table with the rest of what a flow is.
 
 
 @dataclass
@@ -112,6 +108,24 @@ class PhaseNode:
 PHASES: dict[str, PhaseSpec] = {}  # every declared phase by name (filled by the stage modules below)
 
 
+# Reference resolvers: a stage below the registry (retrieval) may take a config value such as
+# `embed.head: registry:best` that only a stage above it can resolve. The upper stage registers a
+# resolver for the prefix when its phases are declared; the lower one asks `resolve_reference` and
+# never imports it. Resolved once when the phase's id is computed, so the id names what it ran with.
+REFERENCE_RESOLVERS: dict[str, Callable[[str, PipelineConfig, dict[str, Any]], str]] = {}
+
+
+def register_resolver(kind: str, fn: Callable[[str, PipelineConfig, dict[str, Any]], str]) -> None:
+    REFERENCE_RESOLVERS[kind] = fn
+
+
+def resolve_reference(kind: str, ref: str, cfg: PipelineConfig, runtime: dict[str, Any]) -> str:
+    _load_stages()
+    if kind not in REFERENCE_RESOLVERS:
+        raise KeyError(f"no resolver for {kind!r} references ({ref!r}); declared: {sorted(REFERENCE_RESOLVERS)}")
+    return REFERENCE_RESOLVERS[kind](ref, cfg, runtime)
+
+
 def register(*specs: PhaseSpec) -> None:
     for spec in specs:
         if spec.name in PHASES and PHASES[spec.name] is not spec:
@@ -173,7 +187,7 @@ def plan_order(cfg: PipelineConfig, targets: tuple[str, ...] | list[str],
 
 def flow_targets(flow: str) -> tuple[str, ...]:
     """The phases flow `flow` must produce; phases of stages not installed are left out."""
-    return tuple(t for t in FLOWS[flow] if t in PHASES)
+    return tuple(t for t in FLOWS[flow].targets if t in PHASES)
 
 
 def _load_stages() -> None:

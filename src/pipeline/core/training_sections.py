@@ -105,9 +105,16 @@ class AugmentConfig(Section):
     std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the model's.")
 
 
+# How a training phase inherits `train.*`, decided here only (core.config applies it, phase declarations
+# derive their runtime keys from it): a PhaseTrainConfig section's INHERITED_TRAIN_KEYS left null take train's
+# values; train's TRAIN_RUNTIME_KEYS are read at run time, never in an artifact id, and so are the inherited ones.
+INHERITED_TRAIN_KEYS = ("epochs", "image_size", "batch_size")
+TRAIN_RUNTIME_KEYS = ("batch_size", "num_workers", "amp", "channels_last", "eval_batch_size", "allow_download")
+PHASE_RUNTIME_KEYS = tuple(k for k in INHERITED_TRAIN_KEYS if k in TRAIN_RUNTIME_KEYS)
+
+
 class TrainConfig(Section):
-    """Shared by every training phase. epochs / image_size / batch_size are inherited by a phase
-    section that leaves them null; a `--set train.X=` also beats the phase sections' YAML values."""
+    """Shared by every training phase: see INHERITED_TRAIN_KEYS for what a phase section inherits."""
 
     epochs: int | None = Field(None, ge=1, description="Epochs of every training phase that does not set its own; "
                                "null: derived from the step budget (train.min_steps).")
@@ -163,6 +170,12 @@ class PhaseTrainConfig(Section):
     patience: int | None = Field(None, ge=1, description="Early stopping after this many epochs without a better "
                                  "val figure (train.select_by); null: the whole budget runs, the best epoch is kept.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    def inherit_train(self, train: TrainConfig) -> None:
+        """Fill the INHERITED_TRAIN_KEYS left null with train's values."""
+        for key in INHERITED_TRAIN_KEYS:
+            if getattr(self, key) is None:
+                setattr(self, key, getattr(train, key))
 
 
 class TeacherConfig(PhaseTrainConfig):

@@ -18,7 +18,7 @@ Rules:
   meet the per-class targets exactly. A pure largest-deficit greedy fits multi-class groups a
   little closer to the targets, but one new group can move hundreds of items of a large manifest
   (the round-robin tail of the order shifts); here a new group moves none, or the few units whose
-  room it takes (see tests/test_split.py::test_new_group_moves_few_others).
+  room it takes (see tests/data/test_split.py::test_new_group_moves_few_others).
 - Every class present in val or test is then made present in train by moving its smallest
   val/test unit to train.
 """

@@ -4,7 +4,7 @@ what the model is trained and served on.
 A model trained on whole images gets the split's photos; a model trained on crops (its model.json's
 `crop_rule`) gets the crops of its training selection (`ItemSets`: paths and labels per split, built
 by the phase with the training side's own item builder). Gate inputs are the test items (never
-trained on), preprocessed the model's way (`modeling.preprocess`: resize, centre crop, mean/std),
+trained on), preprocessed the model's way (`models.classifier.preprocess`: resize, centre crop, mean/std),
 then, while fewer than `n` were made, deterministic variants of them: horizontal flip, four corner
 crops at 80 %, a centre crop at 70 % and their flips. Calibration uses a seeded sample of the train
 items and their flips. Unreadable images are skipped and counted. Items are ordered by a seeded
@@ -99,7 +99,7 @@ def gate_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int, seed: 
     held-out `split` (test: the gate; val: the INT8 candidates' selection). counts["labels"] holds the
     class index of each unaltered item (the first counts["test_images"] inputs), or -1 where the
     label is unknown or not a class of the model."""
-    from pipeline.training.modeling import preprocess
+    from pipeline.models.classifier import preprocess
 
     rows = _rows(split_path, dataset_root, items, split, seed)
     images, names, bad, kept = _load([Path(p) for _, p, _ in rows])
@@ -125,7 +125,7 @@ def calibration_inputs(split_path: Path, dataset_root: Path, meta: dict, n: int,
                        items: ItemSets | None = None) -> np.ndarray:
     """A seeded sample of n train items, preprocessed: the INT8 calibration data. A train split with
     fewer than n items gives all of them, then their flips, then the gate's other views, up to n."""
-    from pipeline.training.modeling import preprocess
+    from pipeline.models.classifier import preprocess
 
     rows = _rows(split_path, dataset_root, items, "train", seed)
     images = _load([Path(p) for _, p, _ in rows[:n]])[0]

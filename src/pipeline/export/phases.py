@@ -37,9 +37,9 @@ def items_for(meta: dict[str, Any], split_path: Path, crops_dir: Path | None, tr
               dataset_root: Path | None = None) -> Any:
     """The crops a crops-trained model was trained and tested on (inputs.ItemSets), None for a
     whole-image model: the training side's own item builder with the model's class list."""
-    from pipeline.export.crop_rule import rule_of
+    from pipeline.retrieval.crop_rule import rule_of
     from pipeline.export.inputs import ItemSets
-    from pipeline.training.data import build_items
+    from pipeline.training.items import build_items
 
     if rule_of(meta) is None:
         return None
@@ -51,8 +51,8 @@ def items_for(meta: dict[str, Any], split_path: Path, crops_dir: Path | None, tr
 
 
 def _run_export(run: PhaseRun) -> dict[str, Any]:
-    from pipeline.export.run import run_export
-    from pipeline.training.modeling import read_meta
+    from pipeline.export.variants import run_export
+    from pipeline.models.classifier import read_meta
 
     model_dir = model_dir_of(run.inputs["calibration"])
     meta = read_meta(model_dir)

@@ -201,8 +201,8 @@ def run_export(model_dir: Path, split_path: Path, dataset_root: Path, cfg: Any, 
     model was trained and tested on (gate and calibration inputs come from them, not from photos).
     Returns metrics and info strings."""
     from pipeline.export import inputs, onnx_export
-    from pipeline.export.crop_rule import rule_of
-    from pipeline.training.modeling import load_classifier
+    from pipeline.retrieval.crop_rule import rule_of
+    from pipeline.models.classifier import load_classifier
 
     runtime_cfg = runtime_cfg or cfg
     model, meta = load_classifier(model_dir)

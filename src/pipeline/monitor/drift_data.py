@@ -113,7 +113,7 @@ def comparable_embedders(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 def photo_embeddings(side: RunSide, max_items: int, seed: int) -> tuple[list[str], np.ndarray] | str:
     """(item ids, one L2-normalised vector per photo) for a sample of photos, or why there are none."""
-    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings
 
     emb, crops = side.dir("embeddings"), side.dir("crops")
     if emb is None or crops is None:
@@ -138,7 +138,7 @@ def prediction_items(side: RunSide, train_cfg: Any, max_items: int, seed: int,
     held-out splits only (a photo keeps its split across runs, so these are never what a model of these runs
     trained on; the split is stratified, so their classes mirror the run's)."""
     from pipeline.core.errors import PipelineError
-    from pipeline.training.data import build_items
+    from pipeline.training.items import build_items
 
     split = side.dir("split")
     if split is None:

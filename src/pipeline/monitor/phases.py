@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import PipelineConfig
+from pipeline.core.config import PipelineConfig, train_runtime_keys
 from pipeline.core.phases import PhaseRun, PhaseSpec, register
 
 DRIFT_PHASES = ("audit", "split", "crops", "embeddings")  # what drift reads of each run
@@ -37,7 +37,7 @@ def _registry_model(cfg: PipelineConfig, runtime: dict[str, Any], ref: str, down
     """The registered student at `ref` (a ModelRef), or why there is none."""
     from pipeline.core.workspace import Workspace
     from pipeline.monitor.scoring import find_registry_model
-    from pipeline.training.registry import student_name
+    from pipeline.registry.versions import student_name
 
     uri = _tracking_uri(cfg, runtime)
     if uri is None:
@@ -99,7 +99,7 @@ def _store_dir(store: Any, phase: str, aid: str | None) -> Path | None:
 
 def _scorer(run: PhaseRun, model: Any):
     """(Scorer, description) for a registered model, else (None, why there is none)."""
-    from pipeline.models.loading import pick_device
+    from pipeline.core.device import pick_device
     from pipeline.monitor.scoring import Scorer
 
     device, bs = pick_device(run.cfg.runtime.device), run.cfg.train.eval_batch_size
@@ -224,8 +224,7 @@ register(
     PhaseSpec(
         name="drift", version="1", inputs=DRIFT_PHASES,
         outputs=("drift.json", "report.md", "drift.html"), sections=("drift", "train"),
-        runtime_keys=("train.batch_size", "train.num_workers", "train.amp", "train.channels_last",
-                      "train.eval_batch_size", "train.allow_download"),
+        runtime_keys=train_runtime_keys("train"),
         run=_run_drift, source=_drift_source,
         extra_params=lambda cfg, opt: {"reference": opt.get("drift_reference"), "model": opt.get("drift_model"),
                                        "near_duplicate_threshold": cfg.audit.near_duplicate_threshold},

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-CLEAN = "clean"  # the crops target's class of windows without damage (pipeline.training.data.CLEAN)
+CLEAN = "clean"  # the crops target's class of windows without damage (pipeline.training.items.CLEAN)
 MAX_PIXELS = 89_478_485
 
 
@@ -55,7 +55,7 @@ def find_registry_model(tracking_uri: str, name: str, ref: str, cache_dir: Path,
     """The registered version `ref` (alias or number) of `name`, or why there is none (a message). With
     `download`, its model dir and the keys of the items it trained on are fetched too."""
     from pipeline.core.errors import ConfigError
-    from pipeline.training.registry import SHA_TAG, registry_client, resolve_version, trained_items, version_model_dir
+    from pipeline.registry.versions import SHA_TAG, registry_client, resolve_version, trained_items, version_model_dir
 
     try:
         client = registry_client(tracking_uri)
@@ -74,7 +74,7 @@ def download(ref: ModelRef, tracking_uri: str, cache_dir: Path) -> ModelRef:
     """The same ref with its model dir downloaded (registry refs)."""
     if ref.model_dir is not None or ref.source != "registry":
         return ref
-    from pipeline.training.registry import registry_client, resolve_version, version_model_dir
+    from pipeline.registry.versions import registry_client, resolve_version, version_model_dir
 
     client = registry_client(tracking_uri)
     ref.model_dir = version_model_dir(client, resolve_version(client, ref.name, ref.version), Path(cache_dir))
@@ -101,7 +101,7 @@ class Scorer:
     """A saved classifier with its temperature and threshold; probabilities and features per image."""
 
     def __init__(self, model_dir: Path, device: str = "cpu", batch_size: int = 32):
-        from pipeline.training.modeling import load_classifier
+        from pipeline.models.classifier import load_classifier
 
         self.model, self.meta = load_classifier(Path(model_dir), device=device)
         self.device, self.batch_size = device, batch_size
@@ -117,8 +117,8 @@ class Scorer:
         """Images as PIL images, paths or encoded bytes."""
         import torch
 
-        from pipeline.training.modeling import preprocess
-        from pipeline.training.predict import softmax
+        from pipeline.models.classifier import preprocess
+        from pipeline.training.inference import softmax
 
         n, c = len(images), len(self.class_names)
         probs, feats, errors = np.full((n, c), np.nan), None, [None] * n

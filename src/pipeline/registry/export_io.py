@@ -44,7 +44,7 @@ def attach_variants(client: Any, mv: Any, export_dir: Path) -> list[str]:
 
 def browser_model_dir(client: Any, name: str, ref: str | int, cache_dir: Path) -> Path:
     """The TF.js variant (model.json + shards + card.json) of version `ref` of `name`, downloaded once."""
-    from pipeline.training.registry import resolve_version
+    from pipeline.registry.versions import resolve_version
 
     mv = resolve_version(client, name, ref)
     variant = mv.tags.get(BROWSER_TAG)

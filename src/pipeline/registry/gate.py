@@ -28,8 +28,8 @@ def score_records(model_dir: Path, records: Sequence[dict[str, str]], n_bins: in
     """({n, top1, ece}, {item_id: correct}) of a model dir on labelled records, calibrated with the
     model's own temperature."""
     from pipeline.training.calibrate import calibration_errors, score_items
-    from pipeline.training.modeling import load_classifier
-    from pipeline.training.predict import softmax
+    from pipeline.models.classifier import load_classifier
+    from pipeline.training.inference import softmax
 
     model, meta = load_classifier(model_dir, device=device)
     s = score_items(model, meta, list(records), batch_size, device)

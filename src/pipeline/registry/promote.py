@@ -3,7 +3,7 @@
 `promote_student`: the new student takes the alias `champion` only if, on the frozen
 test items (persisted at the first promotion as an artifact of that version's run, pointed to by
 the registered model's `pipeline.frozen_test` tag), minus the items either model trained on, and
-on the classes both know, it clears the floors of `promotion_gate` (above the majority-class rate
+on the classes both know, it clears the floors of `registry.gate` (above the majority-class rate
 and not below the frozen-probe baseline beyond the interval, the first promotion included) and,
 with a champion, is not worse than it beyond the interval with an ECE at most the champion's +
 `promotion.ece_margin`; otherwise it becomes `challenger`, the reason in its tags. Every alias change (gate or manual
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.training.registry import (
+from pipeline.registry.versions import (
     CHALLENGER,
     CHAMPION,
     FROZEN_TAG,
@@ -58,7 +58,7 @@ def freeze_test_items(client, name: str, mv, records: list[dict[str, str]]) -> N
 def _compare_set(client, name: str, new, champ, test_items: Sequence[Any]) -> tuple[list[dict], dict[str, Any]]:
     """The frozen test items (persisted now if this is the first promotion) minus what either model
     trained on, restricted to the classes both models know; plus how the set was formed."""
-    from pipeline.training.predict import item_records
+    from pipeline.training.inference import item_records
 
     frozen = frozen_test_items(client, name)
     tag = client.get_registered_model(name).tags.get(FROZEN_TAG)
@@ -125,7 +125,7 @@ def repair_interrupted_promotion(client, name: str) -> dict[str, Any] | None:
 def promote_student(client, name: str, new_version: int | str, test_items: Sequence[Any], cfg: Any,
                     cache_dir: Path | None = None, device: str = "cpu", veto: str | None = None,
                     baseline_dir: Path | None = None, majority_class: str | None = None) -> dict[str, Any]:
-    """The gate (module docstring and `promotion_gate`). Returns the decision: promoted, reason, both sets
+    """The gate (module docstring and `registry.gate`). Returns the decision: promoted, reason, both sets
     of figures, every floor rule with its interval, the comparison set's make-up; the alias change is
     recorded in the history. A `veto` (e.g. "no passing browser variant") keeps the new version
     challenger whatever its figures. `baseline_dir`: the frozen-probe model dir (teacher's `probe/`);
@@ -135,7 +135,7 @@ def promote_student(client, name: str, new_version: int | str, test_items: Seque
     champ = alias_version(client, name, CHAMPION)
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="registry-"))
     records, info = _compare_set(client, name, new, champ, test_items)
-    from pipeline.training import promotion_gate as gate
+    from pipeline.registry import gate
 
     n_bins, margin = cfg.calibration.n_bins, cfg.promotion.ece_margin
     new_fig, new_ok = gate.score_records(version_model_dir(client, new, cache), records, n_bins, device)

@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline.training.promote import promote_student
-from pipeline.training.registry import (
+from pipeline.registry.promote import promote_student
+from pipeline.registry.versions import (
     history,
     register_classifier,
     registry_client,
@@ -47,7 +47,7 @@ def run_promotion(student_dir: Path, test_items: Sequence[Any], trained_item_ids
     mv = register_classifier(client, name, student_dir, experiment, trained_item_ids, tags)
     registered[name] = int(mv.version)
     if export_dir is not None:  # the student version gains its passing exported variants
-        from pipeline.export.registry_io import attach_variants
+        from pipeline.registry.export_io import attach_variants
 
         attach_variants(client, mv, Path(export_dir))
     probe = Path(teacher_dirs["teacher"]) / "probe" if teacher_dirs and "teacher" in teacher_dirs else None

@@ -2,14 +2,14 @@
 
 MLflow copies this file into the logged model and runs it on load; `set_model` names the model.
 The model's only artifact is its model dir (`model.safetensors` + `model.json`), read by
-`pipeline.training.predict.Predictor`, so loading needs the `pipeline` package installed.
+`pipeline.training.inference.Predictor`, so loading needs the `pipeline` package installed.
 
 Input: a DataFrame with a `path` column (image files) or an `image` column (encoded image bytes),
 and optionally a boolean `whole_image` column (True: answer that row on the whole image even when
 the model was trained on crops, e.g. the row is a crop already).
 Output: a DataFrame with `label`, `confidence` (calibrated: softmax(logits / temperature)) and
 `not_conclusive` (confidence under the stored threshold), plus `error` for unreadable images. A
-model trained on crops answers a photo through its crop rule (pipeline.export.crop_rule) and adds
+model trained on crops answers a photo through its crop rule (pipeline.retrieval.crop_rule) and adds
 `damaged`, `n_windows`, `windows` (JSON, one answer per grid window), `vehicle_box` and `note`.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mlflow.pyfunc import PythonModel
 
 class ImageClassifierModel(PythonModel):
     def load_context(self, context):
-        from pipeline.training.predict import Predictor
+        from pipeline.training.inference import Predictor
 
         self.predictor = Predictor.from_dir(context.artifacts["model_dir"])
 

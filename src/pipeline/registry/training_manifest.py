@@ -1,12 +1,13 @@
 """The training manifest: one YAML that says what produced the champion.
 
-`write_training_manifest(summary, cfg, out_path, data_counts=None)` takes the `train` flow's JSON
-summary ({"flow_run_id", "phases": {name: {"artifact_id", "cache_hit", "metrics", "path", ...}}})
-and writes: git commit and package version, data counts per split and class, per-phase status
-(computed / cache hit / failed, artifact id), the student model (arch, classes, temperature,
-threshold, size in MB), key hyperparameters of every training section, headline figures
-(baseline, teachers, students, calibration, promotion), environment (python, torch, CUDA, device)
-and the seeds.
+`write_training_manifest(summary, cfg, out_path, data_counts=None)` takes a flow's JSON summary
+({"flow_run_id", "phases": {name: {"artifact_id", "cache_hit", "metrics", "path", ...}}}) and writes:
+git commit and package version, data counts per split and class, per-phase status (computed / cache
+hit / failed, artifact id), the student model (arch, classes, temperature, threshold, size in MB), key
+hyperparameters of every training section, headline figures (baseline, teachers, students,
+calibration, promotion), environment (python, torch, CUDA, device) and the seeds. The flow layer writes it at the end of a flow that ran a promotion, as
+runs/<flow_run_id>.training.yaml, with the data counts the promotion phase left in its artifact
+(DATA_COUNTS_FILE, `read_data_counts`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ HEADLINE_KEYS = {
     "promotion": ("promoted", "version", "new_top1", "new_ece", "champion_top1", "champion_ece"),
 }
 MODEL_PHASES = ("calibration", "finetune", "student")  # where the shipped student is, best first
+DATA_COUNTS_FILE = "data_counts.json"  # {split: {class: n}} of the items the promotion phase read
 
 
 def data_counts(frame: Any, split_col: str = "split", class_col: str = "target") -> dict[str, dict[str, int]]:
@@ -41,6 +43,12 @@ def data_counts(frame: Any, split_col: str = "split", class_col: str = "target")
     for (split, cls), n in counts.items():
         out.setdefault(str(split), {})[str(cls)] = int(n)
     return out
+
+
+def read_data_counts(path: Path) -> dict[str, dict[str, int]] | None:
+    """The data counts a promotion artifact holds (its DATA_COUNTS_FILE); None when it has none."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _clean(v: Any) -> Any:

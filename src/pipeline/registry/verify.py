@@ -133,7 +133,7 @@ def _version_files(client, mv, dst: Path) -> Path:
 def check_registry(tracking_uri: str, report: VerifyReport, cache_dir: Path) -> None:
     """Every registered version's files present (and, for classifiers, matching the sha256 tag they were
     registered with); every alias on such a version."""
-    from pipeline.training.registry import SHA_TAG, model_sha256, registry_client
+    from pipeline.registry.versions import SHA_TAG, model_sha256, registry_client
 
     client = registry_client(tracking_uri)
     for rm in client.search_registered_models():

@@ -1,7 +1,7 @@
 """The MLflow model registry: registered classifiers, gated promotion, manual pins and their history.
 
 Every function takes an explicit `MlflowClient` (no global tracking URI). A registered version is
-an MLflow pyfunc logged as code (`pyfunc_model.py`) whose one artifact is the model dir, plus the
+an MLflow pyfunc logged as code (`pyfunc.py`) whose one artifact is the model dir, plus the
 ids of the items the model trained on (`training_items.json`, so promotion can leave them out).
 
 Gated promotion (`promote_student`, its frozen test items and its kill-safe alias changes) is in
@@ -43,7 +43,7 @@ PENDING_TAG = "pipeline.promotion.pending"
 TRAINED_PATH = "training_items.json"
 MODEL_PATH = "model"
 HISTORY_KEEP = 200
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 _REQUIREMENTS = ("torch", "torchvision", "timm", "safetensors", "pillow", "numpy", "pandas", "mlflow")
 
 
@@ -91,7 +91,7 @@ def _signature():
 
 def model_sha256(model_dir: Path) -> str:
     from pipeline.core.hashing import sha256_bytes, sha256_file
-    from pipeline.training.modeling import META_FILE, MODEL_FILE
+    from pipeline.models.classifier import META_FILE, MODEL_FILE
 
     return sha256_bytes((sha256_file(model_dir / MODEL_FILE) + sha256_file(model_dir / META_FILE)).encode())
 
@@ -101,7 +101,7 @@ def experiment_id(client, name: str) -> str:
     return exp.experiment_id if exp else client.create_experiment(name)
 
 
-def _ensure_registered(client, name: str) -> None:
+def ensure_registered(client, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -116,11 +116,11 @@ def register_classifier(client, name: str, model_dir: Path, experiment: str, tra
     Idempotent: a version with the same weights and model.json is returned instead of a new one."""
     import mlflow.pyfunc
 
-    from pipeline.training.modeling import META_FILE, MODEL_FILE, read_meta
+    from pipeline.models.classifier import META_FILE, MODEL_FILE, read_meta
 
     model_dir = Path(model_dir)
     sha = model_sha256(model_dir)
-    _ensure_registered(client, name)
+    ensure_registered(client, name)
     for mv in client.search_model_versions(f"name = '{name}'"):
         if mv.tags.get(SHA_TAG) == sha:
             return mv

@@ -1,10 +1,10 @@
 """One cell of the embedding study: a backbone with a loss ('baseline': GAP features, nothing trained).
 
-`run_cell` builds the training items (the shared `data.build_items`: crops or images of each split),
+`run_cell` builds the training items (the shared `training.items.build_items`: crops or images of each split),
 the backbone with its offline weights, and for a loss the head and the staged fine-tuning
-(`embedding_train.train_stages`); every stage (and the baseline) is evaluated on val and test with
-`embedding_eval`. The artifact: `head/` (the stage with the best val mAP@R, chosen on val only;
-`embedding_model.save_head`), `rows.json` (one row per stage: the figures the study table shows),
+(`study.train.train_stages`); every stage (and the baseline) is evaluated on val and test with
+`study.evaluate`. The artifact: `head/` (the stage with the best val mAP@R, chosen on val only;
+`models.embedding.save_head`), `rows.json` (one row per stage: the figures the study table shows),
 report.md, the test plots of the kept stage and its test embeddings (test_embeddings.npy,
 test_labels.npy: the study's UMAP). Returned metrics: `<stage>_<split>_<figure>`
 for every row, plus the kept stage's `val_map_at_r` / `test_map_at_r` headline.
@@ -28,8 +28,8 @@ BASELINE = "baseline"
 def _loaders(data: Any, cfg: PipelineConfig, arch: str, info: dict[str, Any], device: str) -> tuple[Any, dict, Any]:
     """(Loaders of the shared training runner, labels per split as arrays, train transform)."""
     from pipeline.training.augment import norm_stats, train_transform
-    from pipeline.training.embedding_train import stage_recipe
-    from pipeline.training.runner import make_loaders
+    from pipeline.study.train import stage_recipe
+    from pipeline.training.trainer import make_loaders
 
     s = cfg.study
     recipe = stage_recipe(s, s.stages[0], arch).model_copy(update={"image_size": s.image_size or cfg.train.image_size,
@@ -56,10 +56,11 @@ def run_cell(split_dir: Path, crops_dir: Path | None, cfg: PipelineConfig, arch:
     import torch
 
     from pipeline.training.augment import resize_size
-    from pipeline.training.data import ImageDataset, build_items
-    from pipeline.training.embedding_eval import evaluate_split, plots
-    from pipeline.training.embedding_model import EmbeddingNet, create_backbone, head_meta, save_head
-    from pipeline.training.embedding_train import balanced_loader, make_criterion, train_stages
+    from pipeline.training.items import ImageDataset, build_items
+    from pipeline.study.evaluate import evaluate_split, plots
+    from pipeline.models.embedding import EmbeddingNet, create_backbone, head_meta, save_head
+    from pipeline.retrieval.metric_losses import make_criterion
+    from pipeline.study.train import balanced_loader, train_stages
 
     s, seed = cfg.study, cfg.train.seed
     data = build_items(Path(split_dir) / "split.parquet", cfg.train, dataset_root, crops_dir)

@@ -6,21 +6,19 @@ with the lift in test mAP@R and precision@k over that baseline), comparison.csv,
 (test mAP@R per row), UMAP plots of the test embeddings of the best cell and its baseline (when
 umap-learn is installed and there are at least 50 test items), and best.json naming the best cell:
 the highest val mAP@R among rows of pretrained backbones (random-initialised rows are marked and never
-chosen; test figures are reported, never used to choose). `register_head` registers that head in the MLflow registry.
+chosen; test figures are reported, never used to choose). `registry.heads.register_head` registers that head in the MLflow registry.
 """
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.training.embedding_eval import UMAP_MIN_POINTS
+from pipeline.study.evaluate import UMAP_MIN_POINTS
 
 BASELINE = "baseline"
-HEAD_MODEL = "embedding-head"
 
 
 def _lineage_id(cell_dir: Path) -> str:
@@ -130,7 +128,7 @@ def _bar_plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _umaps(rows: list[dict[str, Any]], cell_dirs: dict[str, Path], best: dict[str, Any] | None, out_dir: Path) -> list[str]:
-    from pipeline.training.embedding_eval import umap_plot
+    from pipeline.study.evaluate import umap_plot
 
     if best is None:
         return []
@@ -192,44 +190,3 @@ def run_study(cell_dirs: dict[str, Path], out_dir: Path, k: int = 5) -> dict[str
                         "best_lift_test_map_at_r": best["lift_test_map_at_r"], "best_cell": best["cell"],
                         "best_artifact_id": best["artifact_id"]})
     return metrics
-
-
-def register_head(tracking_uri: str, experiment: str, head_dir: Path, tags: dict[str, str], alias: str = "best") -> str:
-    """Register a head directory as a version of `<experiment>-embedding-head` with `alias` (idempotent by the
-    weights' and head.json's sha256); returns the version."""
-    import tempfile
-
-    from pipeline.core.hashing import sha256_bytes, sha256_file
-    from pipeline.training.registry import _ensure_registered, experiment_id, registry_client
-
-    client = registry_client(tracking_uri)
-    name = f"{experiment}-{HEAD_MODEL}"
-    sha = sha256_bytes((sha256_file(head_dir / "model.safetensors") + sha256_file(head_dir / "head.json")).encode())
-    _ensure_registered(client, name)
-    found = [mv for mv in client.search_model_versions(f"name = '{name}'") if mv.tags.get("sha256") == sha]
-    if found:  # the same weights again (e.g. a cell recomputed under a new phase version): point the
-        mv = found[0]  # version at the artifact that made them now, which `head_from_registry` resolves to
-        for key, value in tags.items():
-            if mv.tags.get(key) != value:
-                client.set_model_version_tag(name, mv.version, key, value)
-    else:
-        run = client.create_run(experiment_id(client, experiment), run_name=f"register {name}",
-                                tags={"pipeline.registered_model": name})
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copytree(head_dir, Path(tmp) / "head")
-            client.log_artifacts(run.info.run_id, str(Path(tmp) / "head"), "head")
-        mv = client.create_model_version(name, f"{run.info.artifact_uri}/head", run_id=run.info.run_id,
-                                         tags={"sha256": sha, **tags})
-        client.set_terminated(run.info.run_id)
-    client.set_registered_model_alias(name, alias, mv.version)
-    return str(mv.version)
-
-
-def head_from_registry(tracking_uri: str, experiment: str, ref: str) -> str:
-    """The embedding_cell artifact id of registered head version `ref` ('registry:best', 'best' or a version
-    number) of `<experiment>-embedding-head`: what `embed.head` takes."""
-    from pipeline.training.registry import registry_client, resolve_version
-
-    ref = ref.removeprefix("registry:")
-    mv = resolve_version(registry_client(tracking_uri), f"{experiment}-{HEAD_MODEL}", int(ref) if ref.isdigit() else ref)
-    return str(mv.tags["artifact_id"])

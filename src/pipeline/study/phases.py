@@ -37,8 +37,8 @@ def _cell_params(cfg: PipelineConfig, options: dict[str, Any]) -> dict[str, Any]
 
 
 def _run_cell(run: PhaseRun) -> dict[str, Any]:
-    from pipeline.models.loading import pick_device
-    from pipeline.training.embedding_cell import run_cell
+    from pipeline.core.device import pick_device
+    from pipeline.study.cell import run_cell
 
     inst = run.instance
     ckpt = Path(run.runtime.get("checkpoints") or run.out_dir / ".ckpt") / "embedding_study" / _ckpt_key(run)
@@ -63,7 +63,8 @@ def _ckpt_key(run: PhaseRun) -> str:
 def _run_study(run: PhaseRun) -> dict[str, Any]:
     import json
 
-    from pipeline.training.embedding_study import register_head, run_study
+    from pipeline.registry.heads import register_head
+    from pipeline.study.compare import run_study
 
     cells = {name: path for name, path in run.inputs.items() if name.startswith("embedding_cell_")}
     metrics = run_study(cells, run.out_dir, k=run.cfg.study.k)

@@ -1,6 +1,6 @@
 """Metric learning: pytorch-metric-learning losses and miners, class-balanced batches, staged fine-tuning.
 
-Losses (`make_criterion`): 'triplet' = TripletMarginLoss with a TripletMarginMiner (semi-hard) or a
+Losses (`retrieval.metric_losses.make_criterion`): 'triplet' = TripletMarginLoss with a TripletMarginMiner (semi-hard) or a
 BatchHardMiner (`study.miner`); 'contrastive' = ContrastiveLoss with a PairMarginMiner; 'arcface' =
 ArcFaceLoss (its class centres train with the net; no miner). Batches: the library's MPerClassSampler
 (`m_per_class` items of each class drawn per batch).
@@ -19,33 +19,9 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.core.config import PhaseTrainConfig, StudyConfig, StudyStage
-from pipeline.training.embedding_eval import SplitEval, embed_split, retrieval_metrics
-from pipeline.training.embedding_model import EmbeddingNet
-
-
-@dataclass
-class Criterion:
-    loss: Any  # a pml loss module
-    miner: Any | None
-
-    def __call__(self, emb: Any, labels: Any, rows: Any = None) -> Any:
-        tuples = self.miner(emb, labels) if self.miner is not None else None
-        return self.loss(emb, labels, tuples)
-
-
-def make_criterion(loss: str, cfg: StudyConfig, n_classes: int, dim: int) -> Criterion:
-    from pytorch_metric_learning import losses, miners
-
-    if loss == "triplet":
-        miner = (miners.BatchHardMiner() if cfg.miner == "batch_hard"
-                 else miners.TripletMarginMiner(margin=cfg.triplet_margin, type_of_triplets="semihard"))
-        return Criterion(losses.TripletMarginLoss(margin=cfg.triplet_margin), miner)
-    if loss == "contrastive":
-        pos, neg = cfg.pair_margins
-        return Criterion(losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0), miners.PairMarginMiner(pos, neg))
-    if loss == "arcface":
-        return Criterion(losses.ArcFaceLoss(n_classes, dim, margin=cfg.arcface_margin, scale=cfg.arcface_scale), None)
-    raise ValueError(f"unknown loss {loss!r}")
+from pipeline.models.embedding import EmbeddingNet
+from pipeline.retrieval.metric_losses import Criterion
+from pipeline.study.evaluate import SplitEval, embed_split, retrieval_metrics
 
 
 def balanced_loader(dataset: Any, labels: list[int], cfg: StudyConfig, batch_size: int, device: str,
@@ -96,7 +72,7 @@ def train_stages(net: EmbeddingNet, criterion: Criterion, train_loader: Any, eva
                  seed: int, checkpoint_dir: Path, device: str, amp: str = "auto",
                  on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
     """Train `net` stage by stage (see the module docstring); returns one StageResult per stage."""
-    from pipeline.training.embedding_eval import evaluate_split
+    from pipeline.study.evaluate import evaluate_split
     from pipeline.training.loop import fit
 
     results = []

@@ -2,7 +2,7 @@
 
 Train: [smart crop] -> resize the short side to round(image_size * resize_ratio) -> random crop
 image_size (or a random-resized crop when crop_scale < 1) -> flips -> rotation -> colour jitter
--> Gaussian blur with probability blur_p -> tensor -> mean/std. Val: `modeling.val_transform`
+-> Gaussian blur with probability blur_p -> tensor -> mean/std. Val: `models.classifier.val_transform`
 (resize, centre crop, mean/std). Random draws come from torch's generator, so a seeded run
 repeats exactly.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.config import AugmentConfig, PhaseTrainConfig
-from pipeline.training.modeling import val_transform
+from pipeline.models.classifier import val_transform
 
 
 def resize_size(image_size: int, aug: AugmentConfig) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.core.errors import DatasetError
+from pipeline.training.calibration_stats import TEMPERATURE_BOUNDS
 
 OUTPUTS = ("model.safetensors", "model.json", "thresholds.json", "report.md", "reliability.png",
            "gallery_errors.png", "gallery_not_conclusive.png")
@@ -41,7 +42,7 @@ class Scored:
 def score_items(model: Any, meta: dict, items: Sequence[Any], batch_size: int = 32, device: str = "cpu") -> Scored:
     """Logits of `model` on labelled items; items whose image is unreadable or whose label is not one of
     the model's classes are dropped and counted."""
-    from pipeline.training.predict import batched_logits, item_records
+    from pipeline.training.inference import batched_logits, item_records
 
     records = item_records(items)
     index = {c: i for i, c in enumerate(meta["class_names"])}
@@ -53,7 +54,6 @@ def score_items(model: Any, meta: dict, items: Sequence[Any], batch_size: int = 
                   dropped_unreadable=len(known) - len(keep), dropped_unknown_label=len(records) - len(known))
 
 
-TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
@@ -151,13 +151,13 @@ def _groups(items: Any, s: Scored) -> list[str]:
 
 def _split_figures(s: Scored, groups: list[str], temperature: float, c: Any, seed: int) -> dict[str, Any]:
     from pipeline.training.calibration_stats import figures
-    from pipeline.training.predict import softmax
+    from pipeline.training.inference import softmax
 
     return figures(softmax(s.logits), softmax(s.logits, temperature), s.labels, groups, c, seed)
 
 
 def _write_model(model_dir: Path, meta: dict, out_dir: Path, temperature: float, threshold: float) -> None:
-    from pipeline.training.modeling import META_FILE, MODEL_FILE
+    from pipeline.models.classifier import META_FILE, MODEL_FILE
 
     shutil.copyfile(Path(model_dir) / MODEL_FILE, out_dir / MODEL_FILE)
     full = {**meta, "temperature": float(temperature), "threshold": float(threshold)}
@@ -169,8 +169,8 @@ def run_calibration(model_dir: Path, items_val: Sequence[Any], items_test: Seque
     """Calibrate the model in `model_dir` (see the module docstring); `cfg` is the PipelineConfig or its
     `calibration` section. Returns the metrics (test figures are the headline ones)."""
     from pipeline.training.calibration_report import galleries, reliability_diagram, write_report
-    from pipeline.training.modeling import load_classifier
-    from pipeline.training.predict import softmax
+    from pipeline.models.classifier import load_classifier
+    from pipeline.training.inference import softmax
 
     c = getattr(cfg, "calibration", cfg)
     out_dir = Path(out_dir)

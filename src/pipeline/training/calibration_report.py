@@ -33,7 +33,7 @@ def reliability_diagram(scored: dict[str, Any], temperature: float, n_bins: int,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.training.predict import softmax
+    from pipeline.training.inference import softmax
 
     fig, axes = plt.subplots(1, len(scored), figsize=(5 * len(scored), 4.6), squeeze=False)
     centers = (np.arange(n_bins) + 0.5) / n_bins
@@ -60,7 +60,7 @@ def contact_sheet(entries: Sequence[tuple[str, str]], path: Path, empty_text: st
     from PIL import Image, ImageDraw, ImageFont
 
     from pipeline.data.images import ImageLoadError, load_rgb
-    from pipeline.training.predict import MAX_PIXELS
+    from pipeline.training.inference import MAX_PIXELS
 
     font = ImageFont.load_default()
     if not entries:
@@ -89,7 +89,7 @@ def galleries(test: Any, class_names: Sequence[str], temperature: float, thresho
               out_dir: Path) -> dict[str, int]:
     """gallery_errors.png (the most confident test errors) and gallery_not_conclusive.png (test images
     under the threshold, least confident first). Returns how many of each exist."""
-    from pipeline.training.predict import softmax
+    from pipeline.training.inference import softmax
 
     probs = softmax(test.logits, temperature) if len(test.labels) else np.zeros((0, len(class_names)))
     conf = probs.max(axis=1) if len(probs) else np.zeros(0)
@@ -144,7 +144,7 @@ def write_report(path: Path, meta: dict, figures: dict[str, dict], tables: dict[
     for name, s in scored.items():
         lines.append(f"- {name}: {len(s.labels)} images used; dropped {s.dropped_unreadable} unreadable, "
                      f"{s.dropped_unknown_label} with a label outside the model's classes.")
-    from pipeline.training.calibrate import TEMPERATURE_BOUNDS
+    from pipeline.training.calibration_stats import TEMPERATURE_BOUNDS
 
     lo, hi = TEMPERATURE_BOUNDS
     bound = (f" It sits at the bound of the search [{lo}, {hi}]: the model is barely better than chance on "

@@ -15,6 +15,8 @@ import numpy as np
 
 from pipeline.core.stats import Estimate, bootstrap
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # the range temperature scaling searches (calibrate) and the report names
+
 
 def bin_mode(n: int, cfg: Any) -> tuple[str, int]:
     """(equal_width | equal_mass, number of bins) for a split of n items under `calibration.bins`."""

@@ -22,10 +22,10 @@ import pandas as pd
 
 from pipeline.core.config import PipelineConfig, RegionSpec
 from pipeline.core.errors import ConfigError, DatasetError
-from pipeline.training.data import ImageDataset, build_items, make_loader, select_subset
+from pipeline.training.items import ImageDataset, build_items, make_loader, select_subset
 from pipeline.training.loop import amp_dtype, evaluate_loader
-from pipeline.training.modeling import create_classifier, load_classifier, val_transform
-from pipeline.training.runner import PhaseRuntime, make_loaders, train_and_report
+from pipeline.models.classifier import create_classifier, load_classifier, val_transform
+from pipeline.training.trainer import PhaseRuntime, make_loaders, train_and_report
 
 SUM_TOLERANCE = 1e-4
 GLOBAL_TEACHER = "teacher"

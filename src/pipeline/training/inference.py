@@ -2,12 +2,12 @@
 
 `batched_logits` is the one way the training side runs a saved classifier over images (calibration,
 promotion scoring and prediction all use it). `Predictor` wraps a model dir (`model.safetensors` +
-`model.json`, see `pipeline.training.modeling`) and applies the temperature and threshold stored
+`model.json`, see `pipeline.models.classifier`) and applies the temperature and threshold stored
 with the model. A model trained on crops (its model.json's `crop_rule`, see
-`pipeline.export.crop_rule`) answers a whole photo the way its training data was made: the vehicle
+`pipeline.retrieval.crop_rule`) answers a whole photo the way its training data was made: the vehicle
 box, grid windows, one answer per window and one for the photo (`windows` column); a model trained
-on whole images answers on the whole image. `load_model` / `predict_images` answer from the MLflow
-registry (an alias such as `champion`, or a version number) through the registered pyfunc.
+on whole images answers on the whole image. `pipeline.registry.predict` answers from the MLflow
+registry with it.
 """
 from __future__ import annotations
 
@@ -59,10 +59,10 @@ def _load_images(sources: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
 def batched_logits(model: Any, meta: dict, sources: Sequence[Any], batch_size: int = 32,
                    device: str = "cpu") -> tuple[np.ndarray, list[str | None]]:
     """Logits [N, C] (float32) of `model` on images given as paths or encoded bytes, preprocessed
-    the model's way (`modeling.preprocess`). Unreadable images get a NaN row and an error message."""
+    the model's way (`models.classifier.preprocess`). Unreadable images get a NaN row and an error message."""
     import torch
 
-    from pipeline.training.modeling import preprocess
+    from pipeline.models.classifier import preprocess
 
     n_classes = len(meta["class_names"])
     logits = np.full((len(sources), n_classes), np.nan, dtype=np.float32)
@@ -85,7 +85,7 @@ def image_logits(model: Any, meta: dict, images: Sequence[Any], batch_size: int 
     """Logits [N, C] (float32) of `model` on decoded PIL images, preprocessed the model's way."""
     import torch
 
-    from pipeline.training.modeling import preprocess
+    from pipeline.models.classifier import preprocess
 
     out = np.zeros((len(images), len(meta["class_names"])), dtype=np.float32)
     model = model.to(device).eval()
@@ -122,7 +122,7 @@ class Predictor:
 
     def __init__(self, model: Any, meta: dict, device: str = "cpu", batch_size: int = 32,
                  weights_dir: Path | None = None):
-        from pipeline.export.crop_rule import PhotoWindows, rule_of
+        from pipeline.retrieval.crop_rule import PhotoWindows, rule_of
 
         self.model, self.meta, self.device, self.batch_size = model, meta, device, batch_size
         self.class_names: list[str] = list(meta["class_names"])
@@ -135,7 +135,7 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32,
                  weights_dir: Path | None = None) -> "Predictor":
-        from pipeline.training.modeling import load_classifier
+        from pipeline.models.classifier import load_classifier
 
         model, meta = load_classifier(Path(model_dir), device=device)
         return cls(model, meta, device=device, batch_size=batch_size, weights_dir=weights_dir)
@@ -170,7 +170,7 @@ class Predictor:
         """The photo's answer and its windows' (a model trained on crops)."""
         import json
 
-        from pipeline.export.crop_rule import photo_answer
+        from pipeline.retrieval.crop_rule import photo_answer
 
         images, errors = _load_images([source])
         if images[0] is None:
@@ -185,42 +185,3 @@ class Predictor:
         return {"label": answer["label"], "confidence": answer["confidence"], "not_conclusive": answer["not_conclusive"],
                 "error": None, "damaged": answer["damaged"], "n_windows": len(windows), "windows": json.dumps(per),
                 "vehicle_box": list(box), "note": self.windows.note}
-
-
-def image_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
-    exts = {e.lower() for e in extensions}
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in exts)
-
-
-def load_model(ref: str | int = "champion", workdir: str | Path = "work", config: Any = None,
-               name: str | None = None):
-    """The registered student (or `name`) at alias `ref` (or version number) as an MLflow pyfunc
-    whose `predict(DataFrame with a 'path' or 'image' column)` returns label, confidence and
-    not_conclusive. The registry is the work dir's tracking store (config `tracking.*`)."""
-    from pipeline.core.config import PipelineConfig
-    from pipeline.core.workspace import setup_environment
-    from pipeline.training.registry import load_pyfunc, registry_client, student_name
-
-    cfg = config if config is not None else PipelineConfig()
-    ws = setup_environment(workdir, prefect_home=False)
-    client = registry_client(ws.tracking_uri(cfg))
-    return load_pyfunc(client, name or student_name(cfg), ref, ws.cache / "registry")
-
-
-def predict_images(paths: Sequence[Path], ref: str | int = "champion", workdir: str | Path = "work",
-                   config: Any = None, name: str | None = None, whole_image: bool = False):
-    """Answers for image files from the registered model (DataFrame, one row per path): the
-    version's model dir (downloaded once, as the pyfunc does) through `Predictor`, with the work
-    dir's weights dir for a crops model's detector. A model trained on crops answers each photo
-    through its crop rule (per window and for the photo) unless `whole_image`."""
-    from pipeline.core.config import PipelineConfig
-    from pipeline.core.workspace import setup_environment
-    from pipeline.training.registry import registry_client, resolve_version, student_name, version_model_dir
-
-    cfg = config if config is not None else PipelineConfig()
-    ws = setup_environment(workdir, prefect_home=False)
-    client = registry_client(ws.tracking_uri(cfg))
-    mv = resolve_version(client, name or student_name(cfg), ref)
-    predictor = Predictor.from_dir(version_model_dir(client, mv, ws.cache / "registry"), weights_dir=ws.weights)
-    out = predictor.predict([str(p) for p in paths], whole_image=whole_image)
-    return out.drop(columns=["source"])

@@ -74,7 +74,7 @@ def init_head(model: Any, probe: Probe | None, n_classes: int) -> bool:
 
 def probe_start(model: Any, loaders: Any, device: str, cfg: Any, n_classes: int) -> bool:
     """Fit the probe on the unaugmented train items and start the model from it (LP-FT)."""
-    from pipeline.training.data import ImageDataset, make_loader
+    from pipeline.training.items import ImageDataset, make_loader
     from pipeline.training.loop import amp_dtype
 
     ds = loaders.train.dataset

@@ -16,10 +16,10 @@ from typing import Any
 
 from pipeline.core.config import PipelineConfig, RegionSpec
 from pipeline.core.errors import ConfigError
-from pipeline.training.data import build_items
-from pipeline.training.modeling import create_classifier, load_classifier
+from pipeline.training.items import build_items
+from pipeline.models.classifier import create_classifier, load_classifier
 from pipeline.training.probe import probe_start
-from pipeline.training.runner import PhaseRuntime, make_loaders, score, train_and_report
+from pipeline.training.trainer import PhaseRuntime, make_loaders, score, train_and_report
 
 PROBE_DIR = "probe"
 
@@ -27,7 +27,7 @@ PROBE_DIR = "probe"
 def _start_scores(model: Any, data: Any, loaders: Any, rt: PhaseRuntime, cfg: PipelineConfig, prefix: str
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The starting model's val and test figures (with intervals) and its raw logits per split."""
-    from pipeline.training.runner import _estimates, _majority
+    from pipeline.training.trainer import _estimates, _majority
 
     out: dict[str, Any] = {}
     raw: dict[str, Any] = {}
@@ -48,10 +48,10 @@ def _save_probe(model: Any, info: dict[str, Any], data: Any, loaders: Any, recip
                 raw: dict[str, Any], out_dir: Path) -> None:
     """probe/: the linear probe as a model dir (the frozen pretrained backbone with the probe head),
     with its predictions: the baseline promotion holds every candidate against."""
-    from pipeline.export.crop_rule import training_rule
+    from pipeline.retrieval.crop_rule import training_rule
     from pipeline.training.augment import resize_size
-    from pipeline.training.modeling import model_meta, save_classifier
-    from pipeline.training.runner import save_predictions
+    from pipeline.models.classifier import model_meta, save_classifier
+    from pipeline.training.trainer import save_predictions
 
     meta = model_meta(recipe.arch, data.class_names, loaders.image_size, resize_size(loaders.image_size, recipe.augment),
                       loaders.mean, loaders.std, info)
@@ -149,7 +149,7 @@ def _mark_teaching(out_dir: Path, use: bool, reason: str) -> None:
     """Record in model.json whether the soft labels use this regional teacher, and why; and say so in the report."""
     import json
 
-    from pipeline.training.modeling import META_FILE
+    from pipeline.models.classifier import META_FILE
 
     meta = json.loads((out_dir / META_FILE).read_text())
     meta[TEACHES_KEY] = {"use": bool(use), "reason": reason}

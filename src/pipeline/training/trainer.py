@@ -14,10 +14,10 @@ import numpy as np
 
 from pipeline.core.config import PhaseTrainConfig, PipelineConfig
 from pipeline.training.augment import eval_transform, make_mixup, norm_stats, resize_size, train_transform
-from pipeline.training.data import ImageDataset, TrainingData, make_loader
+from pipeline.training.items import ImageDataset, TrainingData, make_loader
 from pipeline.training.evaluate import classification_metrics, plot_confusion, plot_curves
 from pipeline.training.loop import FitResult, LossFn, amp_dtype, evaluate_loader, fit
-from pipeline.training.modeling import model_meta, save_classifier
+from pipeline.models.classifier import model_meta, save_classifier
 
 GROUP_COLUMNS = ("region", "zone_area")
 REPORT_FILES = ("report.md", "curves.png", "confusion.png")
@@ -142,7 +142,7 @@ def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loade
                       loaders.mean, loaders.std, info)
     meta.update({k: v for k, v in (meta_extra or {}).items() if k != "arch"})
     meta.update({"source": data.source, "target": data.target})
-    from pipeline.export.crop_rule import training_rule  # what predict and the page need to reproduce the input
+    from pipeline.retrieval.crop_rule import training_rule  # what predict and the page need to reproduce the input
     meta["crop_rule"] = training_rule(data, cfg)
     save_classifier(model.to("cpu"), meta, out_dir)
     save_predictions(out_dir, {"val": (loaders.frames["val"], val_logits, val_labels),
