@@ -17,6 +17,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make demo   - install, generate demo data, run the pipeline on it"
 	@echo "make test   - install with test extras, run the test suite"
+	@echo "make test-fast - the inner loop: every test not marked slow (a few minutes)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make clean  - remove demo-work/ and caches (keeps .venv)"
 
@@ -65,11 +66,15 @@ browser-deps:
 demo: install export-env
 	$(VENV)/bin/pipeline demo --workdir demo-work
 
-test: install export-env browser-deps
+# The three installs are independent (two venvs, apt): side by side they take the longest one's time.
+test:
+	$(MAKE) -j3 install export-env browser-deps
 	$(VENV)/bin/python -m pytest -q --durations=15
 
-test-fast: install export-env
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+# The inner loop (under 3 minutes on 2 cores): the unit tests of every package, none of the `slow` ones
+# (flows, servers, subprocess CLIs, real-model embedding/training/export); none needs the export env.
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=10
 
 bench: install
 	$(VENV)/bin/python bench/cache_rerun.py

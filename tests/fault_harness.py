@@ -35,6 +35,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import psutil
+from fault_driver import EVENTS, under
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "fault_driver.py"
@@ -116,7 +117,7 @@ def registry_state(workdir: Path) -> dict[str, Any]:
     db = workdir / "mlflow.db"
     if not db.is_file():
         return {}
-    from pipeline.training.registry import HISTORY_TAG, PENDING_TAG, registry_client
+    from pipeline.registry.versions import HISTORY_TAG, PENDING_TAG, registry_client
 
     client = registry_client(f"sqlite:///{db}")
     out = {}
@@ -151,8 +152,7 @@ _COUNTING: dict[str, Any] = {"phase": None, "counts": None, "roots": ()}
 
 
 def _count(event: str, args: tuple) -> None:
-    from fault_driver import EVENTS, under
-
+    # EVENTS and under are imported at module level: an import inside an audit hook fires the hook again
     if _COUNTING["counts"] is not None and _COUNTING["phase"] and event in EVENTS and under(_COUNTING["roots"], args):
         _COUNTING["counts"][_COUNTING["phase"]] = _COUNTING["counts"].get(_COUNTING["phase"], 0) + 1
 
@@ -365,7 +365,7 @@ def kill_and_resume(setup: Setup, ref: Reference, phase: str, workdir: Path, rng
     one), check (module docstring). `max_delay_s`: the kill lands up to this long after its event (0: at the
     event itself, so a kill late in a quick phase cannot land after the phase finished)."""
     from pipeline.core.store import ArtifactStore
-    from pipeline.core.verify import VerifyReport, check_registry
+    from pipeline.registry.verify import VerifyReport, check_registry
 
     t0 = time.monotonic()
     row = Row(phase, events=int(ref.counts.get(phase, 0)))
@@ -415,3 +415,34 @@ def table(rows: list[Row]) -> str:
         lines.append(f"| {r.phase} | {r.events} | {r.kill_at} | {mark(r.in_phase)} | {mark(r.resumed)} | "
                      f"{mark(r.identical)} | {mark(r.clean)} | {mark(r.registry)} |")
     return "\n".join(lines)
+
+
+def promote(spec: dict) -> dict:
+    """Register the teacher and the student and gate the student, as the promotion phase does (under the
+    registry's database lock); returns the phase's figures."""
+    from pipeline.core.config import PipelineConfig
+    from pipeline.core.tracking import db_lock
+    from pipeline.registry.promotion import run_promotion
+
+    uri = f"sqlite:///{spec['db']}"
+    items = json.loads(Path(spec["items"]).read_text())
+    with db_lock(uri):
+        m = run_promotion(Path(spec["student"]), items["test"], [r["item_id"] for r in items["train"]],
+                          PipelineConfig(), uri, Path(spec["out"]), teacher_dirs={"teacher": Path(spec["teacher"])},
+                          cache_dir=Path(spec["cache"]))
+    return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
+
+
+def promote_child() -> None:
+    """`python -c` entry: promote, SIGKILLed at the spec's `kill_at`-th file-system event under its root."""
+    spec = json.loads(sys.argv[1])
+    roots, seen = (os.path.realpath(spec["root"]),), [0]
+
+    def hook(event: str, args: tuple) -> None:
+        if event in EVENTS and under(roots, args):
+            seen[0] += 1
+            if seen[0] == spec["kill_at"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.addaudithook(hook)
+    print(json.dumps(promote(spec)))

@@ -76,7 +76,7 @@ def register_champion(workdir: Path, model_dir: Path, cfg=None) -> str:
     """Register `model_dir` as the work dir's student and make it champion; returns the version."""
     from pipeline.core.config import PipelineConfig
     from pipeline.core.workspace import Workspace
-    from pipeline.training import registry as R
+    from pipeline.registry import versions as R
 
     cfg = cfg or PipelineConfig()
     client = R.registry_client(Workspace(Path(workdir)).tracking_uri(cfg))

@@ -39,7 +39,7 @@ def tiny_model_dir(out: Path, train: list[dict[str, str]], shift: int = 0, seed:
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.training.modeling import create_classifier, model_meta, preprocess, save_classifier
+    from pipeline.models.classifier import create_classifier, model_meta, preprocess, save_classifier
 
     train = [r for r in train if r["label"] in classes]
     model, info = create_classifier("test_efficientnet", len(classes), pretrained=False, seed=seed)

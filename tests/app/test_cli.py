@@ -10,11 +10,16 @@ import pytest
 BIN = str(Path(sys.executable).with_name("pipeline"))
 
 
-def run(*args, cwd=None, timeout=600):
+def run(*args, cwd=None, timeout=600, api_url=None):
+    """`pipeline *args` with no PREFECT_* variable of the suite's; with `api_url`, against that Prefect server
+    (else a flow starts its own temporary server, as tests/app/test_processes.py checks)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
+@pytest.mark.slow
 def test_help_is_fast_and_lists_commands():
     proc = run("--help")
     assert proc.returncode == 0
@@ -26,6 +31,7 @@ def test_help_is_fast_and_lists_commands():
     assert not {"torch", "prefect", "mlflow", "timm", "open_clip"} & imported
 
 
+@pytest.mark.slow
 def test_config_error_fails_before_work(tmp_path):
     data = tmp_path / "d"
     data.mkdir()
@@ -36,9 +42,12 @@ def test_config_error_fails_before_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_data_prep_json_then_lineage(demo_dataset, tmp_path):
-    w = tmp_path / "w"
-    proc = run("run", "data-prep", "--dataset", str(demo_dataset), "--format", "labelme", "--workdir", str(w), "--json")
+def test_data_prep_json_then_lineage(prefect_server, demo_dataset, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    w = tmp_path / "w"  # on the session's Prefect server: no temporary one to start
+    proc = run("run", "data-prep", "--dataset", str(demo_dataset), "--format", "labelme", "--workdir", str(w), "--json",
+               api_url=PREFECT_API_URL.value())
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)  # stdout holds exactly one JSON object
     assert {"flow_run_id", "mlflow_run_id", "phases"} <= set(out)

@@ -187,7 +187,7 @@ def test_gpu_phases_are_placed_on_the_gpu_worker_and_a_rerun_dispatches_nothing(
     from pipeline.core.config import DemoConfig
     from pipeline.demo.generator import generate_demo_data
 
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     cfg = load_config(demo, overrides=["detect.backend=none"]).model_dump(mode="json")
     data = Path(stack["workdir"]) / "placement-data"  # 20 small photos: placement, not throughput, is tested
     generate_demo_data(data, DemoConfig(n_images=20, seed=5, width=224, height=160, bad_examples=False), progress=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "deployments" / "job_templates"
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"

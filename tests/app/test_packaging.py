@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOP_PACKAGES = {"pipeline": ROOT / "src" / "pipeline", "pipeline_tasks": ROOT / "tasks", "pipeline_flows": ROOT / "flows"}
 OWN = tuple(TOP_PACKAGES)
 
@@ -121,6 +121,7 @@ def check_entrypoints(python: str, cwd: Path, package_root: Path) -> dict:
     return loaded
 
 
+@pytest.mark.slow
 def test_entrypoints_resolve_outside_the_checkout(tmp_path):
     check_entrypoints(sys.executable, tmp_path, TOP_PACKAGES["pipeline_flows"])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -53,6 +53,7 @@ def all_gone(procs: list[psutil.Process], timeout: float = 20) -> list[psutil.Pr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+@pytest.mark.slow
 def test_pipeline_app_stops_streamlit_on_sigterm_sigint_and_when_killed(tmp_path, sig):
     pytest.importorskip("streamlit")
     (tmp_path / "work").mkdir()
@@ -100,6 +101,7 @@ def _raw_get(port: int, target: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+@pytest.mark.slow
 def test_serve_model_serves_only_its_own_files_and_stops_on_sigterm(tmp_path):
     from pipeline.core.config import PipelineConfig
     from pipeline.export.runtimes import node_modules
@@ -181,8 +183,9 @@ def test_uploads_are_bounded_in_size_and_pixels():
     assert "MAX_UPLOAD_MB" in page and "MAX_PIXELS" in page
 
 
+@pytest.mark.slow
 def test_the_suite_fails_when_a_test_leaves_a_process_behind(tmp_path):
-    shutil.copyfile(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    shutil.copyfile(Path(__file__).parent.parent / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "test_leaky.py").write_text(
         "import subprocess, sys\n"
         "def test_leaks():\n"
@@ -195,6 +198,7 @@ def test_the_suite_fails_when_a_test_leaves_a_process_behind(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.slow
 def test_a_killed_pipeline_run_leaves_no_temporary_prefect_server(tmp_path, sig):
     from pipeline.core.config import DemoConfig
     from pipeline.demo.generator import generate_demo_data

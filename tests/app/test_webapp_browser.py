@@ -7,7 +7,6 @@ works); without them the tests skip and say why."""
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,11 +19,11 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SMALL = ["detect.backend=none", "crops.grid_size=128", "crops.target_size=160", "embed.backend=hybrid"]
 WAIT_S = 240  # the first query loads the models on a shared 2-core machine
 EXCEPTION = '[data-testid="stException"]'
 
 pytestmark = [
+    pytest.mark.slow,  # a real app and browser (and the retrieval flow behind them)
     pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
                        reason=f"no {CHROMIUM} / {CHROMEDRIVER}: `make browser-deps` installs them (apt-get, as root)"),
     pytest.mark.timeout(1800),
@@ -123,18 +122,10 @@ def shots() -> Path:
 
 
 @pytest.fixture(scope="module")
-def app_workdir(prefect_server, demo_dataset, tmp_path_factory) -> Path:
-    """A small index: the retrieval flow twice over a copy of the demo data (the second run all cache
-    hits), so Runs and Compare have two runs."""
-    from pipeline.core.config import build_config
-    from pipeline_flows.retrieval import retrieval
-
-    root = tmp_path_factory.mktemp("webapp")
-    data = root / "data"
-    shutil.copytree(demo_dataset, data)
-    for _ in range(2):
-        retrieval(dataset=str(data), format="labelme", workdir=str(root / "w"), config=build_config(overrides=SMALL))
-    return root / "w"
+def app_workdir(demo_retrieval) -> Path:
+    """The session's retrieval work dir on the demo data (tests/conftest.py): its two newest runs are the
+    same data and config (the second all cache hits), so Runs and Compare have two runs to show."""
+    return demo_retrieval["workdir"]
 
 
 def test_exception_detector_fails_on_a_raising_page(tmp_path, shots):

@@ -1,5 +1,6 @@
 """Concurrent runs on one work dir: MLflow's SQLite store is created and written under one lock."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -33,6 +34,7 @@ def _runs(db: Path) -> list:
     return tracker.client.search_runs([tracker.experiment_id], max_results=100)
 
 
+@pytest.mark.slow
 def test_two_processes_create_and_write_one_new_sqlite_store(tmp_path):
     db, go = tmp_path / "mlflow.db", tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(db), name, str(go)],
@@ -48,6 +50,7 @@ def test_two_processes_create_and_write_one_new_sqlite_store(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+@pytest.mark.slow
 def test_threads_sharing_one_tracker_never_write_at_once(tmp_path):
     db = tmp_path / "mlflow.db"
     tracker = MlflowTracker(f"sqlite:///{db}", "exp")
@@ -100,7 +103,9 @@ def test_one_lock_per_database_and_none_for_a_server(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_two_pipeline_runs_at_once_on_a_new_workdir(tmp_path):
+def test_two_pipeline_runs_at_once_on_a_new_workdir(prefect_server, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
     from pipeline.core.config import DemoConfig
     from pipeline.demo.generator import generate_demo_data
 
@@ -108,7 +113,8 @@ def test_two_pipeline_runs_at_once_on_a_new_workdir(tmp_path):
     generate_demo_data(data, DemoConfig(n_images=24, seed=3, width=256, height=192), progress=False)
     exe = Path(sys.executable).with_name("pipeline")
     cmd = [str(exe), "run", "data-prep", "--dataset", str(data), "--format", "labelme", "--workdir", str(work), "--json"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's server: no temporary ones
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outs = [p.communicate(timeout=800) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outs]
     summaries = [json.loads(out) for out, _ in outs]
@@ -133,7 +139,7 @@ def test_two_pipeline_runs_at_once_on_a_new_workdir(tmp_path):
 RUN = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[4])
+    sys.path[:0] = [sys.argv[4], str(Path(sys.argv[4]) / 'core')]  # tests/ (helpers) and tests/core
     from test_integrity import run_chain
     from pipeline.core.gc import run_guard
     work, data, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -147,6 +153,7 @@ RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_gc_under_four_concurrent_runs_collects_nothing_in_use(tmp_path):
     from pipeline.core import gc
     from pipeline.core.config import DemoConfig
@@ -156,7 +163,7 @@ def test_gc_under_four_concurrent_runs_collects_nothing_in_use(tmp_path):
     data, work = tmp_path / "data", tmp_path / "work"
     generate_demo_data(data, DemoConfig(n_images=20, seed=5, width=192, height=144, bad_examples=False), progress=False)
     store = ArtifactStore(work / "artifacts")
-    tests = str(Path(__file__).parent)
+    tests = str(Path(__file__).parent.parent)
     procs = [subprocess.Popen([sys.executable, "-c", RUN, str(work), str(data), str(seed), tests], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for seed in range(4)]
     refused = collected = 0
@@ -177,14 +184,14 @@ def test_gc_under_four_concurrent_runs_collects_nothing_in_use(tmp_path):
     assert [g for g in final.garbage if g.kind == "artifact"] == [] and final.missing == []
 
 
+@pytest.mark.slow
 def test_two_promotions_at_once_leave_exactly_one_champion(tmp_path):
     """Two promotions (register teacher and student, gate, alias) started at once on one registry: the
     promotion holds the registry database's lock as the phase does (a thread lock here, the same file lock
     across processes: test_two_processes_create_and_write_one_new_sqlite_store), so they decide one after
     the other: one champion, two versions, two history events, one teacher version, nothing pending."""
-    from fault_harness import registry_state
-    from pipeline.core.verify import VerifyReport, check_registry
-    from test_faults import promote
+    from fault_harness import promote, registry_state
+    from pipeline.registry.verify import VerifyReport, check_registry
     from training_fixtures import colour_images, tiny_model_dir
 
     train = colour_images(tmp_path / "train", 6, seed=0, prefix="tr")

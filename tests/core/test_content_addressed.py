@@ -35,11 +35,19 @@ def artifact_dirs(workdir: Path) -> dict[str, Path]:
 LINEAGE_KEYS = ("phase", "artifact_id", "phase_version", "params", "inputs", "outputs", "content_hash")
 
 
+@pytest.fixture(scope="module")
+def two_workdirs(prefect_server, tiny_dataset, tmp_path_factory) -> tuple[Path, dict, Path]:
+    """The retrieval flow on the same data in two fresh work dirs: (a, a's summary, b). Read-only for its users."""
+    root = tmp_path_factory.mktemp("content-addressed")
+    summary = run(tiny_dataset, root / "a")
+    run(tiny_dataset, root / "b")
+    return root / "a", summary, root / "b"
+
+
 @pytest.mark.slow
-def test_two_work_dirs_give_byte_identical_artifacts(prefect_server, tiny_dataset, tmp_path):
-    run(tiny_dataset, tmp_path / "a")
-    run(tiny_dataset, tmp_path / "b")
-    a, b = artifact_dirs(tmp_path / "a"), artifact_dirs(tmp_path / "b")
+def test_two_work_dirs_give_byte_identical_artifacts(two_workdirs):
+    wa, _, wb = two_workdirs
+    a, b = artifact_dirs(wa), artifact_dirs(wb)
     assert set(a) == set(b) and {k.split("/")[0] for k in a} >= {"crops", "embeddings", "index", "validation"}
     for key, da in a.items():
         db = b[key]
@@ -49,21 +57,24 @@ def test_two_work_dirs_give_byte_identical_artifacts(prefect_server, tiny_datase
         for f in files:
             assert (da / f).read_bytes() == (db / f).read_bytes(), f"{key}/{f} differs between work dirs"
             if f.endswith((".json", ".md", ".parquet")):
-                assert str(tmp_path).encode() not in (da / f).read_bytes(), f"{key}/{f} holds a work dir path"
+                assert str(wa.parent).encode() not in (da / f).read_bytes(), f"{key}/{f} holds a work dir path"
         la, lb = (json.loads((d / "lineage.json").read_text()) for d in (da, db))
         assert {k: la.get(k) for k in LINEAGE_KEYS} == {k: lb.get(k) for k in LINEAGE_KEYS}, key
 
 
 @pytest.mark.slow
-def test_moved_work_dir_still_searches(prefect_server, tiny_dataset, tmp_path):
+def test_moved_work_dir_still_searches(two_workdirs, tiny_dataset, tmp_path):
+    """A copy of work dir `a`, moved elsewhere, answers searches with its own files: nothing in it points back
+    to where it was computed (which still exists here, so a path into it would not go unnoticed)."""
     from typer.testing import CliRunner
 
     from pipeline.app.cli import app
     from pipeline.core.store import ArtifactStore
     from pipeline.retrieval.retrieve import Retriever
 
-    out = run(tiny_dataset, tmp_path / "w")
+    wa, out, _ = two_workdirs
     index_id = out["phases"]["index"]["artifact_id"]
+    shutil.copytree(wa, tmp_path / "w", symlinks=True)
     shutil.move(str(tmp_path / "w"), str(tmp_path / "moved"))
     moved = (tmp_path / "moved").resolve()
 

@@ -5,8 +5,6 @@ import pytest
 
 from golden import FIXTURE, PHASES, compare, make_dataset, run_phases
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def current(tmp_path_factory):
@@ -19,6 +17,7 @@ def test_golden_fixture_covers_every_phase():
     assert set(golden) == set(PHASES)
 
 
+@pytest.mark.slow  # every retrieval-side phase on 20 demo photos
 @pytest.mark.parametrize("phase", PHASES)
 def test_phase_output_matches_golden_or_version_was_bumped(current, phase):
     golden = json.loads(FIXTURE.read_text())[phase]

@@ -69,8 +69,9 @@ def _flip(path: Path, at: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_planted_corruptions_are_found_fixed_and_recomputed_to_the_same_bytes(small, tmp_path, caplog):
-    from pipeline.core.verify import verify
+    from pipeline.registry.verify import verify
     from training_fixtures import colour_images, tiny_model_dir
 
     work = tmp_path / "work"
@@ -121,6 +122,7 @@ def test_planted_corruptions_are_found_fixed_and_recomputed_to_the_same_bytes(sm
     assert verify(work, store).findings == []
 
 
+@pytest.mark.slow
 def test_pipeline_verify_command_reports_and_fixes(small, tmp_path):
     work = tmp_path / "work"
     first = run_chain(work, small, upto="split")
@@ -171,6 +173,7 @@ def disk_ref(small, tmp_path_factory):
 
 
 @pytest.mark.parametrize("how", ["tmpfs", "rlimit"])
+@pytest.mark.slow
 def test_a_full_disk_fails_cleanly_and_the_rerun_completes_with_the_same_bytes(small, disk_ref, tmp_path, how):
     store = ArtifactStore(disk_ref / "artifacts")
     audit_dir = Path(store.fs.ls(f"{store.root}/audit", detail=False)[0])
@@ -210,8 +213,9 @@ def _same_artifacts(ref: Path, work: Path) -> None:
         assert a.read_lineage(name, aid)["outputs"] == b.read_lineage(name, aid)["outputs"], name
 
 
+@pytest.mark.slow
 def test_a_corrupt_registry_copy_is_downloaded_again_never_served(tmp_path, caplog):
-    from pipeline.training import registry as R
+    from pipeline.registry import versions as R
     from training_fixtures import colour_images, tiny_model_dir
 
     client = R.registry_client(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -96,3 +96,34 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     lazy = [n for n, _ in _imports(SRC / "registry" / "phases.py")]
     assert "pipeline.registry.promotion" in lazy  # imported inside _run_promotion
     assert "pipeline.training.phases" in lazy  # `from pipeline.training import phases as P`
+
+
+def test_no_import_loop_in_the_task_layer():
+    """tasks/ (`pipeline_tasks`): no module imports, at module level or lazily, one that imports it back
+    (context is the bottom; phase alone imports placement and shards; flowrun sits on top)."""
+    import pipeline_tasks
+
+    root = Path(pipeline_tasks.__file__).parent
+    edges: dict[str, set[str]] = {}
+    for path in sorted(root.glob("*.py")):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        edges[f"pipeline_tasks.{path.stem}"] = {n for n in found if (root / f"{n.split('.')[-1]}.py").is_file()
+                                                and n.startswith("pipeline_tasks.") and n.count(".") == 1}
+    loops = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        for nxt in sorted(edges.get(node, ())):
+            if nxt in stack:
+                loops.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            else:
+                visit(nxt, stack + [nxt])
+
+    for node in sorted(edges):
+        visit(node, [node])
+    assert loops == []
+    assert "pipeline_tasks.phase" in edges["pipeline_tasks.flowrun"] and not edges["pipeline_tasks.context"]

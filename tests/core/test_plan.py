@@ -14,7 +14,7 @@ def _data_prep(data, work, cfg):
     ctx = PhaseContext(store=store, progress=False)
     runtime = {"dataset_root": str(data), "workdir": str(work), "hash_cache": str(work / "h.json")}
     results = {}
-    for node in plan_order(cfg, FLOWS["data-prep"]):
+    for node in plan_order(cfg, FLOWS["data-prep"].targets):
         inputs = {k: results[d] for k, d in node.inputs.items()}
         results[node.name] = execute_phase(node.name, cfg, inputs, ctx, options={"format": "labelme"}, runtime=runtime)
     RunRecord(flow_run_id="r1", flow="data-prep", config=cfg.model_dump(mode="json"), started_at="1",

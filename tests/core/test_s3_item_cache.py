@@ -76,6 +76,7 @@ def _ids(r: dict) -> dict[str, tuple[str, str]]:
     return {k: (r[k].artifact_id, r[k].content_hash) for k in ("dataset", *(name for name, _ in CHAIN))}
 
 
+@pytest.mark.slow
 def test_sharded_phases_on_an_s3_item_cache_match_a_local_cache_and_a_second_machine_computes_nothing(
         s3, tiny_dataset, tmp_path):
     local = _chain(tiny_dataset, tmp_path / "local", str(tmp_path / "local" / "artifacts"),
@@ -162,7 +163,7 @@ def test_what_the_remote_holds_is_listed_once_and_downloaded_in_batches(s3, tmp_
     import numpy as np
 
     from pipeline.core.item_cache import ItemCache
-    from pipeline.retrieval.embed import cache_vector, cached_vectors
+    from pipeline.retrieval.embeddings import cache_vector, cached_vectors
 
     _fresh_fs()
     keys = [f"{i:02x}" + "e" * 62 for i in range(6)]
@@ -201,7 +202,7 @@ def test_a_local_item_cache_keeps_its_layout_and_needs_no_mirror(tmp_path):
     import numpy as np
 
     from pipeline.core.item_cache import ItemCache, scratch_root
-    from pipeline.retrieval.embed import cache_vector
+    from pipeline.retrieval.embeddings import cache_vector
 
     cache = ItemCache.from_runtime({"item_cache": str(tmp_path / "items")}, "crops")
     key = "ab" + "1" * 62

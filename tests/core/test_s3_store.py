@@ -64,6 +64,7 @@ def test_s3_commit_is_atomic_for_readers(s3, tmp_path):
     assert ref.uri == "s3://factory/artifacts/embeddings/abc123"
 
 
+@pytest.mark.slow
 def test_s3_store_runs_a_phase_and_reuses_it(s3, tmp_path, demo_dataset):
     from pipeline.core.config import PipelineConfig
     from pipeline.core.runner import PhaseContext, execute_phase, snapshot_dataset

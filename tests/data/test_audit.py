@@ -234,6 +234,7 @@ def test_near_duplicates_policy_drop(tmp_path):
     assert metrics["quarantine_near_duplicate"] == 1
 
 
+@pytest.mark.slow
 def test_licence_filter(tmp_path):
     root = tmp_path / "data"
     for i, name in enumerate("abc"):
@@ -400,8 +401,9 @@ def test_every_file_lands_in_exactly_one_place(tmp_path, fmt):
 # -- real data ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_coco_dataset(tmp_path):
-    coco = Path(__file__).resolve().parents[2] / "shared" / "data" / "car-damage-coco"
+    coco = Path(__file__).resolve().parents[3] / "shared" / "data" / "car-damage-coco"
     if not coco.is_dir():
         pytest.skip(f"real dataset not present at {coco}")
     scanned = scan(coco, "coco", DataConfig())

@@ -196,6 +196,7 @@ def test_without_bad_examples(tmp_path: Path) -> None:
             Image.open(io.BytesIO(p.read_bytes())).load()
 
 
+@pytest.mark.slow
 def test_users_naming_constant_2_3_splits_into_three_non_empty_parts(tmp_path: Path, caplog) -> None:
     import pyarrow.parquet as pq
 

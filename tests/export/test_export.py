@@ -15,7 +15,10 @@ import pytest
 from export_fixtures import make_split, make_student
 from pipeline.core.config import PipelineConfig
 from pipeline.export import browser, gate, onnx_export, runtimes
-from pipeline.export.run import run_export
+from pipeline.export.variants import run_export
+
+# every test here exports a real student (ONNX, TF.js) or loads one: `make test`, not the inner loop
+pytestmark = pytest.mark.slow
 
 SOURCE = {"calibration_artifact": "test-calibration", "arch": "tf_efficientnet_lite0"}
 
@@ -73,8 +76,8 @@ def test_corrupted_variant_is_refused_and_not_registered(student, tmp_path, monk
     from onnx import numpy_helper
 
     from pipeline.export import onnx_export
-    from pipeline.export.registry_io import attach_variants
-    from pipeline.training.registry import register_classifier, registry_client
+    from pipeline.registry.export_io import attach_variants
+    from pipeline.registry.versions import register_classifier, registry_client
 
     def corrupted_fp16(fp32_path, out_path):  # a "fp16" file whose first conv kernel is garbage
         model = onnx.load(str(fp32_path))
@@ -139,7 +142,7 @@ def test_tfjs_variants_in_node_and_chromium(exported):
 def test_page_classifies_test_photos_like_torch(exported, student):
     if why := (_tfjs_missing() or browser.browser_missing("/usr/bin/chromium", "/usr/bin/chromedriver")):
         pytest.skip(f"browser check not available: {why}")
-    from pipeline.training.predict import Predictor
+    from pipeline.training.inference import Predictor
 
     out, _, summary = exported
     root, split, model_dir = student
@@ -158,7 +161,7 @@ def test_page_classifies_test_photos_like_torch(exported, student):
     print(f"\nscreenshot of the page with a prediction: {shots / 'page.png'}")
     assert (shots / "page.png").stat().st_size > 5_000
     ref = Predictor.from_dir(model_dir)
-    from pipeline.training.predict import batched_logits
+    from pipeline.training.inference import batched_logits
 
     torch_logits, _ = batched_logits(ref.model, ref.meta, photos)
     figures = gate.compare(torch_logits, np.asarray([a["logits"] for a in answers], dtype=np.float32))
@@ -186,9 +189,9 @@ def crops_student(student, tmp_path_factory):
 def test_crops_model_answers_a_photo_per_window_and_for_the_photo(crops_student):
     from export_fixtures import PHOTOS, TILE
     from pipeline.data.images import load_rgb
-    from pipeline.export.crop_rule import photo_answer
+    from pipeline.retrieval.crop_rule import photo_answer
     from pipeline.retrieval.crop_item import fit_size
-    from pipeline.training.predict import Predictor, image_logits, softmax
+    from pipeline.training.inference import Predictor, image_logits, softmax
 
     model_dir, photos = crops_student
     pred = Predictor.from_dir(model_dir)
@@ -225,7 +228,7 @@ def test_page_answers_photos_per_window_like_python(exported, crops_student):
     if why := (_tfjs_missing() or browser.browser_missing("/usr/bin/chromium", "/usr/bin/chromedriver")):
         pytest.skip(f"browser check not available: {why}")
     from export_fixtures import CROP_CLASSES, CROP_RULE
-    from pipeline.training.predict import Predictor
+    from pipeline.training.inference import Predictor
 
     out, _, summary = exported
     model_dir, photos = crops_student

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.core.config import PipelineConfig
 from pipeline.export import onnx_export as ox
-from pipeline.export.crop_rule import photo_answer, rule_of, training_rule
+from pipeline.retrieval.crop_rule import photo_answer, rule_of, training_rule
 
 CLASSES = ["clean", "dent", "scratch"]
 

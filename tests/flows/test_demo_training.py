@@ -98,7 +98,15 @@ def test_train_flow_on_jsonl_with_regional_teacher_and_grayscale(prefect_server,
     doc = yaml.safe_load(manifest.read_text())
     assert doc["flow_run_id"] == summary["flow_run_id"] and doc["model"]["phase"] == "calibration"
     assert set(doc["data"]["counts"]) == {"train", "val", "test"} and "teacher_north" in doc["figures"]
-    assert (Path(phases["promotion"]["path"]) / "training_manifest.yaml").read_text() == manifest.read_text()
+    # written by the flow layer, not the phase: the promotion artifact holds only the data counts
+    promotion_dir = Path(phases["promotion"]["path"])
+    assert json.loads((promotion_dir / "data_counts.json").read_text()) == doc["data"]["counts"]
+    assert not list(promotion_dir.glob("*manifest*")) and summary["training_manifest"] == str(manifest)
+    from pipeline.core.workspace import Workspace
+    from pipeline.registry.versions import registry_client
+
+    client = registry_client(Workspace(tmp_path / "w").tracking_uri(cfg))  # logged to the flow's parent run
+    assert manifest.name in [a.path for a in client.list_artifacts(summary["mlflow_run_id"])]
 
 
 @pytest.mark.slow
@@ -108,7 +116,7 @@ def test_train_flow_on_shuffled_labels_completes_and_makes_no_champion(prefect_s
     from training_helpers import tiny_config
 
     from pipeline.core.workspace import Workspace
-    from pipeline.training.registry import registry_client
+    from pipeline.registry.versions import registry_client
 
     data = write_jsonl_dataset(tmp_path / "data", per_class=10, seed=3)
     rows = [json.loads(line) for line in (data / "labels.jsonl").read_text().splitlines()]

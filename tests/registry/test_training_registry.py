@@ -18,15 +18,16 @@ def data(tmp_path_factory):
 
 def _fitted_temperature(model_dir, val):
     from pipeline.training.calibrate import fit_temperature, score_items
-    from pipeline.training.modeling import load_classifier
+    from pipeline.models.classifier import load_classifier
 
     s = score_items(*load_classifier(model_dir), val)
     return fit_temperature(s.logits, s.labels)
 
 
+@pytest.mark.slow
 def test_gate_keeps_the_champion_against_worse_students_and_moves_for_a_better_one(data, tmp_path):
-    from pipeline.training import promote as P
-    from pipeline.training import registry as R
+    from pipeline.registry import promote as P
+    from pipeline.registry import versions as R
 
     cfg = PipelineConfig()
     client = R.registry_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -92,13 +93,14 @@ def test_gate_keeps_the_champion_against_worse_students_and_moves_for_a_better_o
     assert any(k.startswith("pipeline.event.") and "rollback" in v for k, v in tags.items())
 
 
+@pytest.mark.slow
 def test_registered_pyfunc_answers_not_conclusive_under_the_threshold(data, tmp_path):
     """Through the work dir (pipeline.load_model, `pipeline predict`, `pipeline promote`)."""
     from typer.testing import CliRunner
 
     import pipeline
     from pipeline.app.cli import app
-    from pipeline.training import registry as R
+    from pipeline.registry import versions as R
 
     cfg = PipelineConfig()
     workdir = tmp_path / "work"
@@ -132,10 +134,11 @@ def test_registered_pyfunc_answers_not_conclusive_under_the_threshold(data, tmp_
     assert res.exit_code == 1 and "no version" in res.output
 
 
+@pytest.mark.slow
 def test_run_promotion_registers_teachers_and_student_and_reports(data, tmp_path):
-    from pipeline.training import registry as R
-    from pipeline.training.manifest import data_counts, write_training_manifest
-    from pipeline.training.promotion import run_promotion
+    from pipeline.registry import versions as R
+    from pipeline.registry.training_manifest import data_counts, write_training_manifest
+    from pipeline.registry.promotion import run_promotion
 
     cfg = PipelineConfig()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

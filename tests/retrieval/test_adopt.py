@@ -130,7 +130,7 @@ def test_index_and_retriever_serve_the_adopted_head(helpful, tmp_path):
     the same way (the projection resolved through index.json and the store)."""
     from pipeline.retrieval.adopt import load_head, searched_vectors
     from pipeline.retrieval.embedder import Embedder, Preprocess
-    from pipeline.training.embedding_head import l2n
+    from pipeline.retrieval.head import l2n
 
     x, rows, _, _, out = helpful
     emb, _ = write_artifacts(tmp_path, x, rows)

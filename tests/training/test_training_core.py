@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.core.config import PhaseTrainConfig, build_config, load_config
-from pipeline.training.data import ImageDataset, build_items, largest_defect_type
+from pipeline.training.items import ImageDataset, build_items, largest_defect_type
 from pipeline.training.distill import combine, distill_loss
 from pipeline.training.loop import InjectedFault, fit
 from training_helpers import make_image_split
@@ -89,7 +89,7 @@ def _tiny_model():
 
 
 def _loaders():
-    from pipeline.training.data import make_loader
+    from pipeline.training.items import make_loader
 
     return make_loader(_Tensors(), 8, train=True, seed=1), make_loader(_Tensors(24, seed=5), 16, train=False)
 

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from pipeline.core.errors import ModelUnavailable
-from pipeline.training.modeling import (create_classifier, load_classifier, model_meta, package_weights_file,
-                                        preprocess, save_classifier)
+from pipeline.models.classifier import create_classifier, load_classifier, model_meta, preprocess, save_classifier
+from pipeline.models.pretrained import package_weights_file
 
 
 def test_lite2_package_weights_map_onto_timm(tmp_path):

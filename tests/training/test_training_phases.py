@@ -5,14 +5,16 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from pipeline.training.distill import run_finetune, run_soft_labels, run_student
-from pipeline.training.modeling import load_classifier
+from pipeline.models.classifier import load_classifier
 from pipeline.training.teacher import run_regional_teacher, run_teacher
 from training_helpers import make_image_split, tiny_config
 
 
+@pytest.mark.slow
 def test_teacher_regional_soft_labels_student_finetune(tmp_path):
     split = make_image_split(tmp_path)
     cfg = tiny_config("regional.teachers=[{name: north, column: region, values: [north]}]", "train.epochs=1",

