@@ -23,15 +23,11 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.phases import PhaseNode
-from pipeline.core.sharding import chunks, plan_shards, run_shard
+from pipeline.core.sharding import RESOLVED, chunks, plan_shards, run_shard
 from pipeline.core.store import ArtifactRef
 from pipeline_tasks.context import RunInfo, store_for
 
 GPU_RESOURCE = "GPU"
-# runtime key of the source options (`PhaseSpec.source`: the detector and its files' hashes, a registry
-# head) the flow process resolves once for the id: every shard gets them and computes the items of that id
-# instead of resolving its own (pipeline.retrieval.phases reads them)
-RESOLVED = "resolved"
 
 
 @task(name="shard", task_run_name="{phase}-shard-{index}", cache_policy=NO_CACHE, retries=2,
@@ -103,7 +99,7 @@ def shard_node(node: PhaseNode, cfg: PipelineConfig, inputs: dict[str, ArtifactR
         with dask.annotate(resources={GPU_RESOURCE: 1}) if gpu else contextlib.nullcontext():
             futures = [runner.submit(shard_task, parameters={
                 "phase": node.name, "index": i, "cfg": cfg, "inputs": inputs, "run": run, "items": items,
-                "context": plan.context, "resolved": resolved}) for i, items in enumerate(shards)]
+                "context": plan.context, RESOLVED: resolved}) for i, items in enumerate(shards)]
         manifests = [f.result() for f in futures]
     workers = sorted({m.get("worker") or m["host"] for m in manifests})
     print(f"{node.name}: {len(plan.items)} items in {len(shards)} shards of <= {cfg.runtime.shard_items} on "

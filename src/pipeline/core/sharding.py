@@ -31,6 +31,11 @@ if TYPE_CHECKING:  # the phase declarations import this module: the phases and t
     from pipeline.core.phases import PhaseRun
     from pipeline.core.runner import PhaseContext, PhaseResult
 
+# runtime key of the source options (`PhaseSpec.source`: the detector and its files' hashes, a registry head)
+# the flow process resolves once for a phase's id and hands to its shards: a source hook returns them as they
+# are instead of resolving again (tasks/shards.py sets it, the stages' source hooks read it)
+RESOLVED = "resolved"
+
 
 @dataclass(frozen=True)
 class Sharding:

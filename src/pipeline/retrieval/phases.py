@@ -6,12 +6,8 @@ from typing import Any
 
 from pipeline.core.item_cache import ItemCache
 from pipeline.core.phases import PhaseRun, PhaseSpec, register
-from pipeline.core.sharding import Sharding
+from pipeline.core.sharding import RESOLVED, Sharding
 from pipeline.retrieval.shards import crops_plan, crops_work, embed_config, embed_plan, embed_work, weights_dir
-
-# runtime key: the source options the flow process resolved once for a phase's id and handed to its
-# shards (tasks/shards.py); a source hook returns them as they are instead of resolving again
-RESOLVED = "resolved"
 
 
 def _item_cache(run: PhaseRun, name: str) -> ItemCache | None:
