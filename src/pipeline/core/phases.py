@@ -120,7 +120,6 @@ def register_resolver(kind: str, fn: Callable[[str, PipelineConfig, dict[str, An
 
 
 def resolve_reference(kind: str, ref: str, cfg: PipelineConfig, runtime: dict[str, Any]) -> str:
-    _load_stages()
     if kind not in REFERENCE_RESOLVERS:
         raise KeyError(f"no resolver for {kind!r} references ({ref!r}); declared: {sorted(REFERENCE_RESOLVERS)}")
     return REFERENCE_RESOLVERS[kind](ref, cfg, runtime)
