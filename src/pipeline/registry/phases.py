@@ -39,13 +39,14 @@ def _run_promotion(run: PhaseRun) -> dict[str, Any]:
     uri = workdir.tracking_uri(run.cfg)
     teachers = P.teacher_dirs(run)
     trained = list(data.part("train")["key"])
+    counts = data.counts()
     with db_lock(uri):  # the registry shares the tracking database
         metrics = run_promotion(student, data.part("test"), trained, run.cfg, uri, run.out_dir, teacher_dirs=teachers,
                                 teacher_trained={k: trained for k in teachers}, veto=_export_veto(run),
                                 cache_dir=workdir.cache / "registry", device=P.runtime_of(run).device,
                                 export_dir=run.inputs.get("export"),
-                                majority_class=majority_of(data.counts().get("train", {}), data.class_names))
-    (run.out_dir / DATA_COUNTS_FILE).write_text(json.dumps(data.counts(), indent=2, sort_keys=True) + "\n")
+                                majority_class=majority_of(counts.get("train", {}), data.class_names))
+    (run.out_dir / DATA_COUNTS_FILE).write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
     return metrics
 
 
