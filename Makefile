@@ -67,9 +67,11 @@ demo: install export-env
 	$(VENV)/bin/pipeline demo --workdir demo-work
 
 # The three installs are independent (two venvs, apt): side by side they take the longest one's time.
+# The suite runs on TEST_WORKERS pytest-xdist workers, each file on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 test:
 	$(MAKE) -j3 install export-env browser-deps
-	$(VENV)/bin/python -m pytest -q --durations=15
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # The inner loop (under 3 minutes on 2 cores): the unit tests of every package, none of the `slow` ones
 # (flows, servers, subprocess CLIs, real-model embedding/training/export); none needs the export env.

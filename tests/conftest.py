@@ -5,19 +5,71 @@ from pathlib import Path
 
 import pytest
 
-_SESSION_DIR = Path(tempfile.mkdtemp(prefix="pipeline-tests-"))
-os.environ.setdefault("PREFECT_HOME", str(_SESSION_DIR / "prefect-home"))
 # Every process the suite starts inherits this mark; at the end none may still run (pytest_sessionfinish).
 SESSION_MARK = "PIPELINE_TEST_SESSION"
-os.environ[SESSION_MARK] = f"{os.getpid()}-{_SESSION_DIR.name}"
+# Under pytest-xdist (`make test` runs two workers) each worker is a session of its own: the variables the
+# controller set for its own temp dirs are dropped so that the worker points them at dirs of its own. The mark
+# stays the controller's: the controller checks for leftovers once every worker has finished.
+_SET_KEYS = "PIPELINE_TEST_SET_KEYS"
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    for _key in os.environ.pop(_SET_KEYS, "").split(","):
+        if _key != SESSION_MARK:
+            os.environ.pop(_key, None)
+_before = set(os.environ)
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="pipeline-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_DIR / "prefect-home"))
+if not (_WORKER and SESSION_MARK in os.environ):
+    os.environ[SESSION_MARK] = f"{os.getpid()}-{_SESSION_DIR.name}"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 from pipeline.core.workspace import setup_environment  # noqa: E402
 
 setup_environment(_SESSION_DIR / "session")
+os.environ[_SET_KEYS] = ",".join(sorted(set(os.environ) - _before))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 COCO = SHARED / "data" / "car-damage-coco"
+
+
+# `make test` runs the suite on two xdist workers, scheduled by file (below): every file goes to one worker (its
+# module fixtures are built once), the files that read the session's shared flow runs go together to one worker
+# (those runs are built once), and the longest files are handed out first so that no worker is left a long tail.
+SHARED_RUNS = {"demo_retrieval", "coco_default_retrieval"}
+SHARED_RUN_FILES = {"tests/flows/test_flow_retrieval.py", "tests/app/test_webapp_browser.py",
+                    "tests/training/test_offline_defaults.py"}
+LONG_FIRST = ["shared-runs", "tests/app/test_operations.py", "tests/export/test_export.py", "tests/flows/test_scale_out.py",
+              "tests/core/test_content_addressed.py", "tests/app/test_packaging.py", "tests/flows/test_demo_training.py",
+              "tests/app/test_services.py", "tests/app/test_team_stack.py", "tests/core/test_golden.py",
+              "tests/study/test_embedding_study_flow.py", "tests/core/test_library_without_prefect.py",
+              "tests/core/test_concurrency.py", "tests/retrieval/test_embed.py", "tests/flows/test_faults.py",
+              "tests/app/test_cli.py"]
+
+
+def _group(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return "shared-runs" if path in SHARED_RUN_FILES else path
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SHARED_RUNS & set(item.fixturenames) and _group(item.nodeid) != "shared-runs":
+            raise pytest.UsageError(f"{item.nodeid} reads a shared session run: add its file to SHARED_RUN_FILES "
+                                    "(tests/conftest.py) so that xdist builds that run once")
+    rank = {g: n for n, g in enumerate(LONG_FIRST)}
+    items.sort(key=lambda i: rank.get(_group(i.nodeid), len(rank)))  # stable: the order within a file is kept
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduler with the groups above as scopes, in the collection order above."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    config.option.loadscopereorder = False
+    return FileGroups(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -127,12 +179,14 @@ def s3(monkeypatch):
     server.stop()
 
 
-def _leftover_processes() -> list:
+def _leftover_processes(workers: bool) -> list:
     """Processes this session started (they carry its mark, orphans included) that still run, but for this
-    process's own multiprocessing fork server and resource tracker (they exit with it)."""
+    process's own multiprocessing fork server and resource tracker (they exit with it) and, under xdist, the
+    workers (this process's children: they exit after this hook) and their fork servers and trackers."""
     import psutil
 
     me, mark = os.getpid(), os.environ[SESSION_MARK]
+    owners = {me} | ({c.pid for c in psutil.Process(me).children()} if workers else set())
     found = []
     for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
         try:
@@ -141,19 +195,24 @@ def _leftover_processes() -> list:
         except psutil.Error:
             continue
         cmd = " ".join(proc.info["cmdline"] or [])
-        if proc.info["ppid"] == me and ("multiprocessing.forkserver" in cmd or "multiprocessing.resource_tracker" in cmd):
+        if workers and proc.info["ppid"] == me:
+            continue
+        if proc.info["ppid"] in owners and ("multiprocessing.forkserver" in cmd or "multiprocessing.resource_tracker" in cmd):
             continue
         found.append(proc)
     return found
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The suite fails if a process it started is still alive at the end (they are then killed)."""
+    """The suite fails if a process it started is still alive at the end (they are then killed). Under xdist
+    the controller checks, after every worker has finished its tests and fixtures."""
     import sys
 
     import psutil
 
-    left = _leftover_processes()
+    if hasattr(session.config, "workerinput"):
+        return
+    left = _leftover_processes(workers=bool(getattr(session.config.option, "numprocesses", None)))
     if left:
         grace = float(os.environ.get("PIPELINE_TEST_LEFTOVER_GRACE_S", "5"))
         _, left = psutil.wait_procs(left, timeout=grace)  # those on their way out

@@ -192,7 +192,8 @@ def test_the_suite_fails_when_a_test_leaves_a_process_behind(tmp_path):
         "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True)\n")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={**os.environ, "PIPELINE_TEST_LEFTOVER_GRACE_S": "0.5"})
+                         env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
+                              "PIPELINE_TEST_LEFTOVER_GRACE_S": "0.5"})  # a session of its own, not an xdist worker
     assert out.returncode == 1, out.stdout + out.stderr
     assert "process(es) started by the tests are still alive" in out.stderr and "time.sleep(300)" in out.stderr
 

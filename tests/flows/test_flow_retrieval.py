@@ -42,15 +42,28 @@ def test_retrieval_flow_caches_and_processes_only_new_items(demo_retrieval, tmp_
     assert nph["embeddings"]["metrics"]["n_embedded"] == new_crops > 0  # only their crops were embedded
     assert all(p["cache_hit"] for p in demo_retrieval["settled"]["phases"].values())
 
-    # pipeline search answers image and text queries, with and without filters
-    pipeline = str(Path(sys.executable).with_name("pipeline"))
+    # pipeline search answers image and text queries, with and without filters: the installed command once (a
+    # process of its own), then the same command in this process (each process would import torch and timm again)
+    from typer.testing import CliRunner
+
+    from pipeline.app.cli import app
+
+    def search(*args: str, process: bool = False) -> tuple[int, str, str]:
+        argv = ["search", "--workdir", str(workdir), "--json", *args]
+        if process:
+            proc = subprocess.run([str(Path(sys.executable).with_name("pipeline")), *argv], capture_output=True,
+                                  text=True, timeout=300)
+            return proc.returncode, proc.stdout, proc.stderr
+        out = CliRunner().invoke(app, argv)
+        return out.exit_code, out.stdout, out.stderr
+
     img = next(data.glob("*_ko_*_imageDANO_original.jpg"))
-    for args in (["--image", str(img)], ["--text", "a dent on the door"],
-                 ["--text", "scratch", "--zone", "7", "--damaged", "yes"], ["--image", str(img), "--damaged", "no"]):
-        proc = subprocess.run([pipeline, "search", "--workdir", str(workdir), "--k", "3", "--json", *args],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        hits = json.loads(proc.stdout)["hits"]
+    for n, args in enumerate((["--image", str(img)], ["--text", "a dent on the door"],
+                              ["--text", "scratch", "--zone", "7", "--damaged", "yes"],
+                              ["--image", str(img), "--damaged", "no"])):
+        rc, stdout, stderr = search("--k", "3", *args, process=n == 0)
+        assert rc == 0, stderr[-2000:]
+        hits = json.loads(stdout)["hits"]
         assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
         if "--zone" in args:
             assert all(h["zone"] == 7 and h["has_damage"] for h in hits)
@@ -63,11 +76,10 @@ def test_retrieval_flow_caches_and_processes_only_new_items(demo_retrieval, tmp_
     for args, rc, message in ((["--image", str(bad)], 2, "cannot read the query image"),
                               (["--text", "dent", "--zone", "11"], 2, "less than or equal to 10"),
                               (["--text", "dent", "--damage-type", "rust"], 0, "the index has zones [")):
-        proc = subprocess.run([pipeline, "search", "--workdir", str(workdir), "--json", *args],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == rc and message in proc.stderr, (args, proc.returncode, proc.stderr[-2000:])
+        code, stdout, stderr = search(*args)
+        assert code == rc and message in " ".join(stderr.split()), (args, code, stderr[-2000:])
         if rc == 0:
-            assert json.loads(proc.stdout)["hits"] == [] and "dent" in proc.stderr
+            assert json.loads(stdout)["hits"] == [] and "dent" in stderr
 
 
 def test_real_photos_damaged_retrieve_damaged(coco_default_retrieval):
