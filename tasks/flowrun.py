@@ -86,6 +86,12 @@ def write_run_manifest(cfg: PipelineConfig, run: RunInfo, summary: dict[str, Any
                     phases[name]["path"] = str(store.dir_for(name, phases[name]["artifact_id"]))
         data = {**summary, "flow_run_id": flow_run_id(), "phases": phases,
                 "runtime": {"device": pick_device(cfg.runtime.device)}}
+        if not any(name in phases for name in MODEL_PHASES):  # `run-phase promotion`: the model it promoted
+            with contextlib.suppress(Exception):
+                lineage = store.read_lineage("promotion", phases["promotion"]["artifact_id"])
+                data["model_inputs"] = {i["phase"]: {"artifact_id": i["artifact_id"],
+                                                     "path": str(store.dir_for(i["phase"], i["artifact_id"]))}
+                                        for i in lineage["inputs"] if i["phase"] in MODEL_PHASES}
         path = Workspace(Path(run.workdir)).runs / f"{flow_run_id()}.training.yaml"
         write_training_manifest(data, cfg, path, read_data_counts(Path(phases["promotion"]["path"]) / DATA_COUNTS_FILE))
     except Exception as exc:  # noqa: BLE001 - the manifest documents a run, it never fails one

@@ -137,7 +137,7 @@ def test_registered_pyfunc_answers_not_conclusive_under_the_threshold(data, tmp_
 @pytest.mark.slow
 def test_run_promotion_registers_teachers_and_student_and_reports(data, tmp_path):
     from pipeline.registry import versions as R
-    from pipeline.registry.training_manifest import data_counts, write_training_manifest
+    from pipeline.registry.training_manifest import write_training_manifest
     from pipeline.registry.promotion import run_promotion
 
     cfg = PipelineConfig()
@@ -157,6 +157,8 @@ def test_run_promotion_registers_teachers_and_student_and_reports(data, tmp_path
                            tmp_path / "out2", veto="no passing browser variant")
     assert vetoed["promoted"] == 0 and vetoed["alias"] == "challenger" and "vetoed" in vetoed["decision"]
 
+    from pipeline.training.items import TrainingData
+
     frame = pd.DataFrame({"split": ["train", "train", "val"], "target": ["red", "blue", "red"]})
     summary = {"flow_run_id": "f1", "phases": {
         "teacher": {"artifact_id": "a1", "cache_hit": True, "metrics": {"test_top1": 0.8, "baseline_test_top1": 0.4}},
@@ -164,7 +166,7 @@ def test_run_promotion_registers_teachers_and_student_and_reports(data, tmp_path
         "calibration": {"artifact_id": "a3", "cache_hit": False, "path": str(student),
                         "metrics": {"ece_before": 0.2, "ece_after": 0.05, "threshold": 0.5, "other": 1}},
         "promotion": {"artifact_id": "a4", "cache_hit": False, "metrics": m}}}
-    path = write_training_manifest(summary, cfg, tmp_path / "manifest.yaml", data_counts(frame))
+    path = write_training_manifest(summary, cfg, tmp_path / "manifest.yaml", TrainingData(frame, ["blue", "red"], "test", "target").counts())
     import yaml
 
     doc = yaml.safe_load(path.read_text())

@@ -36,15 +36,6 @@ MODEL_PHASES = ("calibration", "finetune", "student")  # where the shipped stude
 DATA_COUNTS_FILE = "data_counts.json"  # {split: {class: n}} of the items the promotion phase read
 
 
-def data_counts(frame: Any, split_col: str = "split", class_col: str = "target") -> dict[str, dict[str, int]]:
-    """{split: {class: n}} from a training items table (e.g. training.data.TrainingData.frame)."""
-    counts = frame.groupby([split_col, class_col]).size()
-    out: dict[str, dict[str, int]] = {}
-    for (split, cls), n in counts.items():
-        out.setdefault(str(split), {})[str(cls)] = int(n)
-    return out
-
-
 def read_data_counts(path: Path) -> dict[str, dict[str, int]] | None:
     """The data counts a promotion artifact holds (its DATA_COUNTS_FILE); None when it has none."""
     path = Path(path)
@@ -85,7 +76,9 @@ def _phases(summary: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _model(summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    phases = summary.get("phases") or {}
+    """The shipped model: of this run's model phases, else of the ones its promotion read (`model_inputs`: a
+    run of the promotion phase alone)."""
+    phases = {**(summary.get("model_inputs") or {}), **(summary.get("phases") or {})}
     for phase in MODEL_PHASES:
         path = (phases.get(phase) or {}).get("path")
         if path and (Path(path) / "model.json").is_file():
