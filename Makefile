@@ -1,7 +1,10 @@
 # The two set-up commands of the README: `make demo` and `make test`. Both create .venv if missing.
 PYTHON ?= python3
 VENV   ?= .venv
+# --no-compile: pip would byte-compile all ~29k files of the venv one by one (about a minute and a half here);
+# Python compiles the modules a run imports, once, on first import.
 PIP    := $(VENV)/bin/python -m pip
+PIP_INSTALL := $(PIP) install --no-compile
 ARCH   := $(shell uname -m)
 # torch on these x86_64 machines comes from the local disk (a CUDA build that also runs on CPU);
 # GPU users may install any CUDA build the pyproject ranges admit before `make install`.
@@ -23,11 +26,11 @@ help:
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -c "import torch, torchvision" 2>/dev/null || $(PIP) install $(TORCH)
-	$(PIP) install -c constraints.txt -e '.[test]'
+	$(VENV)/bin/python -c "import torch, torchvision" 2>/dev/null || $(PIP_INSTALL) $(TORCH)
+	$(PIP_INSTALL) -c constraints.txt -e '.[test]'
 	# Ultralytics pulls opencv-python beside the headless build; both write cv2: keep headless only.
 	$(PIP) uninstall -y opencv-python opencv-python-headless >/dev/null
-	$(PIP) install --no-deps -c constraints.txt opencv-python-headless
+	$(PIP_INSTALL) --no-deps -c constraints.txt opencv-python-headless
 	touch $(STAMP)
 
 install: $(STAMP)
