@@ -125,7 +125,8 @@ def table(summary: dict, flow_wall: float, plain: dict | None) -> str:
                  "finetune"]:
         if name in m:
             x = m[name]
-            kept = " (kept its start)" if x.get("best_epoch") == 0 else ""
+            kept = (" (kept its start)" if x.get("best_epoch") == 0 else
+                    " (last epoch: val too small to choose)" if x.get("selected_on_val") == 0 else "")
             rows.append((name + kept, _est_text(x, "test_top1"), f"{x.get('steps', 0):.0f}"
                          + (" short" if x.get("short_of_budget") else ""), f"{x.get('seconds', 0):.0f}"))
     if plain:

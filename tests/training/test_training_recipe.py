@@ -45,6 +45,38 @@ def test_best_epoch_ties_go_to_the_later_epoch():
     assert _best([{"val_top1": 0.5, "val_loss": 0.4}, {"val_top1": 0.5, "val_loss": math.nan}], "val_nll") == 0
 
 
+def test_too_small_a_val_set_chooses_nothing_and_the_end_of_the_schedule_is_kept(tmp_path):
+    """A linear model wrecked by a huge lr: with selection, its start (epoch 0) is kept; with
+    select=False (val below train.select_min_val) the last epoch is, and nothing is read from val."""
+    from pipeline.training.loop import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    data = torch.utils.data.TensorDataset(x, y, torch.arange(64))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    recipe = PhaseTrainConfig(optimizer="sgd", lr=50.0, weight_decay=0.0, warmup=0.0, clip_grad=None,
+                              label_smoothing=0.0)
+
+    def start():
+        m = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor([[-4.0, 0, 0, 0], [4.0, 0, 0, 0]]))
+            m.bias.zero_()
+        return m
+
+    kept = fit(start(), loader, loader, recipe, epochs=3, seed=0, checkpoint_dir=tmp_path / "a", eval_initial=True)
+    assert kept.selected and kept.best_epoch == -1 and kept.best_val_top1 == 1.0
+    m = start()
+    last = fit(m, loader, loader, recipe, epochs=3, seed=0, checkpoint_dir=tmp_path / "b", eval_initial=True,
+               select=False)
+    assert not last.selected and last.best_epoch == 2 and len(last.history) == 4
+    assert last.best_row == last.history[-1] and last.best_val_top1 == last.history[-1]["val_top1"]
+    assert kept.history == last.history  # the same training either way; only the choice differs
+    from pipeline.core.config import build_config as _bc
+    assert _bc({}).train.select_min_val == 100
+
+
 def test_kd_loss_matches_a_hand_computed_value():
     from pipeline.training.distill import distill_loss
 
@@ -110,7 +142,7 @@ def test_the_starting_probe_is_kept_when_training_only_hurts(patterns, tmp_path)
     from training_helpers import tiny_config
 
     root, split = patterns
-    cfg = tiny_config("train.epochs=2", "teacher.lr=5.0", "teacher.mixup_alpha=0", "teacher.cutmix_alpha=0",
+    cfg = tiny_config("train.epochs=2", "train.select_min_val=0", "teacher.lr=5.0", "teacher.mixup_alpha=0", "teacher.cutmix_alpha=0",
                       "teacher.clip_grad=null", "teacher.warmup=0")
     m = run_teacher(split, cfg, tmp_path / "t", tmp_path / "ck", dataset_root=root)
     report = (tmp_path / "t" / "report.md").read_text()

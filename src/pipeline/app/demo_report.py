@@ -49,6 +49,8 @@ def _model_rows(phases: Mapping[str, Any]) -> list[tuple[str, ...]]:
                 ("" if m.get("teaches", 1) else "; left out of the soft labels") + ")"
         if m.get("best_epoch") == 0:
             label += " [kept its starting model]"
+        elif m.get("selected_on_val") == 0:
+            label += " [last epoch: val too small to choose]"
         steps = _f(m.get("steps"), ".0f") + (" (short)" if m.get("short_of_budget") else "")
         rows.append((label, _f(m.get("val_top1")), _ci(m, "test_top1"), steps, "-", "-", "-"))
     c = _metrics(phases, "calibration")

@@ -11,7 +11,8 @@ The best epoch (whose weights the model ends with) is picked by `monitor`: `val_
 (ties in either go to the later epoch), or a custom figure of
 `evaluate` (higher is better). With `eval_initial=True` the model as it starts (e.g. a pretrained
 backbone with its linear-probe head) is scored first, as epoch 0, and stays the answer when no
-trained epoch beats it.
+trained epoch beats it. With `select=False` (a val set too small to rank epochs) nothing is chosen:
+every epoch is still scored for the report, and the model ends holding the last epoch's weights.
 
 Checkpoints: `<checkpoint_dir>/last/` after every epoch (model.safetensors + state.pt with the
 optimizer, scheduler, scaler, history and best figures, written with torch.save of tensors and
@@ -61,6 +62,7 @@ class FitResult:
     lr_peak: float = 0.0
     stop_reason: str = ""
     best_row: dict[str, float] = field(default_factory=dict)
+    selected: bool = True  # False: no selection on val (too few val items); the end of the schedule is kept
 
 
 def amp_dtype(device: str, amp: str) -> Any:
@@ -304,7 +306,7 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         loss_fn: LossFn | None = None, mixup: Any = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         fail_after_steps: int | None = None, evaluate: Callable[[Any, Any], dict[str, float]] | None = None,
         monitor: str = "val_top1", eval_initial: bool = False, warmup_steps: int | None = None,
-        progress: str | None = None) -> FitResult:
+        progress: str | None = None, select: bool = True) -> FitResult:
     """Train `model` in place (see the module docstring); it ends holding the best epoch's weights."""
     import torch
     from safetensors.torch import load_file
@@ -350,10 +352,10 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
             sched.step(epoch + 1)
             row = {"epoch": epoch + 1, "train_loss": train_loss, **score(), "lr": float(opt.param_groups[0]["lr"])}
             history.append(row)
-            best = _best(history, monitor)
+            best = _best(history, monitor) if select else len(history) - 1
             if best == len(history) - 1:
                 _state_save(model, ckpt / "best" / "model.safetensors")
-            stopped = _early_stop(history, recipe.patience, monitor) and epoch + 1 < epochs
+            stopped = select and _early_stop(history, recipe.patience, monitor) and epoch + 1 < epochs
             _save_checkpoint(ckpt, model, opt, sched, scaler, {"epoch": epoch, "history": history,
                                                                "stopped_early": stopped})
             if on_epoch is not None:
@@ -367,7 +369,7 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     trained = [h for h in history if h.get("epoch", 1) != 0]
     if not trained:
         raise ValueError("fit: no epoch ran (epochs must be >= 1)")
-    best = _best(history, monitor)
+    best = _best(history, monitor) if select else len(history) - 1
     offset = len(history) - len(trained)
     model.load_state_dict({k: v.to(device) for k, v in load_file(str(ckpt / "best" / "model.safetensors")).items()})
     row = history[best]
@@ -375,4 +377,4 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
               f"the schedule ended ({epochs} epochs, {epochs * per_epoch} optimizer steps)")
     return FitResult(history, best - offset, float(row.get("val_top1", row.get(monitor, math.nan))), len(trained),
                      resumed, stopped, run.steps, total_steps=epochs * per_epoch, lr_peak=lr_peak, stop_reason=reason,
-                     best_row=dict(row))
+                     best_row=dict(row), selected=select)

@@ -123,12 +123,13 @@ def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loade
 
     t = cfg.train
     budget = plan(len(loaders.train.dataset), int(loaders.train.batch_size or 1), recipe, t)
+    n_val = len(loaders.val.dataset)
     mixup = make_mixup(recipe, len(data.class_names)) if use_mixup else None
     result = fit(model, loaders.train, loaders.val, recipe, epochs=budget.epochs, seed=t.seed,
                  checkpoint_dir=checkpoint_dir, device=rt.device, amp=t.amp, channels_last=t.channels_last,
                  loss_fn=loss_fn, mixup=mixup, on_epoch=rt.on_epoch, fail_after_steps=rt.fail_after_steps,
                  monitor=MONITOR[t.select_by], eval_initial=start_is_model, warmup_steps=budget.warmup_steps,
-                 progress=f"{rt.name or title}" if rt.progress else None)
+                 progress=f"{rt.name or title}" if rt.progress else None, select=n_val >= t.select_min_val)
     test, logits, labels = score(model, loaders.test, loaders.frames["test"], data.class_names, rt.device, cfg)
     _, val_logits, val_labels = score(model, loaders.val, loaders.frames["val"], data.class_names, rt.device, cfg,
                                       prefix="val")
@@ -151,7 +152,8 @@ def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loade
     preds = logits.argmax(axis=1) if len(labels) else labels
     plot_confusion(labels, preds, data.class_names, out_dir / "confusion.png", f"{title}: test")
     metrics = _headline(result, test, info, data, baseline or {}, budget, est)
-    report = _report(title, metrics, test, result, data, recipe, info, baseline_lines or [], budget, est, start_name)
+    report = _report(title, metrics, test, result, data, recipe, info, baseline_lines or [], budget, est, start_name,
+                     t.select_min_val)
     (out_dir / "report.md").write_text(report)
     return metrics
 
@@ -166,7 +168,7 @@ def _headline(result: FitResult, test: dict[str, Any], info: dict[str, Any], dat
               baseline: dict[str, float], budget: Any, est: dict[str, Any]) -> dict[str, Any]:
     counts = data.counts()
     return {"val_top1": result.best_val_top1, "val_nll": float(result.best_row.get("val_loss", float("nan"))),
-            "best_epoch": float(result.best_epoch + 1),
+            "best_epoch": float(result.best_epoch + 1), "selected_on_val": float(result.selected),
             "epochs_run": float(result.epochs_run), "stopped_early": float(result.stopped_early),
             "resumed_from_epoch": float(result.resumed_from + 1 if result.resumed_from is not None else 0),
             "steps": float(result.total_steps), "epochs_planned": float(budget.epochs),
@@ -184,12 +186,20 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:
     return lines + [""]
 
 
-def _training_lines(result: FitResult, budget: Any, start_name: str) -> list[str]:
-    best = "epoch 0 (" + start_name + ": no trained epoch beat it on val)" if result.best_epoch < 0 else \
-        f"epoch {result.best_epoch + 1}"
+def _training_lines(result: FitResult, budget: Any, start_name: str, n_val: int, min_val: int) -> list[str]:
+    if not result.selected:
+        best = (f"Kept: the end of the schedule, epoch {result.best_epoch + 1} (val top-1 {result.best_val_top1:.3f}). "
+                f"No epoch was chosen on val: it holds {n_val} items, fewer than train.select_min_val = {min_val}, too "
+                f"few to rank {result.epochs_run} epochs" + (f" and {start_name}" if result.history and
+                                                            result.history[0].get("epoch") == 0 else "")
+                + " (the figures per epoch below are shown, not used).")
+    else:
+        kept = "epoch 0 (" + start_name + ": no trained epoch beat it on val)" if result.best_epoch < 0 else \
+            f"epoch {result.best_epoch + 1}"
+        best = f"Best: {kept} (val top-1 {result.best_val_top1:.3f})."
     lines = ["## Training", "", f"Budget: {budget.text()}", "",
              f"Peak lr {result.lr_peak:g}; {result.epochs_run} epochs run; "
-             f"stopped because {result.stop_reason}. Best: {best} (val top-1 {result.best_val_top1:.3f}).", "",
+             f"stopped because {result.stop_reason}. {best}", "",
              "![curves](curves.png)", ""]
     return lines + _table([(h.get("epoch", i + 1), h["train_loss"], h["val_loss"], h["val_top1"], h["val_top5"],
                             f"{h['lr']:.2e}")
@@ -199,7 +209,7 @@ def _training_lines(result: FitResult, budget: Any, start_name: str) -> list[str
 
 def _report(title: str, m: dict[str, Any], test: dict[str, Any], result: FitResult, data: TrainingData,
             recipe: PhaseTrainConfig, info: dict[str, Any], baseline_lines: list[str], budget: Any,
-            est: dict[str, Any], start_name: str) -> str:
+            est: dict[str, Any], start_name: str, min_val: int = 0) -> str:
     lines = []
     if info["random_init"]:
         lines += [f"**Random-initialised backbone** ({recipe.arch}: no pretrained weights available; "
@@ -211,7 +221,7 @@ def _report(title: str, m: dict[str, Any], test: dict[str, Any], result: FitResu
                                        for c in data.class_names], ("class", "train", "val", "test"))
     lines += ["## Recipe", "", "```", *(f"{k}: {v}" for k, v in recipe.model_dump(exclude={"batch_size"}).items()), "```", ""]
     lines += baseline_lines
-    lines += _training_lines(result, budget, start_name)
+    lines += _training_lines(result, budget, start_name, int(m.get("n_val", 0)), min_val)
     top1, maj = est["_top1"], est["_majority"]
     lines += ["## Test", "", f"top-1 {top1.text()}, top-5 {m['test_top5']:.3f}; majority class "
               f"({data.class_names[_majority(data)]}) rate {maj.text()}. Intervals: 95% bootstrap over photos.", "",
