@@ -65,7 +65,8 @@ def _baseline_lines(scores: dict[str, Any], info: dict[str, Any], lp_ft: bool) -
             "(saved as `probe/`):", f"- val top-1 {scores['_val'].text()}", f"- test top-1 {scores['_test'].text()}"
             + (" (random-initialised backbone)" if info["random_init"] else ""), "",
             "Fine-tuning starts from this probe as the classifier head (LP-FT), and the probe itself is epoch 0: it "
-            "stays the teacher when no fine-tuned epoch beats it on val." if lp_ft else
+            "stays the teacher when no fine-tuned epoch beats it on val (a val set smaller than "
+            "train.select_min_val chooses nothing: the fine-tune's last epoch is kept)." if lp_ft else
             "Fine-tuning starts from a fresh near-zero head (the probe did not cover every class).", ""]
 
 
