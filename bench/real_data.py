@@ -16,7 +16,7 @@ wall times and its wall time against the plain fine-tune's.
 
 `--seeds N` repeats flow and plain fine-tune with train.seed = 0..N-1 (own work dirs) and adds the
 mean and spread. `--shuffle-labels` then runs the flow on the same items (crops or images) with their
-labels permuted (a JSONL dataset of symlinks, the items of one photo kept in one group): nothing can
+labels permuted (a JSONL dataset of hard links, the items of one photo kept in one group): nothing can
 be learnt there, and the promotion must refuse.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -171,7 +172,7 @@ def export_lines(export_dir: Path | None, metrics: dict) -> list[str]:
 
 
 def shuffled_dataset(split_path: Path, crops: Path | None, dataset: Path, cfg: Any, out: Path, seed: int) -> Path:
-    """A JSONL dataset of the same items (symlinks) with their labels permuted within each split."""
+    """A JSONL dataset of the same items (hard links, else copies) with their labels permuted within each split."""
     import pandas as pd
 
     from pipeline.training.items import build_items
@@ -186,8 +187,11 @@ def shuffled_dataset(split_path: Path, crops: Path | None, dataset: Path, cfg: A
         for (_, r), label in zip(part.iterrows(), labels):
             dst = out / "images" / f"{split}_{r['key'][:16]}{Path(r['path']).suffix}"
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists():
-                os.symlink(Path(r["path"]).resolve(), dst)
+            if not dst.exists():  # a hard link (or a copy): the audit quarantines links leaving the dataset root
+                try:
+                    os.link(Path(r["path"]).resolve(), dst)
+                except OSError:
+                    shutil.copy2(Path(r["path"]).resolve(), dst)
             rows.append({"path": str(dst.relative_to(out)), "label": str(label), "group": f"{split}-{r['item_id']}"})
     pd.DataFrame(rows).to_json(out / "manifest.jsonl", orient="records", lines=True)
     return out
