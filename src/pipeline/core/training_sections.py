@@ -88,7 +88,12 @@ class ExportConfig(Section):
 
 
 class AugmentConfig(Section):
-    """Train-time augmentation of one training phase (val: resize, centre crop, mean/std)."""
+    """Train-time augmentation of one training phase (val: resize, centre crop, mean/std). The defaults are the
+    classifier phases': a random-resized crop (8-100% of the area, as timm and torchvision train ImageNet
+    models) and a horizontal flip. On car-damage-coco crops (214 train, 160 px, 203 steps) the earlier
+    default (plain random crop, vertical flip, rotation 20, jitter, blur; Adam, no weight decay) overfit
+    within a few epochs: the Lite0 student's last epoch scored 0.727 on test; with these and AdamW (weight
+    decay 0.01) it ends at 0.955-1.000 over its last five epochs."""
 
     resize_ratio: float = Field(7 / 6, ge=1.0, description="Resize the short side to image_size * this (448 for 384), "
                                 "then crop image_size (random in train, centre in val).")
@@ -104,16 +109,6 @@ class AugmentConfig(Section):
     smart_crop: bool = Field(False, description="Saliency-centred crop (OpenCV spectral residual) before augmenting.")
     mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the model's.")
     std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the model's.")
-
-
-def classifier_augment() -> AugmentConfig:
-    """The classifier phases' default augmentation (AugmentConfig's defaults): a random-resized crop (8-100%
-    of the area, as timm and torchvision train ImageNet models) and a horizontal flip; no vertical flip,
-    rotation, colour jitter or blur. On car-damage-coco crops (214 train, 160 px, 203 steps) the earlier default (plain random crop,
-    vertical flip, rotation 20, jitter, blur; Adam, no weight decay) overfit within a few epochs: the
-    Lite0 student's last epoch scored 0.727 on test; with this one and AdamW (weight decay 0.01) it ends at
-    0.955-1.000 over its last five epochs."""
-    return AugmentConfig()
 
 
 # How a training phase inherits `train.*`, decided here only (core.config applies it, phase declarations
@@ -184,7 +179,7 @@ class PhaseTrainConfig(Section):
     mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="Probability of CutMix instead of Mixup.")
     patience: int | None = Field(None, ge=1, description="Early stopping after this many epochs without a better "
                                  "val figure (train.select_by); null: the whole budget runs, the best epoch is kept.")
-    augment: AugmentConfig = Field(default_factory=classifier_augment)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     def inherit_train(self, train: TrainConfig) -> None:
         """Fill the INHERITED_TRAIN_KEYS left null with train's values."""

@@ -335,6 +335,9 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(not cuda, warn_only=True)
 
+    def pick() -> int:  # the row the model ends with: the best on val, or the last without selection
+        return _best(history, monitor) if select else len(history) - 1
+
     def score() -> dict[str, float]:
         if evaluate is not None:
             return evaluate(model, val_loader)
@@ -352,7 +355,7 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
             sched.step(epoch + 1)
             row = {"epoch": epoch + 1, "train_loss": train_loss, **score(), "lr": float(opt.param_groups[0]["lr"])}
             history.append(row)
-            best = _best(history, monitor) if select else len(history) - 1
+            best = pick()
             if best == len(history) - 1:
                 _state_save(model, ckpt / "best" / "model.safetensors")
             stopped = select and _early_stop(history, recipe.patience, monitor) and epoch + 1 < epochs
@@ -369,7 +372,7 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     trained = [h for h in history if h.get("epoch", 1) != 0]
     if not trained:
         raise ValueError("fit: no epoch ran (epochs must be >= 1)")
-    best = _best(history, monitor) if select else len(history) - 1
+    best = pick()
     offset = len(history) - len(trained)
     model.load_state_dict({k: v.to(device) for k, v in load_file(str(ckpt / "best" / "model.safetensors")).items()})
     row = history[best]
