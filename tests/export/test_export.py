@@ -67,7 +67,8 @@ def test_onnx_variants_cards_and_gate(exported, student):
     assert f["test_top1"] == fp32["gate"]["checks"]["onnxruntime"]["test_top1"] and f["test_n"] == 20
     info = int8["int8"]
     assert info["settings"]["n_calibration"] == 256 and info["selected_on"].startswith("192 inputs from 16 validation images")
-    assert info["reduce_range"] == onnx_export.resolve_reduce_range("auto", info["cpu"])[0]
+    assert info["weight_type"] == onnx_export.resolve_weight_type("auto", info["cpu"])[0] == info["settings"]["weight_type"]
+    assert info["reduce_range"] == onnx_export.resolve_reduce_range("auto", info["cpu"], info["weight_type"])[0]
     assert "VNNI" in (out / "report.md").read_text() and int8["size_bytes"] < fp32["size_bytes"] / 3
 
 
@@ -103,10 +104,10 @@ def test_corrupted_variant_is_refused_and_not_registered(student, tmp_path, monk
     # the refused INT8 variant: every candidate in its card, and the per-layer error table in card and report
     int8 = summary["variants"]["onnx_int8"]
     assert not int8["gate"]["passed"] and "max |dp|" in int8["gate"]["reason"]
-    assert [t["float_convs"] for t in int8["int8"]["search"]] == [0, 1, 4] and "float_head" in int8["int8"]["settings"]
+    assert [t["float_convs"] for t in int8["int8"]["search"]] == [0, 1, 4, 8] and "float_head" in int8["int8"]["settings"]
     table = int8["layer_errors"]
     assert len(table) > 10 and all(r["xmodel_sqnr"] is not None for r in table[:-1])  # graph order, INT8 tensors
-    assert table[-1]["tensor"] == "(weights, lowest SQNR)" and table[-1]["qdq_sqnr"] > 0
+    assert table[-1]["tensor"] == "(weights, lowest SQNR)" and table[-1]["qdq_sqnr"] > 0, table[-1]
     assert json.loads((out / "rejected" / "onnx_int8" / "card.json").read_text())["layer_errors"] == table
     report = (out / "report.md").read_text()
     assert "onnx_int8: per-layer error" in report and f"| {table[1]['tensor']} |" in report

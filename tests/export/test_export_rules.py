@@ -53,13 +53,35 @@ def test_training_rule_records_the_crop_geometry_and_the_detector_used(tmp_path)
     assert images == {"source": "images"} and rule_of({"crop_rule": images}) is None and rule_of({}) is None
 
 
-@pytest.mark.parametrize("flags, vnni, reduce", [
-    ("fpu sse4_2 avx avx2 fma", False, True),
-    ("fpu sse4_2 avx avx2 avx512f avx512_vnni", True, False),
-    ("fpu sse4_2 avx avx2 avx_vnni", True, False),
+@pytest.mark.parametrize("flags, vnni, weights", [
+    ("fpu sse4_2 avx avx2 fma", False, "uint8"),
+    ("fpu sse4_2 avx avx2 avx512f avx512_vnni", True, "int8"),
+    ("fpu sse4_2 avx avx2 avx_vnni", True, "int8"),
 ])
-def test_reduce_range_follows_vnni(flags, vnni, reduce):
+def test_weight_type_and_reduce_range_follow_vnni(flags, vnni, weights):
     cpu = ox.cpu_int8_info(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert cpu["vnni"] is vnni and cpu["avx2"] is True
-    assert ox.resolve_reduce_range("auto", cpu)[0] is reduce
+    assert ox.resolve_weight_type("auto", cpu)[0] == weights and ox.resolve_weight_type("int8", cpu)[0] == "int8"
+    # uint8 weights need no 7-bit range; int8 weights without VNNI do (u8s8 saturation), with VNNI they do not
+    assert ox.resolve_reduce_range("auto", cpu, weights)[0] is False
+    assert ox.resolve_reduce_range("auto", cpu, "int8")[0] is (not vnni)
     assert ox.resolve_reduce_range("true", cpu)[0] is True and ox.resolve_reduce_range("false", cpu)[0] is False
+
+
+def test_dead_channels_are_zeroed_so_their_bias_survives_int8(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
+    w[1] *= 1e-8  # a dead channel: its output is its bias
+    b = np.array([0.1, 2.0, -0.3, 0.5], dtype=np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert ox.zero_dead_channels(path) == 1
+    kept = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    assert not kept[1].any() and np.array_equal(kept[[0, 2, 3]], w[[0, 2, 3]])
+    assert ox.zero_dead_channels(path) == 0  # nothing left to zero (an all-zero channel is not "dead")

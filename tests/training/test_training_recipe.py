@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline.core.config import PhaseTrainConfig, build_config
+from pipeline.core.training_sections import FinetuneConfig
 from pipeline.core.stats import mean_ci, paired_difference
 from pipeline.training import budget
 
@@ -32,6 +33,10 @@ def test_budget_derives_epochs_from_steps_and_explicit_epochs_win():
     assert budget.plan(20_000, 32, recipe, _train()).epochs == 1  # a large set: one epoch is the budget
     assert budget.drop_last(1000, 32) and not budget.drop_last(177, 32)  # 8 of 1000 is a sliver; 17 of 177 is not
     assert budget.plan(100, 10, PhaseTrainConfig(warmup_epochs=1, epochs=None), _train()).warmup_steps == 10
+
+    ft = budget.plan(177, 32, FinetuneConfig(epochs=None), _train())  # the fine-tune continues a student: a share
+    assert ft.min_steps == 50 and ft.epochs == 9 and ft.total_steps == 54 and not ft.short_of_budget
+    assert budget.plan(177, 32, FinetuneConfig(epochs=3), _train()).total_steps == 18  # explicit epochs still win
 
 
 def test_best_epoch_ties_go_to_the_later_epoch():

@@ -67,12 +67,16 @@ class ExportConfig(Section):
                                          "tolerance a candidate may use on the validation items (it must pass with room "
                                          "to spare, since the held-out gate sees other inputs).")
     int8_percentile: float = Field(99.999, gt=90, le=100, description="INT8 Percentile calibration: the percentile kept.")
+    int8_weight_type: Literal["auto", "int8", "uint8"] = Field(
+        "auto", description="INT8 weight type: auto = uint8 (U8U8, full 8 bits) on x86 CPUs without VNNI "
+        "(avx512_vnni / avx_vnni), where onnxruntime's u8s8 kernels can saturate, int8 (U8S8) elsewhere; the card "
+        "records the CPU and the choice.")
     int8_reduce_range: Literal["auto", "true", "false"] = Field(
-        "auto", description="INT8 7-bit weights: auto = on x86 CPUs without VNNI (avx512_vnni / avx_vnni), where "
-        "onnxruntime's u8s8 kernels can saturate; the card records the CPU and the choice.")
+        "auto", description="INT8 7-bit weights: auto = int8 weights on x86 CPUs without VNNI, where onnxruntime's "
+        "u8s8 kernels can saturate (not needed with uint8 weights); the card records the choice.")
     int8_keep_head_float: Literal["auto", "always", "never"] = Field(
         "auto", description="INT8: keep the classifier layer in float; auto: only as the last candidate, after the "
-        "stem and then the first four convolutions were kept in float.")
+        "stem and then the first four and eight convolutions were kept in float.")
     tfjs_uint8_weights: list[str] = Field(
         default_factory=lambda: ["pointwise", "dense"], description="TF.js uint8: which weights are stored as uint8 "
         "(the rest fp16): any of 'pointwise' (1x1 conv kernels), 'dense' (the classifier), 'conv' (other conv "
@@ -257,6 +261,9 @@ class FinetuneConfig(PhaseTrainConfig):
 
     arch: str = Field("", description="Ignored: the student's architecture.")
     lr: float = Field(5e-5, gt=0)
+    budget_share: float = Field(0.25, gt=0, le=1, description="Share of train.min_steps this phase runs when its "
+                                "epochs are not set: it continues the distilled student at a low lr (on "
+                                "car-damage-coco a full budget took as long as the student itself).")
 
 
 class StudyStage(Section):

@@ -87,6 +87,7 @@ def _int8_lines(name: str, card: dict[str, Any]) -> list[str]:
     cpu, st = info["cpu"], info["settings"]
     lines = ["", f"## {name}: quantisation", "",
              f"CPU: {cpu.get('arch')}, VNNI {cpu.get('vnni')} ({', '.join(cpu.get('flags') or []) or 'no VNNI flags'}); "
+             f"weights {info.get('weight_type', 'int8')}: {info.get('weight_type_reason', '')}; "
              f"reduce_range {info['reduce_range']}: {info['reduce_range_reason']}.",
              f"Kept: {st['method']} calibration on {st['n_calibration']} inputs, per-channel {st['per_channel']}, "
              f"float layers: first {st.get('float_convs', 0)} convolutions, classifier "

@@ -3,10 +3,14 @@
 The legacy TorchScript exporter at opset 17 is used (the dynamo exporter needs onnxscript, and
 onnx2tf accepts both; see /work/shared/notes/export_path.md). FP16 keeps float32 inputs/outputs
 (`keep_io_types`), so every variant takes the same NCHW float32 tensor. INT8 is static QDQ
-quantisation (uint8 activations, int8 per-channel weights) calibrated on inputs from the
-distribution the model is served on (see inputs.py); on x86 CPUs without VNNI the weights use
-`reduce_range` (7 bits: onnxruntime's u8s8 kernels there sum pairs of products in int16, which
-saturates with full-range weights), decided from /proc/cpuinfo and recorded in the card. The
+quantisation (uint8 activations, per-channel weights) calibrated on inputs from the distribution
+the model is served on (see inputs.py). The kernel is decided from /proc/cpuinfo and recorded in the
+card: with VNNI, int8 weights (U8S8); on x86 CPUs without it onnxruntime's u8s8 kernels sum pairs of
+products in int16, which saturates with full-range int8 weights, so the weights are uint8 (U8U8,
+full 8 bits; on car-damage-coco crops it kept more answers than 7-bit int8 weights with
+`reduce_range`: 0.99 vs 0.97 top-1 agreement on the test views); int8 weights forced on such a CPU
+get `reduce_range` (7 bits). Dead output channels (weights ~0 beside a bias) are zeroed first
+(`zero_dead_channels`), so their int32 bias is not clipped. The
 classifier layer can be kept in float (`keep_head_float`). `layer_errors` is the per-layer table
 (onnxruntime.quantization.qdq_loss_debug) that goes into a refused INT8 variant's report.
 """
@@ -127,12 +131,26 @@ def cpu_int8_info(cpuinfo: str | None = None) -> dict[str, object]:
             "avx2": "avx2" in flags}
 
 
-def resolve_reduce_range(setting: str, cpu: dict[str, object]) -> tuple[bool, str]:
-    """(reduce_range, why) for `export.int8_reduce_range` auto | true | false on this CPU."""
+def resolve_weight_type(setting: str, cpu: dict[str, object]) -> tuple[str, str]:
+    """(weight type "int8" | "uint8", why) for `export.int8_weight_type` auto | int8 | uint8 on this CPU."""
+    if setting in ("int8", "uint8"):
+        return setting, f"export.int8_weight_type={setting}"
+    if cpu.get("vnni") is False:
+        return "uint8", ("x86 CPU without VNNI: uint8 weights (U8U8), whose kernels do not saturate, at full 8 bits "
+                         "(u8s8 kernels sum pairs of products in int16 there)")
+    if cpu.get("vnni"):
+        return "int8", f"CPU has {', '.join(cpu['flags'])}: int8 weights (U8S8)"
+    return "int8", "CPU features unknown: int8 weights (U8S8)"
+
+
+def resolve_reduce_range(setting: str, cpu: dict[str, object], weight_type: str = "int8") -> tuple[bool, str]:
+    """(reduce_range, why) for `export.int8_reduce_range` auto | true | false on this CPU with `weight_type`."""
     if setting in ("true", True):
         return True, "export.int8_reduce_range=true"
     if setting in ("false", False):
         return False, "export.int8_reduce_range=false"
+    if weight_type == "uint8":
+        return False, "uint8 weights (U8U8) do not saturate: full-range weights"
     if cpu.get("vnni") is False:
         return True, "x86 CPU without VNNI (u8s8 int16 accumulation would saturate): 7-bit weights"
     if cpu.get("vnni"):
@@ -176,10 +194,41 @@ def first_convs(onnx_path: Path, k: int) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv"][:k]
 
 
+DEAD_CHANNEL = 1e-5  # an output channel whose largest |weight| is below this share of its layer's is dead
+
+
+def zero_dead_channels(onnx_path: Path) -> int:
+    """Set the weights of dead convolution output channels (largest |weight| < DEAD_CHANNEL x the layer's
+    largest) to exactly 0 in place; returns how many. EfficientNet-Lite's folded batch norms leave such
+    channels (122 of 10k in a fine-tuned Lite0, weights ~1e-8 beside a bias ~1): their output is their
+    bias, but quantised per channel their scale is so small that the int32 bias (scale = input scale x
+    weight scale) overflows and is clipped, for uint8 weights, which onnxruntime does not rescale. An
+    all-zero channel gets scale 1 and its bias survives; the float output changes by < 1e-5 of the layer's range."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).copy()
+        peak = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+        dead = (peak < DEAD_CHANNEL * peak.max()) & (peak > 0)
+        if dead.any():
+            w[dead] = 0
+            count += int(dead.sum())
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(w, node.input[1]))
+    if count:
+        onnx.save(model, str(onnx_path))
+    return count
+
+
 def export_int8(fp32_path: Path, calib: np.ndarray, out_path: Path, per_channel: bool = True,
                 method: str = "minmax", reduce_range: bool = False, keep_head_float: bool = False,
-                percentile: float = 99.999, float_convs: int = 0) -> dict[str, object]:
-    """Static QDQ quantisation (uint8 activations, int8 weights) calibrated on `calib` [N, C, H, W],
+                percentile: float = 99.999, float_convs: int = 0, weight_type: str = "int8") -> dict[str, object]:
+    """Static QDQ quantisation (uint8 activations, `weight_type` weights) calibrated on `calib` [N, C, H, W],
     the first `float_convs` convolutions (and the classifier with `keep_head_float`) left in float;
     returns the settings used (for the card)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -190,17 +239,21 @@ def export_int8(fp32_path: Path, calib: np.ndarray, out_path: Path, per_channel:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pre = out_path.with_name("pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    dead = zero_dead_channels(pre)
     exclude = first_convs(pre, float_convs) + (head_nodes(pre) if keep_head_float else [])
     extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
     try:
         quantize_static(str(pre), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=exclude,
+                        weight_type=QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8,
+                        calibrate_method=methods[method], nodes_to_exclude=exclude,
                         extra_options=extra)
     finally:
         pre.unlink(missing_ok=True)
-    return {"method": method, "per_channel": per_channel, "reduce_range": reduce_range, "n_calibration": int(len(calib)),
+    return {"method": method, "weight_type": weight_type, "per_channel": per_channel, "reduce_range": reduce_range,
+            "n_calibration": int(len(calib)),
             "float_convs": int(float_convs), "float_head": bool(keep_head_float), "float_nodes": exclude,
+            "dead_channels_zeroed": dead,
             **({"percentile": float(percentile)} if method == "percentile" else {})}
 
 
@@ -212,7 +265,7 @@ def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, work: Path) ->
     sees the unclipped input), in graph order, then the lowest weight SQNR and its initializer."""
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
                                                          compute_weight_error, create_activation_matching,
-                                                         create_weight_matching, modify_model_output_intermediate_tensors)
+                                                         modify_model_output_intermediate_tensors)
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -225,7 +278,7 @@ def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, work: Path) ->
     f_act = collect_activations(str(f_aug), _Reader(x))
     q_act = collect_activations(str(q_aug), _Reader(x))
     act_err = compute_activation_error(create_activation_matching(q_act, f_act))
-    w_err = compute_weight_error(create_weight_matching(str(fp32_path), str(int8_path)))
+    w_err = compute_weight_error(_weight_matching(fp32_path, int8_path))
     import onnx
 
     graph = onnx.load(str(fp32_path)).graph
@@ -245,6 +298,37 @@ def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, work: Path) ->
                     "weight": min(weights, key=lambda k: weights[k] if weights[k] is not None else np.inf)})
     for f in (f_aug, q_aug, pre):
         f.unlink(missing_ok=True)
+    return out
+
+
+def _weight_matching(fp32_path: Path, int8_path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """{weight: {"float", "dequantized"}} of every constant DequantizeLinear input: qdq_loss_debug's
+    create_weight_matching, dequantising in int64 (its own subtracts a uint8 zero point from uint8
+    weights in uint8, which wraps around: -18 dB for a classifier whose answers were unchanged)."""
+    import onnx
+    from onnx import numpy_helper
+
+    floats = {i.name: i for i in onnx.load(str(fp32_path)).graph.initializer}
+    q = onnx.load(str(int8_path)).graph
+    inits = {i.name: i for i in q.initializer}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for node in q.node:
+        name = node.input[0]
+        if node.op_type != "DequantizeLinear" or name not in inits or not name.endswith("_quantized"):
+            continue
+        base = name[: -len("_quantized")]
+        if base not in floats:
+            continue
+        w = numpy_helper.to_array(inits[name]).astype(np.int64)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        zp = (numpy_helper.to_array(inits[node.input[2]]).astype(np.int64) if len(node.input) > 2
+              else np.zeros(scale.shape, dtype=np.int64))
+        if scale.size > 1:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % w.ndim
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        out[base] = {"float": numpy_helper.to_array(floats[base]), "dequantized": ((w - zp) * scale).astype(np.float32)}
     return out
 
 

@@ -3,9 +3,10 @@
 A recipe sized in epochs trains a tiny set for a handful of steps (177 crops, batch 32, 3 epochs: 15
 steps from a cold head) and a large set for hours. Every training phase therefore gets at least
 `train.min_steps` optimizer steps: epochs = ceil(min_steps / updates per epoch), capped at
-`train.max_epochs`. An explicit epoch count (the phase's `epochs`, else `train.epochs`) wins, and the
-report then says when it falls short of the budget. Warmup is a fraction of the phase's steps
-(`warmup`, default 5%) unless a recipe sets `warmup_epochs`.
+`train.max_epochs`. A phase that continues a trained model (the fine-tune) runs only its
+`budget_share` of that budget (FinetuneConfig: 0.25). An explicit epoch count (the phase's `epochs`,
+else `train.epochs`) wins, and the report then says when it falls short of the budget. Warmup is a
+fraction of the phase's steps (`warmup`, default 5%) unless a recipe sets `warmup_epochs`.
 
 The last partial batch is dropped only when it is a sliver (< `DROP_LAST_SHARE` of the set and at
 most a few items): on a tiny set `drop_last` would otherwise throw away a large share of it every epoch.
@@ -40,12 +41,12 @@ class Budget:
         return asdict(self)
 
     def text(self) -> str:
-        how = "set in the config" if self.explicit_epochs else f"derived from train.min_steps = {self.min_steps}"
+        how = "set in the config" if self.explicit_epochs else f"derived from a budget of {self.min_steps} steps"
         line = (f"{self.total_steps} optimizer steps = {self.epochs} epochs x {self.updates_per_epoch} updates "
                 f"({self.n_train} train items, batch {self.batch_size}{', last partial batch dropped' if self.drop_last else ''}); "
                 f"epochs {how}; warmup {self.warmup_steps} steps.")
         if self.short_of_budget:
-            line += (f" **Short of the step budget**: {self.total_steps} < train.min_steps = {self.min_steps}"
+            line += (f" **Short of the step budget**: {self.total_steps} < {self.min_steps}"
                      + (" (capped by train.max_epochs)" if self.capped else " (epochs set explicitly)") + ".")
         return line
 
@@ -65,7 +66,8 @@ def plan(n_train: int, batch_size: int, recipe: Any, train: Any) -> Budget:
     """The budget of one phase: `recipe` is its PhaseTrainConfig, `train` the TrainConfig."""
     per_epoch = updates_per_epoch(n_train, batch_size, recipe.accum_steps)
     explicit = recipe.epochs or train.epochs
-    min_steps = int(train.min_steps)
+    share = float(getattr(recipe, "budget_share", 1.0))
+    min_steps = max(1, int(round(int(train.min_steps) * share)))
     if explicit:
         epochs, capped = int(explicit), False
     else:
