@@ -228,3 +228,33 @@ def test_two_promotions_at_once_leave_exactly_one_champion(tmp_path):
     expected = second["version"] if second["alias"] == "champion" else first["version"]
     assert int(state["aliases"]["champion"]) == expected
     assert registry_state(tmp_path)["vehicle-damage-teacher"]["versions"] == 1
+
+
+def test_heavy_phases_on_a_cpu_take_turns_and_light_ones_do_not():
+    """Two torch phases started together by the thread task runner run one after the other on a CPU
+    (together they oversubscribe the cores); CPU-pool phases and a GPU run are not serialised."""
+    from types import SimpleNamespace
+
+    from pipeline.core import runner
+    from pipeline.core.config import PipelineConfig
+
+    cpu = PipelineConfig().model_copy(deep=True)
+    cpu.runtime.device = "cpu"
+    heavy, light = SimpleNamespace(pool="gpu"), SimpleNamespace(pool="cpu")
+    assert runner._exclusive(heavy, cpu) is runner._CPU_HEAVY
+    assert isinstance(runner._exclusive(light, cpu), nullcontext)
+    spans: list[tuple[float, float]] = []
+
+    def phase() -> None:
+        with runner._exclusive(heavy, cpu):
+            t0 = time.perf_counter()
+            time.sleep(0.05)
+            spans.append((t0, time.perf_counter()))
+
+    threads = [threading.Thread(target=phase) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans.sort()
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no two overlap

@@ -67,7 +67,8 @@ def test_onnx_variants_cards_and_gate(exported, student):
     assert f["test_top1"] == fp32["gate"]["checks"]["onnxruntime"]["test_top1"] and f["test_n"] == 20
     info = int8["int8"]
     assert info["settings"]["n_calibration"] == 256 and info["selected_on"].startswith("192 inputs from 16 validation images")
-    assert info["weight_type"] == onnx_export.resolve_weight_type("auto", info["cpu"])[0] == info["settings"]["weight_type"]
+    chosen = onnx_export.resolve_weight_type(PipelineConfig().export.int8_weight_type, info["cpu"])[0]
+    assert info["weight_type"] == chosen == info["settings"]["weight_type"]
     assert info["reduce_range"] == onnx_export.resolve_reduce_range("auto", info["cpu"], info["weight_type"])[0]
     assert "VNNI" in (out / "report.md").read_text() and int8["size_bytes"] < fp32["size_bytes"] / 3
 

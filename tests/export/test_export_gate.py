@@ -98,7 +98,8 @@ def test_top1_agreement_threshold_is_inclusive_at_99_percent(ref):
     assert one["corr"] > 0.99 and two["corr"] > 0.98  # correlation alone would hardly notice
     cfg = cfg.model_copy(update={"min_corr": 0.98})
     assert gate.verdict(one, cfg)[0] is True
-    assert gate.verdict(two, cfg) == (False, "top-1 agreement 0.9800 < 0.99")
+    ok, reason = gate.verdict(two, cfg)
+    assert not ok and reason.startswith("top-1 agreement 0.9800 < 0.99 (2 flips") and ";" not in reason.split(")")[-1]
 
 
 def test_probability_and_kl_thresholds_refuse_on_their_own():
@@ -126,3 +127,18 @@ def test_non_finite_output_is_refused(ref):
 def test_shape_mismatch_raises(ref):
     with pytest.raises(ValueError, match="shapes differ"):
         gate.compare(ref, ref[:, :3])
+
+
+def test_flips_report_how_close_to_a_tie_torch_was():
+    """Two classes, T = 1: input 0 flips at a torch margin of tanh(0.05) (a coin toss), input 1 flips
+    at tanh(1) (a clear answer); the reason carries the largest flipped margin and the near ties."""
+    ref = np.array([[0.1, 0.0], [2.0, 0.0], [3.0, 0.0], [0.0, 0.1]], dtype=np.float32)
+    got = np.array([[0.0, 0.1], [0.0, 2.0], [3.0, 0.0], [0.0, 0.1]], dtype=np.float32)
+    f = gate.compare(ref, got)
+    assert f["flips"] == 2 and f["top1_agreement"] == 0.5
+    assert f["flip_max_margin"] == pytest.approx(math.tanh(1.0), abs=1e-9)  # p1 - p2 = tanh(d / 2)
+    assert f["near_ties"] == 2  # inputs 0 and 3: margin tanh(0.05) < 0.1
+    ok, reason = gate.verdict(f, PipelineConfig().export)
+    assert not ok and "2 flips, torch's calibrated top-2 margin <= 0.762 on each; 2 inputs have a margin < 0.1" in reason
+    same = gate.compare(ref, ref.copy())
+    assert same["flips"] == 0 and same["flip_max_margin"] is None

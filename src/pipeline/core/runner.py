@@ -7,7 +7,9 @@ tracks it. Files inside an artifact depend only on its inputs and params; what d
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +131,25 @@ def reusable(store: ArtifactStore, spec: PhaseSpec, name: str, aid: str) -> bool
     return not problems
 
 
+# Heavy phases (pool "gpu": training, soft labels, export) on a CPU run one at a time in a process: the
+# thread task runner starts independent ones together (teacher and student_no_teacher), and two torch
+# phases each using every core slow each other down beyond running in turn (car-damage-coco crops, 2
+# cores: 1106 s for both together against about 800 s one after the other).
+_CPU_HEAVY = threading.Lock()
+
+
+def _exclusive(spec: PhaseSpec, cfg: PipelineConfig) -> Any:
+    if spec.pool != "gpu":
+        return contextlib.nullcontext()
+    from pipeline.core.device import pick_device
+
+    try:
+        device = pick_device(cfg.runtime.device)
+    except ValueError:
+        return contextlib.nullcontext()  # the phase itself reports the bad device
+    return _CPU_HEAVY if device == "cpu" else contextlib.nullcontext()
+
+
 def execute_phase(
     name: str,
     cfg: PipelineConfig,
@@ -162,28 +183,29 @@ def execute_phase(
         return _result(store.ref(name, aid, cache_hit=True), store, metrics, info, run_id)
 
     input_dirs = {k: store.local_path(r) for k, r in inputs.items()}
-    t0 = time.perf_counter()
-    with store.staging(name) as tmp:
-        try:
-            run = PhaseRun(inputs=input_dirs, cfg=cfg, params=params, out_dir=tmp, runtime=runtime, store=store,
-                           instance=dict(node.instance), artifact_id=aid, name=name)
-            metrics, info = split_metrics(spec.run(run))
-            absent = [f for f in spec.outputs if not (tmp / f).exists()]
-            if absent:
-                raise PhaseOutputMissing(f"phase {name} did not write its declared outputs {absent}")
-            metrics["seconds"] = round(time.perf_counter() - t0, 3)
-            run_id = ctx.tracker.log_phase(
-                ctx.parent_run_id, name, aid, False, params, metrics,
-                artifact_dir=tmp, artifact_files=list(spec.reports), dataset=_dataset_record(tmp, name, aid, store),
-                **({"steps": run.steps} if run.steps else {}),
-            )
-            record = _lineage(node, aid, params, inputs, metrics, info, runtime, ctx, run_id)
-            ref = store.commit(tmp, record, replace=force or damaged or not spec.cacheable)
-        except Exception as exc:  # a full disk: one clear message, never retried; the staging goes
-            cause = disk_full_cause(exc)
-            if cause is None:
-                raise
-            raise disk_full_error(cause, name, tmp, staged_bytes(tmp)) from exc
+    with _exclusive(spec, cfg):  # t0 inside: the phase's seconds are its own, not its wait
+        t0 = time.perf_counter()
+        with store.staging(name) as tmp:
+            try:
+                run = PhaseRun(inputs=input_dirs, cfg=cfg, params=params, out_dir=tmp, runtime=runtime, store=store,
+                               instance=dict(node.instance), artifact_id=aid, name=name)
+                metrics, info = split_metrics(spec.run(run))
+                absent = [f for f in spec.outputs if not (tmp / f).exists()]
+                if absent:
+                    raise PhaseOutputMissing(f"phase {name} did not write its declared outputs {absent}")
+                metrics["seconds"] = round(time.perf_counter() - t0, 3)
+                run_id = ctx.tracker.log_phase(
+                    ctx.parent_run_id, name, aid, False, params, metrics,
+                    artifact_dir=tmp, artifact_files=list(spec.reports), dataset=_dataset_record(tmp, name, aid, store),
+                    **({"steps": run.steps} if run.steps else {}),
+                )
+                record = _lineage(node, aid, params, inputs, metrics, info, runtime, ctx, run_id)
+                ref = store.commit(tmp, record, replace=force or damaged or not spec.cacheable)
+            except Exception as exc:  # a full disk: one clear message, never retried; the staging goes
+                cause = disk_full_cause(exc)
+                if cause is None:
+                    raise
+                raise disk_full_error(cause, name, tmp, staged_bytes(tmp)) from exc
     return _result(ref, store, metrics, info, run_id)
 
 

@@ -13,7 +13,11 @@ It judges what a user sees, the calibrated probabilities (softmax(logits / T)) a
   two centred logits are always perfectly (anti-)correlated, so it is None and not gated).
 
 Also reported: `raw_corr` (pooled raw logits, for comparison with older reports), `max_abs` (largest
-logit difference) and `conf_max_diff` (change of the calibrated confidence of torch's top class).
+logit difference), `conf_max_diff` (change of the calibrated confidence of torch's top class), and where
+the answers changed: `flips` (inputs whose top class changed), `flip_max_margin` (the largest margin,
+torch's calibrated top-1 minus top-2 probability, among them: near 0, every flip was a coin toss for
+torch too) and `near_ties` (inputs with a torch margin below NEAR_TIE). A refused variant's reason
+carries them, so a gate failed on coin tosses reads differently from one failed on clear answers.
 A variant passes when corr > min_corr, top-1 agreement >= min_top1_agreement, prob_max_diff <=
 max_prob_diff, mean_kl <= max_kl and (K >= 3) min_image_corr > min_image_corr.
 """
@@ -23,6 +27,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+NEAR_TIE = 0.1  # a torch margin (calibrated top-1 minus top-2 probability) below this is a near tie
 
 
 def _log_softmax(z: np.ndarray, temperature: float) -> np.ndarray:
@@ -62,16 +68,29 @@ def compare(ref: np.ndarray, got: np.ndarray, temperature: float = 1.0) -> dict[
             "min_image_corr": min(_corr(r, g) for r, g in zip(rc, gc)) if k >= 3 else None,
             "max_abs": float(np.abs(ref.astype(np.float64) - got).max()),
             "top1_agreement": float((got.argmax(axis=1) == top).mean()),
+            **_flips(p_ref, got.argmax(axis=1) != top),
             "conf_max_diff": float(np.abs(p_ref[rows, top] - p_got[rows, top]).max()),
             "prob_max_diff": float(np.abs(p_ref - p_got).max()),
             "mean_kl": float(np.maximum((p_ref * (lp_ref - lp_got)).sum(axis=1), 0.0).mean())}
+
+
+def _flips(p_ref: np.ndarray, flipped: np.ndarray) -> dict[str, Any]:
+    """flips, flip_max_margin and near_ties (module docstring) of torch's calibrated probabilities."""
+    srt = np.sort(p_ref, axis=1)
+    margin = srt[:, -1] - srt[:, -2] if p_ref.shape[1] >= 2 else np.ones(len(p_ref))
+    return {"flips": int(flipped.sum()), "flip_max_margin": float(margin[flipped].max()) if flipped.any() else None,
+            "near_ties": int((margin < NEAR_TIE).sum())}
 
 
 def verdict(figures: dict[str, Any], thresholds: Any) -> tuple[bool, str]:
     """(passed, reason) of the gate figures against the config thresholds (`export` section)."""
     fails = []
     if not figures["top1_agreement"] >= thresholds.min_top1_agreement:
-        fails.append(f"top-1 agreement {figures['top1_agreement']:.4f} < {thresholds.min_top1_agreement}")
+        why = f"top-1 agreement {figures['top1_agreement']:.4f} < {thresholds.min_top1_agreement}"
+        if figures.get("flips"):
+            why += (f" ({figures['flips']} flips, torch's calibrated top-2 margin <= {figures['flip_max_margin']:.3f} "
+                    f"on each; {figures['near_ties']} inputs have a margin < {NEAR_TIE})")
+        fails.append(why)
     if not figures["prob_max_diff"] <= thresholds.max_prob_diff:
         fails.append(f"max |dp| {figures['prob_max_diff']:.4f} > {thresholds.max_prob_diff}")
     if not figures["mean_kl"] <= thresholds.max_kl:

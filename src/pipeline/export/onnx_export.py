@@ -4,15 +4,16 @@ The legacy TorchScript exporter at opset 17 is used (the dynamo exporter needs o
 onnx2tf accepts both; see /work/shared/notes/export_path.md). FP16 keeps float32 inputs/outputs
 (`keep_io_types`), so every variant takes the same NCHW float32 tensor. INT8 is static QDQ
 quantisation (uint8 activations, per-channel weights) calibrated on inputs from the distribution
-the model is served on (see inputs.py). The kernel is decided from /proc/cpuinfo and recorded in the
-card: with VNNI, int8 weights (U8S8); on x86 CPUs without it onnxruntime's u8s8 kernels sum pairs of
-products in int16, which saturates with full-range int8 weights, so the weights are uint8 (U8U8,
-full 8 bits; on car-damage-coco crops it kept more answers than 7-bit int8 weights with
-`reduce_range`: 0.99 vs 0.97 top-1 agreement on the test views); int8 weights forced on such a CPU
-get `reduce_range` (7 bits). Dead output channels (weights ~0 beside a bias) are zeroed first
-(`zero_dead_channels`), so their int32 bias is not clipped. The
-classifier layer can be kept in float (`keep_head_float`). `layer_errors` is the per-layer table
-(onnxruntime.quantization.qdq_loss_debug) that goes into a refused INT8 variant's report.
+the model is served on (see inputs.py). The weight type is `export.int8_weight_type` (int8 by
+default; the card records the CPU and the choice): int8 weights (U8S8) on an x86 CPU without VNNI,
+where onnxruntime's u8s8 kernels sum pairs of products in int16 and can saturate, get `reduce_range`
+(7 bits); uint8 weights (U8U8, `auto` picks them there) keep 8 bits without saturating but ran 10x
+slower than FP32 in onnxruntime on a 2-core AVX2 machine (59.7 vs 6.0 ms per 160 px image), for the
+same answers within noise (car-damage-coco crops: top-1 agreement 0.97 on the test views, like int8).
+Dead output channels (weights ~0 beside a bias) are zeroed first (`zero_dead_channels`), so their
+int32 bias is not clipped. The classifier layer can be kept in float (`keep_head_float`).
+`layer_errors` is the per-layer table (onnxruntime.quantization.qdq_loss_debug) that goes into a
+refused INT8 variant's report.
 """
 from __future__ import annotations
 
