@@ -131,10 +131,10 @@ def reusable(store: ArtifactStore, spec: PhaseSpec, name: str, aid: str) -> bool
     return not problems
 
 
-# Heavy phases (pool "gpu": training, soft labels, export) on a CPU run one at a time in a process: the
+# Heavy phases (pool "gpu": crops, embeddings, training, soft labels, export) on a CPU run one at a time in a process: the
 # thread task runner starts independent ones together (teacher and student_no_teacher), and two torch
 # phases each using every core slow each other down beyond running in turn (car-damage-coco crops, 2
-# cores: 1106 s for both together against about 800 s one after the other).
+# cores: 1106 s for both together against 903 s one after the other).
 _CPU_HEAVY = threading.Lock()
 
 

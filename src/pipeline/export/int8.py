@@ -63,10 +63,10 @@ def batch_logits(path: Path, x: np.ndarray, batch: int = 32, threads: int = 1) -
     return np.concatenate([sess.run(None, {ox.INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def _try(fp32: Path, calib: np.ndarray, select: np.ndarray, ref: np.ndarray, cand: dict[str, Any], path: Path,
+def _try(prepared: Path, calib: np.ndarray, select: np.ndarray, ref: np.ndarray, cand: dict[str, Any], path: Path,
          cfg: Any, reduce_range: bool, temperature: float, weight_type: str) -> dict[str, Any]:
     try:
-        settings = ox.export_int8(fp32, calib, path, cfg.int8_per_channel, cand["method"], reduce_range,
+        settings = ox.export_int8(prepared, calib, path, cfg.int8_per_channel, cand["method"], reduce_range,
                                   cand["keep_head_float"], cfg.int8_percentile, cand["float_convs"], weight_type)
         figures = gate.compare(ref, batch_logits(path, select), temperature)
     except Exception as exc:  # noqa: BLE001 - a candidate that cannot be made is reported, others go on
@@ -85,12 +85,15 @@ def build_int8(fp32: Path, calib: np.ndarray, select: np.ndarray, select_what: s
     reduce_range, why = ox.resolve_reduce_range(cfg.int8_reduce_range, cpu, weight_type)
     ref = batch_logits(fp32, select)
     work.mkdir(parents=True, exist_ok=True)
+    prepared = work / "prepared.onnx"
+    dead = ox.prepare_int8(fp32, prepared)
+    has_head = bool(ox.head_nodes(prepared))
     tried: list[dict[str, Any]] = []
     for method in methods(cfg):
         for cand in candidates(cfg, method):
-            if cand["keep_head_float"] and not ox.head_nodes(fp32):
+            if cand["keep_head_float"] and not has_head:
                 continue  # no Gemm/MatMul head: the same model as its all-INT8 twin
-            tried.append(_try(fp32, calib, select, ref, cand, work / f"int8_{len(tried)}.onnx", cfg, reduce_range,
+            tried.append(_try(prepared, calib, select, ref, cand, work / f"int8_{len(tried)}.onnx", cfg, reduce_range,
                               temperature, weight_type))
             if tried[-1].get("passed"):
                 break
@@ -103,7 +106,7 @@ def build_int8(fp32: Path, calib: np.ndarray, select: np.ndarray, select_what: s
     shutil.copyfile(chosen["path"], out_path)
     search = [{k: v for k, v in t.items() if k not in ("path", "settings")} for t in tried]
     return {"cpu": cpu, "weight_type": weight_type, "weight_type_reason": weight_why, "reduce_range": reduce_range,
-            "reduce_range_reason": why, "settings": chosen["settings"],
+            "reduce_range_reason": why, "settings": {**chosen["settings"], "dead_channels_zeroed": dead},
             "selected_on": select_what, "chosen_passed_selection": bool(chosen["passed"]), "search": search}
 
 

@@ -226,36 +226,37 @@ def zero_dead_channels(onnx_path: Path) -> int:
     return count
 
 
-def export_int8(fp32_path: Path, calib: np.ndarray, out_path: Path, per_channel: bool = True,
+def prepare_int8(fp32_path: Path, out_path: Path) -> int:
+    """The float graph every INT8 candidate quantises, written to `out_path`: onnxruntime's
+    pre-processing (shape inference, optimisation), then `zero_dead_channels`; returns how many
+    channels were zeroed. Done once per search: it is the same for every candidate."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return zero_dead_channels(out_path)
+
+
+def export_int8(prepared: Path, calib: np.ndarray, out_path: Path, per_channel: bool = True,
                 method: str = "minmax", reduce_range: bool = False, keep_head_float: bool = False,
                 percentile: float = 99.999, float_convs: int = 0, weight_type: str = "int8") -> dict[str, object]:
-    """Static QDQ quantisation (uint8 activations, `weight_type` weights) calibrated on `calib` [N, C, H, W],
-    the first `float_convs` convolutions (and the classifier with `keep_head_float`) left in float;
-    returns the settings used (for the card)."""
+    """Static QDQ quantisation (uint8 activations, `weight_type` weights) of the `prepare_int8` graph
+    `prepared`, calibrated on `calib` [N, C, H, W], the first `float_convs` convolutions (and the
+    classifier with `keep_head_float`) left in float; returns the settings used (for the card)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    pre = out_path.with_name("pre.onnx")
-    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    dead = zero_dead_channels(pre)
-    exclude = first_convs(pre, float_convs) + (head_nodes(pre) if keep_head_float else [])
+    exclude = first_convs(prepared, float_convs) + (head_nodes(prepared) if keep_head_float else [])
     extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
-    try:
-        quantize_static(str(pre), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=exclude,
-                        extra_options=extra)
-    finally:
-        pre.unlink(missing_ok=True)
+    quantize_static(str(prepared), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8,
+                    calibrate_method=methods[method], nodes_to_exclude=exclude, extra_options=extra)
     return {"method": method, "weight_type": weight_type, "per_channel": per_channel, "reduce_range": reduce_range,
-            "n_calibration": int(len(calib)),
-            "float_convs": int(float_convs), "float_head": bool(keep_head_float), "float_nodes": exclude,
-            "dead_channels_zeroed": dead,
-            **({"percentile": float(percentile)} if method == "percentile" else {})}
+            "n_calibration": int(len(calib)), "float_convs": int(float_convs), "float_head": bool(keep_head_float),
+            "float_nodes": exclude, **({"percentile": float(percentile)} if method == "percentile" else {})}
 
 
 def layer_errors(fp32_path: Path, int8_path: Path, x: np.ndarray, work: Path) -> list[dict[str, object]]:
