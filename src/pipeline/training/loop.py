@@ -5,7 +5,9 @@ SGD, no weight decay on norms and biases), timm's cosine scheduler with linear w
 per optimizer update (warmup: `warmup_steps`, else the recipe's `warmup` fraction of the steps or
 its `warmup_epochs`), gradient accumulation, gradient-norm clipping, label smoothing, timm
 Mixup/CutMix with SoftTargetCrossEntropy, optional early stopping after `patience` epochs without
-a better val figure, AMP (bf16, or fp16 with a GradScaler) and channels_last on CUDA.
+a better val figure, AMP (bf16, or fp16 with a GradScaler) and channels_last (CUDA and CPU: on 2 CPU
+cores a Lite0 training step at 160 px took 0.98 s channels_last against 1.5 s contiguous; the model is
+handed back contiguous).
 
 The best epoch (whose weights the model ends with) is picked by `monitor`: `val_top1` or `val_nll`
 (ties in either go to the later epoch), or a custom figure of
@@ -187,7 +189,7 @@ def _to_device(run: _Run, x: Any) -> Any:
     import torch
 
     x = x.to(run.device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if run.channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if run.channels_last and x.dim() == 4 else x
 
 
 def _train_epoch(run: _Run, loader: Any, epoch: int) -> float:
@@ -246,7 +248,7 @@ def evaluate_loader(model: Any, loader: Any, device: str, dtype: Any = None, cha
     with torch.inference_mode():
         for x, y, _ in loader:
             x = x.to(device, non_blocking=True)
-            if channels_last:
+            if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type="cuda", dtype=dtype, enabled=dtype is not None):
                 out.append(model(x).float().cpu())
@@ -316,12 +318,12 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     cuda = str(device).startswith("cuda")
     dtype = amp_dtype(device, amp)
     model.to(device)
-    if cuda and channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     per_epoch = math.ceil(len(train_loader) / recipe.accum_steps)
     opt, sched = _make_optim(model, recipe, epochs, per_epoch, warmup_steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    run = _Run(model, opt, sched, scaler, device, dtype, cuda and channels_last, loss_fn or default_loss(recipe),
+    run = _Run(model, opt, sched, scaler, device, dtype, channels_last, loss_fn or default_loss(recipe),
                mixup, recipe, _fault_budget(ckpt, fail_after_steps), ckpt)
     run.bar = _progress_bar(progress, epochs * per_epoch)
     state = _load_checkpoint(ckpt, model, opt, sched, scaler)
@@ -367,6 +369,8 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
                 run.bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} val top-1 {row.get('val_top1', float('nan')):.3f}")
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
         if run.bar is not None:
             run.bar.close()
     trained = [h for h in history if h.get("epoch", 1) != 0]
