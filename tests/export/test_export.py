@@ -105,7 +105,11 @@ def test_corrupted_variant_is_refused_and_not_registered(student, tmp_path, monk
     # the refused INT8 variant: every candidate in its card, and the per-layer error table in card and report
     int8 = summary["variants"]["onnx_int8"]
     assert not int8["gate"]["passed"] and "max |dp|" in int8["gate"]["reason"]
-    assert [t["float_convs"] for t in int8["int8"]["search"]] == [0, 1, 4, 8] and "float_head" in int8["int8"]["settings"]
+    search = int8["int8"]["search"]
+    assert [t["float_convs"] for t in search] == [0, 1, 4, 8] and "float_head" in int8["int8"]["settings"]
+    # the most INT8 and the most-float candidates fail, so the two between are not tried (and say so)
+    assert [t["passed"] for t in search] == [False, None, None, False]
+    assert all(t["reason"].startswith("not tried: the most-float") for t in search[1:3])
     table = int8["layer_errors"]
     assert len(table) > 10 and all(r["xmodel_sqnr"] is not None for r in table[:-1])  # graph order, INT8 tensors
     assert table[-1]["tensor"] == "(weights, lowest SQNR)" and table[-1]["qdq_sqnr"] > 0, table[-1]

@@ -85,3 +85,14 @@ def test_dead_channels_are_zeroed_so_their_bias_survives_int8(tmp_path):
     kept = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
     assert not kept[1].any() and np.array_equal(kept[[0, 2, 3]], w[[0, 2, 3]])
     assert ox.zero_dead_channels(path) == 0  # nothing left to zero (an all-zero channel is not "dead")
+
+
+def test_int8_search_tries_the_ends_first_and_skips_the_middle_when_the_most_float_fails():
+    from pipeline.export.int8 import candidates, search_order
+
+    assert search_order(5) == [0, 4, 1, 2, 3] and search_order(2) == [0, 1] and search_order(1) == [0]
+    cfg = PipelineConfig().export.model_copy(update={"int8_keep_head_float": "auto"})
+    cands = candidates(cfg, "minmax")
+    # the order of the candidates themselves: fewer float layers first, the float head last
+    assert [(c["float_convs"], c["keep_head_float"]) for c in cands] == [(0, False), (1, False), (4, False),
+                                                                          (8, False), (8, True)]
