@@ -14,7 +14,7 @@ It prints one table: per model the test top-1 with its 95% bootstrap interval ov
 majority-class rate, steps and wall time; calibration before/after with n and whether it is
 reliable; the export variants' agreement; the promotion decision and reason; the flow's per-phase
 wall times and its wall time against the plain fine-tune's. The flow trains channels_last (CPU too:
-1.5x per step here); the plain loop stays contiguous, as a user writes it; `--plain-channels-last`
+1.3x per step here); the plain loop stays contiguous, as a user writes it; `--plain-channels-last`
 runs it a second time channels_last and prints the flow's wall against that one too.
 
 `--seeds N` repeats flow and plain fine-tune with train.seed = 0..N-1 (own work dirs) and adds the
@@ -233,11 +233,10 @@ def main() -> None:
         split = _artifact(ph, "split") / "split.parquet"
         crops = _artifact(ph, "crops")
         student = {**((ph.get("student") or {}).get("metrics") or {})}
-        plain = None if a.skip_plain else plain_finetune(split, crops, a.dataset, cfg, cfg.student.image_size or
-                                                         cfg.train.image_size, int(student.get("epochs_planned", 1)), seed)
-        plain_cl = None if a.skip_plain or not a.plain_channels_last else plain_finetune(
-            split, crops, a.dataset, cfg, cfg.student.image_size or cfg.train.image_size,
-            int(student.get("epochs_planned", 1)), seed, channels_last=True)
+        loop = (split, crops, a.dataset, cfg, cfg.student.image_size or cfg.train.image_size,
+                int(student.get("epochs_planned", 1)), seed)
+        plain = None if a.skip_plain else plain_finetune(*loop)
+        plain_cl = plain_finetune(*loop, channels_last=True) if a.plain_channels_last and not a.skip_plain else None
         print(f"\n== seed {seed}: {a.dataset} ({a.format}) ==\n" + table(summary, wall, plain, plain_cl), flush=True)
         results.append({"seed": seed, "wall_s": wall, "summary": summary,
                         "plain": None if plain is None else {**plain, "top1": plain["top1"].as_dict()},

@@ -80,11 +80,11 @@ def batch_logits(path: Path, x: np.ndarray, batch: int = 32, threads: int = 1) -
 
 
 def _try(prepared: Path, calib: np.ndarray, select: np.ndarray, ref: np.ndarray, cand: dict[str, Any], path: Path,
-         cfg: Any, reduce_range: bool, temperature: float, weight_type: str) -> dict[str, Any]:
+         cfg: Any, reduce_range: bool, temperature: float, weight_type: str, ranges: Path) -> dict[str, Any]:
     try:
         settings = ox.export_int8(prepared, calib, path, cfg.int8_per_channel, cand["method"], reduce_range,
                                   cand["keep_head_float"], cfg.int8_percentile, cand["float_convs"], weight_type,
-                                  path.parent / f"ranges_{cand['method']}.json")
+                                  ranges)
         figures = gate.compare(ref, batch_logits(path, select), temperature)
     except Exception as exc:  # noqa: BLE001 - a candidate that cannot be made is reported, others go on
         return {**cand, "error": f"{type(exc).__name__}: {exc}"[:300], "path": None}
@@ -104,16 +104,16 @@ def build_int8(fp32: Path, calib: np.ndarray, select: np.ndarray, select_what: s
     work.mkdir(parents=True, exist_ok=True)
     prepared = work / "prepared.onnx"
     dead = ox.prepare_int8(fp32, prepared)
-    for old in work.glob("ranges_*.json"):  # ranges of an earlier search's graph or inputs
-        old.unlink()
     has_head = bool(ox.head_nodes(prepared))
     tried: list[dict[str, Any]] = []
     for method in methods(cfg):
         cands = [c for c in candidates(cfg, method) if has_head or not c["keep_head_float"]]  # no head: same model
+        ranges = work / f"ranges_{method}.json"  # this search's activation ranges, shared by the method's candidates
+        ranges.unlink(missing_ok=True)  # an earlier search's graph or inputs
         done: dict[int, dict[str, Any]] = {}
         for i in search_order(len(cands)):
             done[i] = _try(prepared, calib, select, ref, cands[i], work / f"int8_{len(tried) + len(done)}.onnx", cfg,
-                           reduce_range, temperature, weight_type)
+                           reduce_range, temperature, weight_type, ranges)
             if bool(done[i].get("passed")) != (i == len(cands) - 1):
                 break  # a more INT8 one than the most-float passed (the first such), or the most-float one failed
         for i, c in enumerate(cands):
