@@ -101,7 +101,15 @@ def plain_finetune(split_path: Path, crops: Path | None, dataset: Path, cfg: Any
         for x, y, _ in test:
             correct += (model(x).argmax(1) == y).tolist()
     est = mean_ci(np.asarray(correct, float), list(frames["test"]["item_id"]), seed=seed)
-    return {"top1": est, "steps": steps, "epochs": epochs, "wall_s": wall, "arch": arch, "channels_last": channels_last}
+    return {"top1": est, "steps": steps, "epochs": epochs, "wall_s": wall, "arch": arch, "channels_last": channels_last,
+            "keys": [str(k) for k in frames["test"]["key"]], "correct": [float(c) for c in correct],
+            "groups": [str(g) for g in frames["test"]["item_id"]]}
+
+
+def _plain_json(plain: dict[str, Any] | None) -> dict[str, Any] | None:
+    if plain is None:
+        return None
+    return {**{k: v for k, v in plain.items() if k not in ("keys", "correct", "groups")}, "top1": plain["top1"].as_dict()}
 
 
 def _artifact(phases: dict, name: str) -> Path | None:
@@ -239,9 +247,7 @@ def main() -> None:
         plain_cl = plain_finetune(*loop, channels_last=True) if a.plain_channels_last and not a.skip_plain else None
         print(f"\n== seed {seed}: {a.dataset} ({a.format}) ==\n" + table(summary, wall, plain, plain_cl), flush=True)
         results.append({"seed": seed, "wall_s": wall, "summary": summary,
-                        "plain": None if plain is None else {**plain, "top1": plain["top1"].as_dict()},
-                        "plain_channels_last": None if plain_cl is None else {**plain_cl,
-                                                                               "top1": plain_cl["top1"].as_dict()}})
+                        "plain": _plain_json(plain), "plain_channels_last": _plain_json(plain_cl)})
         if a.shuffle_labels and seed == 0:
             shuffled = shuffled_dataset(split, crops, a.dataset, cfg, a.workdir / "shuffled-data", seed)
             s_summary, s_wall = run_flow(shuffled, "jsonl", a.workdir / "shuffled", a.config, sets)
