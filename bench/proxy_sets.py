@@ -6,7 +6,8 @@ Writes `gray2/`: a JSONL set of grayscale PNG crops, two classes (`damaged`: a d
 `clean`: a car-part box that overlaps no damage box by 5% of its area or more), each record's `group` its
 source photo (so the split keeps a photo's crops together), `license` from the dataset. Run the train flow
 on it as the held-out checks do (`--format jsonl --set train.epochs=4 --set train.image_size=160`), then
-`bench/recipe_cv.py` on that work dir. Boxes are squared and padded by 1.3x (at least 96 px).
+`bench/recipe_cv.py` on that work dir. The polygons are the project's COCO adapter's (`scan_coco`: damage
+or part by supercategory, bad records quarantined); their boxes are squared and padded by 1.3x (>= 96 px).
 """
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ import argparse
 import collections
 import json
 from pathlib import Path
+
+
+def box(points: list[list[float]]) -> list[float]:
+    """(x, y, w, h) of a polygon."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
 def overlap(a: list[float], b: list[float]) -> float:
@@ -35,41 +42,37 @@ def square(b: list[float], width: int, height: int, pad: float = 1.3, least: int
 def main() -> None:
     from PIL import Image
 
+    from pipeline.core.config import load_config
+    from pipeline.data.adapters.coco import scan_coco
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--coco", type=Path, required=True, help="folder with <split>/annotations.json and images")
+    ap.add_argument("--coco", type=Path, required=True, help="a COCO dataset root (the `coco` format's)")
     ap.add_argument("--out", type=Path, default=Path("bench-work/proxy"))
     a = ap.parse_args()
     out = a.out / "gray2"
     (out / "images").mkdir(parents=True, exist_ok=True)
+    scan = scan_coco(a.coco, load_config(None, []).data)  # the adapter's reading: damage vs part, quarantine
     records = []
-    for ann_file in sorted(a.coco.glob("*/annotations.json")):
-        split = ann_file.parent.name
-        coco = json.loads(ann_file.read_text())
-        names = {c["id"]: c["name"] for c in coco["categories"]}
-        licence = (coco.get("licenses") or [{}])[0].get("name", "")
-        by_image = collections.defaultdict(list)
-        for ann in coco["annotations"]:
-            by_image[ann["image_id"]].append(ann)
-        for im in coco["images"]:
-            anns = by_image[im["id"]]
-            damage = [x["bbox"] for x in anns if names[x["category_id"]] == "damage"]
-            with Image.open(ann_file.parent / im["file_name"]) as src:
-                img = src.convert("RGB")
-            for k, ann in enumerate(anns):
-                if names[ann["category_id"]] == "damage":
-                    label = "damaged"
-                elif max([overlap(ann["bbox"], d) for d in damage] + [0.0]) < 0.05:
-                    label = "clean"
-                else:
-                    continue
-                name = f"{split}_{Path(im['file_name']).stem}_{k}.png"
-                img.crop(square(ann["bbox"], *img.size)).convert("L").save(out / "images" / name)
-                records.append({"path": f"images/{name}", "label": label, "group": f"{split}/{im['file_name']}",
-                                "license": licence})
+    for cand in scan.candidates:
+        boxes = [(ann, box(ann.points)) for ann in cand.annotations]
+        damage = [b for ann, b in boxes if ann.kind == "damage"]
+        with Image.open(a.coco / cand.path) as src:
+            img = src.convert("RGB")
+        for k, (ann, b) in enumerate(boxes):
+            if ann.kind == "damage":
+                label = "damaged"
+            elif max([overlap(b, d) for d in damage] + [0.0]) < 0.05:
+                label = "clean"
+            else:
+                continue
+            name = f"{Path(cand.path).with_suffix('').as_posix().replace('/', '_')}_{k}.png"
+            img.crop(square(b, *img.size)).convert("L").save(out / "images" / name)
+            records.append({"path": f"images/{name}", "label": label, "group": cand.path, "license": cand.license})
     with open(out / "manifest.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     counts = collections.Counter(r["label"] for r in records)
-    print(f"{out}: {len(records)} grayscale crops from {len({r['group'] for r in records})} photos: {dict(counts)}")
+    print(f"{out}: {len(records)} grayscale crops from {len({r['group'] for r in records})} photos: {dict(counts)}"
+          f" ({len(scan.quarantine)} files or shapes quarantined by the COCO reader)")
 
 
 if __name__ == "__main__":

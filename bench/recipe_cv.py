@@ -97,22 +97,12 @@ def fold_crops(crops: Path, frame: Any, out: Path) -> Path:
     return out
 
 
-def _phase_scores(out: Path, split: str = "test") -> dict[str, tuple[float, str]]:
-    """{key: (correct 0/1, group)} from a model dir's predictions.parquet."""
-    import pandas as pd
-
-    p = pd.read_parquet(out / "predictions.parquet")
-    p = p[p["split"] == split]
-    logits = np.stack(p["logits"].to_numpy())
-    correct = (logits.argmax(1) == p["label"].to_numpy()).astype(float)
-    return {str(k): (float(c), str(g)) for k, c, g in zip(p["key"], correct, p["group"])}  # group: the item id
-
-
 def run_fold(split_path: Path, crops: Path | None, root: Path, sets: list[str], seed: int, models: list[str],
              scratch: Path) -> dict[str, Any]:
     from bench.real_data import plain_finetune
     from pipeline.core.config import load_config
     from pipeline.training.budget import plan
+    from pipeline.training.compare import correctness
     from pipeline.training.distill import run_finetune, run_soft_labels, run_student
     from pipeline.training.items import build_items
     from pipeline.training.teacher import PROBE_DIR, run_teacher
@@ -120,31 +110,38 @@ def run_fold(split_path: Path, crops: Path | None, root: Path, sets: list[str], 
     cfg = load_config(None, [*sets, f"train.seed={seed}"])
     res: dict[str, Any] = {"scores": {}, "wall": {}}
 
+    def scores(model_dir: Path) -> dict[str, tuple[float, str]]:
+        return {k: (float(ok), item) for k, (ok, item) in (correctness(model_dir) or {}).items()}
+
     def phase(name: str, fn: Any, **kw: Any) -> Path:
-        out, ck = scratch / name, scratch / f"ck_{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(ck, ignore_errors=True)
+        """Run one phase function from scratch in scratch/<name> (kw: its own inputs, e.g. checkpoint_dir)."""
+        out = scratch / name
+        for old in (out, kw.get("checkpoint_dir")):
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         out.mkdir(parents=True)
         t0 = time.perf_counter()
-        fn(split_path, cfg=cfg, out_dir=out, dataset_root=root, crops_dir=crops, **kw,
-           **({} if fn is run_soft_labels else {"checkpoint_dir": ck}))
+        fn(split_path, cfg=cfg, out_dir=out, dataset_root=root, crops_dir=crops, **kw)
         res["wall"][name] = time.perf_counter() - t0
-        if name != "soft_labels":
-            res["scores"][name] = _phase_scores(out)
+        return out
+
+    def model(name: str, fn: Any, **kw: Any) -> Path:
+        out = phase(name, fn, checkpoint_dir=scratch / f"ck_{name}", **kw)
+        res["scores"][name] = scores(out)
         return out
 
     distilled = {"student", "finetune"} & set(models)
     if {"teacher", "probe"} & set(models) or distilled:
-        teacher = phase("teacher", run_teacher)
-        if (teacher / PROBE_DIR / "predictions.parquet").is_file():
-            res["scores"]["probe"] = _phase_scores(teacher / PROBE_DIR)
+        teacher = model("teacher", run_teacher)
+        if (probe := scores(teacher / PROBE_DIR)):
+            res["scores"]["probe"] = probe
     if distilled:
         soft = phase("soft_labels", run_soft_labels, teacher_dirs={"teacher": teacher})
-        student = phase("student", run_student, soft_dir=soft)
+        student = model("student", run_student, soft_dir=soft)
         if "finetune" in models:
-            phase("finetune", run_finetune, student_dir=student)
+            model("finetune", run_finetune, student_dir=student)
     if "student_no_teacher" in models:
-        phase("student_no_teacher", run_student, soft_dir=None)
+        model("student_no_teacher", run_student, soft_dir=None)
     if "plain" in models:
         data = build_items(split_path, cfg.train, root, crops)
         size = cfg.student.image_size or cfg.train.image_size
@@ -168,7 +165,7 @@ def summarise(per_item: dict[str, dict[str, list[float]]], groups: dict[str, str
         folds = [np.mean([np.mean(items[x]) for x in keys if fold_of[x] == i] or [np.nan]) for i in range(k)]
         lines.append(f"{name:<20} {est.text():<44} "
                      + " ".join(f"{f:.3f}" for f in folds))
-    if "plain" in per_item:
+    if "plain" in per_item and len(per_item) > 1:
         lines.append("")
         lines.append("paired with the plain fine-tune over the items both scored (bootstrap over photos):")
         for name, items in per_item.items():
@@ -209,19 +206,20 @@ def main() -> None:
     groups: dict[str, str] = {}
     fold_of: dict[str, int] = {}
     walls: dict[str, list[float]] = {}
-    seed_means: dict[str, list[float]] = {}
+    seed_scores: dict[tuple[str, int], list[float]] = {}
+    seeds = range(a.first_seed, a.first_seed + a.seeds)
     for i, frame in enumerate(folds_of(split, a.folds)):
         path = a.scratch / f"fold{i}" / "split.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(path)
-        for seed in range(a.first_seed, a.first_seed + a.seeds):
-            fcrops = None if crops is None else fold_crops(crops, frame, a.scratch / f"fold{i}" / "crops")
+        fcrops = None if crops is None else fold_crops(crops, frame, a.scratch / f"fold{i}" / "crops")
+        for seed in seeds:
             res = run_fold(path, fcrops, root, a.set, seed, models, a.scratch / f"fold{i}")
             for name, scores in res["scores"].items():
                 for key, (c, item) in scores.items():
                     per_item.setdefault(name, {}).setdefault(key, []).append(c)
                     groups[key], fold_of[key] = group_of.get(item, item), i
-                seed_means.setdefault(f"{name}:{seed}", []).extend(c for c, _ in scores.values())
+                seed_scores.setdefault((name, seed), []).extend(c for c, _ in scores.values())
             for name, w in res["wall"].items():
                 walls.setdefault(name, []).append(w)
             done = {n: f"{np.mean([c for c, _ in s.values()]):.3f}" for n, s in res["scores"].items()}
@@ -235,8 +233,7 @@ def main() -> None:
     if a.seeds > 1:
         print("\nper seed (pooled top-1):")
         for m in order:
-            vals = [float(np.mean(seed_means[f"{m}:{s}"])) for s in range(a.first_seed, a.first_seed + a.seeds)
-                    if f"{m}:{s}" in seed_means]
+            vals = [float(np.mean(seed_scores[m, s])) for s in seeds if (m, s) in seed_scores]
             print(f"  {m}: " + " ".join(f"{v:.3f}" for v in vals) + f" (spread {max(vals) - min(vals):.3f})")
     print("\nwall s per fold (mean): " + ", ".join(f"{n} {np.mean(w):.0f}" for n, w in walls.items()))
     if a.json:
