@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from pipeline.app.services import api_url, down, status, up
+from pipeline.core.store import process_start
 
 pytestmark = pytest.mark.slow
 
@@ -123,16 +124,16 @@ def test_down_leaves_recycled_pids_alive(tmp_path: Path) -> None:
     code = "import time; time.sleep(120)"
     lookalike = subprocess.Popen([sys.executable, "-c", code])  # same command, other start time
     try:
-        created = psutil.Process(lookalike.pid).create_time()
+        created = process_start(lookalike.pid)
         prefect_bin = str(Path(sys.executable).with_name("prefect"))
         state = {
             "prefect": {"pid": sleeper.pid, "cmd": [prefect_bin, "server", "start", "--port", "4200"],
-                        "create_time": psutil.Process(sleeper.pid).create_time(), "log": "x",
+                        "start": process_start(sleeper.pid), "log": "x",
                         "url": "http://127.0.0.1:4200", "api_url": "http://127.0.0.1:4200/api"},
-            "mlflow": {"pid": lookalike.pid, "cmd": [sys.executable, "-c", code], "create_time": created - 100,
+            "mlflow": {"pid": lookalike.pid, "cmd": [sys.executable, "-c", code], "start": created - 10_000,
                        "log": "x", "url": "http://127.0.0.1:5000"},
             "workers": {"cpu": {"pid": sleeper.pid, "cmd": [prefect_bin, "worker", "start", "--pool", "cpu"],
-                                "create_time": None, "log": "x", "pool": "cpu"}},
+                                "start": None, "log": "x", "pool": "cpu"}},
             "pools": ["cpu"],
         }
         (tmp_path / "services.json").write_text(json.dumps(state))

@@ -121,15 +121,13 @@ def _tag(pid: int, start: float) -> str:
 
 
 def test_staging_dir_is_named_after_its_owner(tmp_path):
-    import psutil
-
-    from pipeline.core.store import owner_dead, staging_owner
+    from pipeline.core.store import owner_dead, process_start, staging_owner
 
     store = ArtifactStore(tmp_path / "store")
     with store.staging("data-prep") as tmp:
         host, pid, start = staging_owner(tmp.name)
         assert tmp.name.startswith("data-prep-") and pid == os.getpid()
-        assert abs(start - psutil.Process().create_time()) <= 1.0
+        assert start == process_start(os.getpid())
         assert not owner_dead(tmp)
 
 
@@ -139,18 +137,20 @@ def test_dead_runs_staging_is_removed_live_ones_kept(tmp_path):
 
     import psutil
 
+    from pipeline.core.store import process_start
+
     store = ArtifactStore(tmp_path / "store")
     base = store.staging_root
     live = psutil.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     dead = psutil.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    dead_tag = _tag(dead.pid, dead.create_time())
+    dead_tag = _tag(dead.pid, process_start(dead.pid))
     dead.kill()
     dead.wait(timeout=30)
     try:
         dirs = {
             "dead": base / f"crops-{dead_tag}-abc123",  # a killed run
             "recycled": base / f"crops-{_tag(os.getpid(), 1000)}-abc123",  # our pid, another start
-            "live": base / f"crops-{_tag(live.pid, live.create_time())}-abc123",  # another live run
+            "live": base / f"crops-{_tag(live.pid, process_start(live.pid))}-abc123",  # another live run
             "other_host": base / f"crops-0badc0de-{os.getpid()}-1000-abc123",
             "legacy": base / "crops-k2j4h5g6",  # no owner in the name
         }

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterator
 
 import psutil  # a hard dependency of ultralytics
 
+from pipeline.core.store import process_start
+
 STOP_TIMEOUT = 15.0
 
 # Keeps the Popen objects of this process's children referenced (no "still running" warnings).
@@ -163,9 +165,12 @@ def live_process(entry: dict[str, Any]) -> psutil.Process | None:
         cmdline = proc.cmdline()
         if not args or cmdline[-len(args):] != args:
             return None
-        created = entry.get("create_time")
-        if created is not None and abs(proc.create_time() - float(created)) > 1.0:
-            return None
+        if entry.get("start") is not None:
+            if abs(process_start(proc.pid) - int(entry["start"])) > 1:
+                return None
+        elif entry.get("create_time") is not None:  # a state file written before `start`
+            if abs(proc.create_time() - float(entry["create_time"])) > 1.0:
+                return None
         return proc
     except (psutil.Error, KeyError, TypeError, ValueError):
         return None
@@ -179,10 +184,10 @@ def spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path, cwd: Path)
                                 env=env, cwd=str(cwd), start_new_session=True)
     _CHILDREN[proc.pid] = proc
     try:
-        created: float | None = psutil.Process(proc.pid).create_time()
+        start: int | None = process_start(proc.pid)
     except psutil.Error:
-        created = None
-    return {"pid": proc.pid, "cmd": cmd, "create_time": created, "log": str(log_path)}
+        start = None
+    return {"pid": proc.pid, "cmd": cmd, "start": start, "log": str(log_path)}
 
 
 def _pgid(pid: int) -> int | None:

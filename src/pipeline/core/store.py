@@ -149,7 +149,25 @@ def owner_tag() -> str:
 
 @lru_cache(maxsize=4)
 def _owner_tag(pid: int) -> str:  # keyed by pid, so a forked child gets its own
-    return f"{_host_tag()}-{pid}-{int(psutil.Process(pid).create_time())}"
+    return f"{_host_tag()}-{pid}-{process_start(pid)}"
+
+
+def process_start(pid: int) -> int:
+    """When process `pid` started, as a number that tells it from a later process with the same
+    pid. On Linux: its start in clock ticks since boot (/proc/<pid>/stat), which a wall-clock step
+    does not move; psutil's create_time() is boot time + ticks, and boot time is derived from the
+    wall clock, so an NTP or VM clock step shifts it (by 6.7 s once on these machines) and a live
+    process would look like another one. Elsewhere: create_time() in whole seconds. Raises
+    psutil.NoSuchProcess for a pid that does not run (psutil.AccessDenied if it may not be read)."""
+    if sys.platform.startswith("linux"):
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError) as err:
+            raise psutil.NoSuchProcess(pid) from err
+        except PermissionError as err:
+            raise psutil.AccessDenied(pid) from err
+        return int(text.rsplit(")", 1)[1].split()[19])  # field 22, starttime; comm may hold spaces
+    return int(psutil.Process(pid).create_time())
 
 
 def staging_owner(name: str) -> tuple[str, int, int] | None:
@@ -161,13 +179,14 @@ def staging_owner(name: str) -> tuple[str, int, int] | None:
     return parts[1], int(parts[2]), int(parts[3])
 
 
-def process_alive(pid: int, start_time: float) -> bool:
-    """Whether process `pid` runs and is the one that started at `start_time` (not a recycled pid)."""
+def process_alive(pid: int, start: int) -> bool:
+    """Whether process `pid` runs and is the one whose `process_start` is `start` (not a recycled
+    pid)."""
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return abs(proc.create_time() - start_time) <= 1.0
+        return abs(process_start(pid) - start) <= 1
     except psutil.NoSuchProcess:
         return False
     except psutil.Error:  # exists, but we may not inspect it: assume it is the owner
