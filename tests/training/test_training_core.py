@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.core.config import PhaseTrainConfig, build_config, load_config
-from pipeline.training.items import ImageDataset, build_items, largest_defect_type
+from pipeline.training.items import ImageDataset, build_items, largest_defect_type, photo_groups
 from pipeline.training.distill import combine, distill_loss
 from pipeline.training.loop import InjectedFault, fit
 from training_helpers import make_image_split
@@ -52,6 +52,15 @@ def test_crop_target_is_the_largest_defect():
     assert largest_defect_type(defects, ["crack", "dent"]) == "crack"
     assert largest_defect_type("[]", ["scratch"]) == "scratch"
     assert largest_defect_type(None, []) is None
+
+
+def test_intervals_resample_the_split_group_not_the_image():
+    """Images of one JSONL group (one photo's crops, one vehicle) are one unit for the intervals; a
+    crop without a group falls back to its photo, an image without either to its key."""
+    frame = pd.DataFrame({"key": ["a", "b", "c", "d"], "item_id": ["a", "b", "p1", "d"],
+                          "group_id": ["g1", "g1", None, ""]})
+    assert photo_groups(frame) == ["g1", "g1", "p1", "d"]
+    assert photo_groups(pd.DataFrame({"key": ["x", "y"]})) == ["x", "y"]
 
 
 def test_config_precedence(tmp_path):

@@ -82,11 +82,11 @@ def _compare_set(client, name: str, new, champ, test_items: Sequence[Any]) -> tu
 
 
 def _with_photos(records: list[dict[str, str]], items: Any) -> list[dict[str, str]]:
-    """Each record's photo (`group`): a training frame maps a crop's `key` to its photo's `item_id`, so
-    intervals resample photos, not crops."""
-    photo = {}
-    if hasattr(items, "columns") and {"key", "item_id"} <= set(items.columns):
-        photo = {str(k): str(i) for k, i in zip(items["key"], items["item_id"])}
+    """Each record's photo group (`group`, see training.items.photo_groups), so intervals resample
+    photos and JSONL groups, not crops or images of one photo."""
+    from pipeline.training.items import photo_of
+
+    photo = photo_of(items)
     return [{**r, "group": photo.get(r["item_id"], r["item_id"])} for r in records]
 
 

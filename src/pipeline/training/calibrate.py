@@ -142,10 +142,11 @@ def _at(table: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
 
 
 def _groups(items: Any, s: Scored) -> list[str]:
-    """The photo of each scored item: a training frame maps its crop `key` to the photo's `item_id`."""
-    photo: dict[str, str] = {}
-    if hasattr(items, "columns") and {"key", "item_id"} <= set(items.columns):
-        photo = {str(k): str(i) for k, i in zip(items["key"], items["item_id"])}
+    """The resampling unit of each scored item: a training frame maps its `key` to its photo's group
+    (see items.photo_groups)."""
+    from pipeline.training.items import photo_of
+
+    photo = photo_of(items)
     return [photo.get(r["item_id"], r["item_id"]) for r in s.records]
 
 

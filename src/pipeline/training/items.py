@@ -56,6 +56,25 @@ class TrainingData:
         return out
 
 
+def photo_groups(frame: Any) -> list[str]:
+    """The resampling unit of each row of a training frame, for intervals: the split's group_id (a
+    JSONL `group`, the items the split keeps together) where the row has one, else its photo's
+    item_id (a crop's source photo), else its key. Rows that share a unit are not independent."""
+    columns = set(getattr(frame, "columns", ()))
+    out = [str(k) for k in frame["key"]]
+    for column in ("item_id", "group_id"):  # later columns win where they have a value
+        if column in columns:
+            out = [str(v) if v is not None and v == v and str(v) else o for v, o in zip(frame[column], out)]
+    return out
+
+
+def photo_of(frame: Any) -> dict[str, str]:
+    """{key: resampling unit} of a training frame (see `photo_groups`); {} for anything else."""
+    if not (hasattr(frame, "columns") and "key" in frame.columns):
+        return {}
+    return dict(zip((str(k) for k in frame["key"]), photo_groups(frame)))
+
+
 def largest_defect_type(defects_json: str | None, damage_types: Any) -> str | None:
     """The type of the defect with the largest area; else the first listed damage type."""
     defects = json.loads(defects_json) if defects_json else []

@@ -88,9 +88,11 @@ def save_predictions(out_dir: Path, parts: dict[str, tuple[Any, np.ndarray, np.n
     two models can be compared item by item later (paired intervals over photos)."""
     import pandas as pd
 
+    from pipeline.training.items import photo_groups
+
     rows = []
     for split, (frame, logits, labels) in parts.items():
-        groups = frame["item_id"] if "item_id" in frame.columns else frame["key"]
+        groups = photo_groups(frame)
         for key, group, y, z in zip(frame["key"], groups, labels, logits):
             rows.append({"split": split, "key": str(key), "group": str(group), "label": int(y),
                          "logits": [float(v) for v in z]})
@@ -102,8 +104,9 @@ def _estimates(frame: Any, logits: np.ndarray, labels: np.ndarray, majority: int
                seed: int) -> dict[str, Any]:
     """top-1 and the majority-class rate with n and a bootstrap interval over photos."""
     from pipeline.core.stats import mean_ci
+    from pipeline.training.items import photo_groups
 
-    groups = list(frame["item_id"]) if "item_id" in frame.columns else None
+    groups = photo_groups(frame)
     correct = (logits.argmax(axis=1) == labels) if len(labels) else np.zeros(0, bool)
     top1 = mean_ci(correct.astype(float), groups, seed=seed)
     maj = mean_ci((labels == majority).astype(float), groups, seed=seed)
