@@ -1,4 +1,4 @@
-"""The size-aware recipe and the honest figures: step budget, best-epoch rule, LP-FT start kept when
+"""The size-aware recipe and the honest figures: step budget, best-epoch rule, the probe (epoch 0) kept when
 training hurts, a student that learns a separable set, the KD loss by hand, seeded bootstrap
 intervals over photos, and a calibration on too few items flagged."""
 from __future__ import annotations
@@ -37,6 +37,37 @@ def test_budget_derives_epochs_from_steps_and_explicit_epochs_win():
     ft = budget.plan(177, 32, FinetuneConfig(epochs=None), _train())  # the fine-tune continues a student: a share
     assert ft.min_steps == 50 and ft.epochs == 9 and ft.total_steps == 54 and not ft.short_of_budget
     assert budget.plan(177, 32, FinetuneConfig(epochs=3), _train()).total_steps == 18  # explicit epochs still win
+
+
+def test_training_restarts_from_a_fresh_head_after_the_probe_is_scored(tmp_path):
+    """head_start: fresh: the probe is scored (and saved) as epoch 0, then the head is re-drawn as timm
+    draws a new one (PyTorch's Linear default, from the seed, the global RNG untouched) and trained."""
+    from pipeline.training.loop import fit
+    from pipeline.training.probe import fresh_head
+
+    head = torch.nn.Linear(64, 3)
+    torch.nn.init.zeros_(head.weight)
+    rng = torch.random.get_rng_state()
+    fresh_head(SimpleNamespace(get_classifier=lambda: head), 7)
+    first = head.weight.clone()
+    fresh_head(SimpleNamespace(get_classifier=lambda: head), 7)
+    assert torch.equal(first, head.weight) and torch.equal(rng, torch.random.get_rng_state())
+    assert first.abs().max() <= 1 / math.sqrt(64) and first.std() > 0.25 / math.sqrt(64)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    data = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long(), torch.arange(64))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    model = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-4.0, 0, 0, 0], [4.0, 0, 0, 0]]))  # "the probe": right on every item
+        model.bias.zero_()
+    seen = []
+    recipe = PhaseTrainConfig(optimizer="sgd", lr=1e-9, weight_decay=0.0, warmup=0.0, clip_grad=None)
+    out = fit(model, loader, loader, recipe, epochs=1, seed=0, checkpoint_dir=tmp_path / "c", eval_initial=True,
+              select=False, restart=lambda m: (seen.append(m.weight.clone()), torch.nn.init.zeros_(m.weight)))
+    assert out.history[0]["val_top1"] == 1.0 and seen and seen[0][1, 0] == 4.0  # epoch 0 was the probe
+    assert out.history[1]["val_top1"] < 1.0 and float(model.weight.detach().abs().max()) < 1e-3  # trained from the reset
 
 
 def test_best_epoch_ties_go_to_the_later_epoch():

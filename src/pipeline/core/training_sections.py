@@ -193,6 +193,15 @@ class PhaseTrainConfig(Section):
                 setattr(self, key, getattr(train, key))
 
 
+HEAD_START_HELP = ("The head fine-tuning starts from. 'fresh': timm's own new Linear head (PyTorch's default init, "
+                   "drawn from train.seed), as a plain fine-tune starts; the linear probe is still fitted, reported "
+                   "and scored as epoch 0 (kept when val can choose and no trained epoch beats it). 'probe': LP-FT, "
+                   "the probe itself as the head. Teacher and student (regional teachers and the fine-tune continue a "
+                   "trained model's head). Cross-validated on a grayscale two-class set at 4 epochs (20-24 "
+                   "steps a phase), the probe head lost 5-7 points to a fresh one: at lr 1e-3 AdamW moves the "
+                   "backbone under a head whose weights it barely moves, and the first epoch undid the probe.")
+
+
 class TeacherConfig(PhaseTrainConfig):
     """The global teacher: EfficientNet-Lite2, AdamW lr 1e-3 (weight decay 0.01), random-resized crop and flip.
     Mixup/CutMix, label smoothing and dropout (the ImageNet-scale recipe: mixup 1.0 / cutmix 1.2 at p 0.5,
@@ -200,6 +209,7 @@ class TeacherConfig(PhaseTrainConfig):
     images they kept the fine-tune below its own linear probe."""
 
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    head_start: Literal["fresh", "probe"] = Field("fresh", description=HEAD_START_HELP)
 
 
 class RegionSpec(Section):
@@ -248,6 +258,7 @@ class StudentConfig(PhaseTrainConfig):
                       "no offline weights here).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (1e-3 moves a small pretrained student within its "
                       "step budget; 1e-4 left it near its starting probe).")
+    head_start: Literal["fresh", "probe"] = Field("fresh", description=HEAD_START_HELP)
     distill_weight: float | list[float] = Field(0.7, description="Loss = w * KL(teacher_T || student_T) * T^2 + "
                                                 "(1-w) * CE; a short list: the student tries each on val.")
 

@@ -178,7 +178,8 @@ def distill_loss(soft: Any, weight: float, temperature: float, label_smoothing: 
 
 
 def _student_model(cfg: PipelineConfig, data: Any, rt: PhaseRuntime) -> tuple[Any, dict[str, Any], Any, bool]:
-    """(model, info, loaders, lp_ft): the student's backbone with its linear probe as the head."""
+    """(model, info, loaders, lp_ft): the student's backbone with its linear probe as the head (epoch 0;
+    training may restart from a fresh head, student.head_start)."""
     from pipeline.training.probe import probe_start
 
     recipe, t = cfg.student, cfg.train
@@ -199,10 +200,14 @@ def _candidates(cfg: PipelineConfig, soft_dir: Path | None) -> list[tuple[float,
     return [(w, t) for w in distill_weights(cfg.student.distill_weight) for t in temps]
 
 
-def _start_line(lp_ft: bool) -> str:
-    return ("It starts from a linear probe on its frozen backbone as the head (LP-FT); that probe is epoch 0 and "
-            "stays the answer when no trained epoch beats it on val." if lp_ft else
-            "It starts from a fresh near-zero head (no linear probe fitted).")
+def _start_line(lp_ft: bool, head_start: str) -> str:
+    if not lp_ft:
+        return ("It starts from a fresh head (no linear probe fitted: "
+                + ("timm's default init)." if head_start == "fresh" else "near-zero init)."))
+    probe = ("A linear probe on its frozen backbone is epoch 0 and stays the answer when val can choose and no "
+             "trained epoch beats it; ")
+    return probe + ("training starts from a fresh head (student.head_start: fresh, as a plain fine-tune)."
+                    if head_start == "fresh" else "training starts from that probe as the head (LP-FT).")
 
 
 def run_student(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, *,
@@ -220,10 +225,11 @@ def run_student(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint
                           "and student.cutmix_alpha=0")
     if not candidates:
         model, info, loaders, lp_ft = _student_model(cfg, data, rt)
-        lines = ["Trained without teachers (cross-entropy only). " + _start_line(lp_ft), ""]
+        lines = ["Trained without teachers (cross-entropy only). " + _start_line(lp_ft, recipe.head_start), ""]
         return train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt,
                                 title="Student without teachers", use_mixup=True, baseline_lines=lines,
-                                start_is_model=lp_ft, start_name="the linear probe")
+                                start_is_model=lp_ft, start_name="the linear probe",
+                                fresh_start=recipe.head_start == "fresh")
     results = []
     for i, (w, temp) in enumerate(candidates):
         cand_dir = out_dir if len(candidates) == 1 else out_dir / "candidates" / f"w{w:g}_T{temp:g}"
@@ -250,11 +256,12 @@ def _distill_candidate(split_path: Path, soft_dir: Path, data: Any, cfg: Pipelin
     excluded = meta.get("excluded") or {}
     lines = [f"Distilled from {', '.join(sorted(meta['weights']))} (weights {meta['weights']}, T = {temperature:g}, "
              f"KL weight {weight:g})." + (f" Left out of the soft labels: {', '.join(sorted(excluded))}." if excluded
-                                          else "") + " " + _start_line(lp_ft), ""]
+                                          else "") + " " + _start_line(lp_ft, recipe.head_start), ""]
     metrics = train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt, title="Student",
                                loss_fn=loss_fn, use_mixup=False, baseline_lines=lines, start_is_model=lp_ft,
                                start_name="the linear probe", meta_extra={"distill": {"weight": weight,
-                                                                                      "temperature": temperature}})
+                                                                                      "temperature": temperature}},
+                               fresh_start=recipe.head_start == "fresh")
     return {**metrics, "distill_weight": weight, "distill_temperature": temperature}
 
 

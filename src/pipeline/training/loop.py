@@ -310,8 +310,10 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         loss_fn: LossFn | None = None, mixup: Any = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         fail_after_steps: int | None = None, evaluate: Callable[[Any, Any], dict[str, float]] | None = None,
         monitor: str = "val_top1", eval_initial: bool = False, warmup_steps: int | None = None,
-        progress: str | None = None, select: bool = True) -> FitResult:
-    """Train `model` in place (see the module docstring); it ends holding the best epoch's weights."""
+        progress: str | None = None, select: bool = True, restart: Callable[[Any], None] | None = None) -> FitResult:
+    """Train `model` in place (see the module docstring); it ends holding the best epoch's weights.
+    `restart`: applied to the model after epoch 0 is scored, before the first step of a run that does
+    not resume (e.g. a fresh head after the probe was scored as epoch 0)."""
     import torch
     from safetensors.torch import load_file
 
@@ -351,6 +353,8 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         if eval_initial and state is None:
             history.append({"epoch": 0, "train_loss": math.nan, **score(), "lr": 0.0})
             _state_save(model, ckpt / "best" / "model.safetensors")
+        if restart is not None and state is None:
+            restart(model)
         for epoch in range(start, epochs):
             if stopped:
                 break

@@ -1,10 +1,10 @@
 """The linear probe: a pretrained backbone frozen, logistic regression on its pooled features.
 
-It is both the baseline every trained model is shown beside and the head a fine-tune starts from
-(LP-FT: fine-tuning then starts at the baseline instead of distorting the features to fit a random
-head). `fit_probe` fits scikit-learn's LogisticRegression on the unaugmented train features;
-`init_head` writes its coefficients, mapped onto raw features, into the model's linear head, so the
-model as it starts *is* the probe and is scored like any model (the training loop's epoch 0).
+It is the baseline every trained model is shown beside, and the training loop's epoch 0: `fit_probe`
+fits scikit-learn's LogisticRegression on the unaugmented train features; `init_head` writes its
+coefficients, mapped onto raw features, into the model's linear head, so the model as it starts *is*
+the probe and is scored like any model. Fine-tuning then goes on from the probe as its head (LP-FT,
+`head_start: probe`) or from a fresh head (`fresh_head`, the default `head_start: fresh`).
 """
 from __future__ import annotations
 
@@ -70,6 +70,19 @@ def init_head(model: Any, probe: Probe | None, n_classes: int) -> bool:
         head.weight.copy_(torch.as_tensor(probe.coef[order], dtype=head.weight.dtype))
         head.bias.copy_(torch.as_tensor(probe.intercept[order], dtype=head.bias.dtype))
     return True
+
+
+def fresh_head(model: Any, seed: int) -> None:
+    """Re-draw the model's Linear head as timm's `reset_classifier` builds it (PyTorch's default Linear
+    init, U(+-1/sqrt(fan_in))), from `seed` without touching the global RNG: how a plain fine-tune starts."""
+    import torch
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear):
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        head.reset_parameters()
 
 
 def probe_start(model: Any, loaders: Any, device: str, cfg: Any, n_classes: int) -> bool:

@@ -1,13 +1,13 @@
 """The teacher phases: the global teacher and one regional teacher per `regional.teachers` entry.
 
 `run_teacher` first measures the baseline (the pretrained backbone frozen, a logistic-regression
-probe on its pooled features of the train split, scored on val and test), then fine-tunes the whole
-model per the `teacher` recipe, starting from that probe as its head (LP-FT), and scores the test
-split. `run_regional_teacher` trains the same
-way on a subset `{name, column, values}`, starting from the global teacher's weights and class
-list with the `regional` recipe, and reports the global teacher on the same subset as its
-baseline. Each writes into out_dir: model.safetensors, model.json, report.md, curves.png,
-confusion.png.
+probe on its pooled features of the train split, scored on val and test: the training loop's
+epoch 0), then fine-tunes the whole model per the `teacher` recipe from a fresh head (`head_start:
+fresh`) or from that probe as its head (LP-FT, `head_start: probe`), and scores the test split.
+`run_regional_teacher` trains the same way on a subset `{name, column, values}`, starting from the
+global teacher's weights and class list with the `regional` recipe, and reports the global teacher
+on the same subset as its baseline. Each writes into out_dir: model.safetensors, model.json,
+report.md, curves.png, confusion.png.
 """
 from __future__ import annotations
 
@@ -60,14 +60,17 @@ def _save_probe(model: Any, info: dict[str, Any], data: Any, loaders: Any, recip
     save_predictions(out_dir / PROBE_DIR, raw)
 
 
-def _baseline_lines(scores: dict[str, Any], info: dict[str, Any], lp_ft: bool) -> list[str]:
+def _baseline_lines(scores: dict[str, Any], info: dict[str, Any], lp_ft: bool, head_start: str) -> list[str]:
+    fresh = "timm's default init" if head_start == "fresh" else "near-zero init"
+    epoch0 = ("The probe itself is epoch 0: it stays the teacher when no fine-tuned epoch beats it on val (a val "
+              "set smaller than train.select_min_val chooses nothing: the fine-tune's last epoch is kept). ")
+    start = (epoch0 + ("Fine-tuning starts from a fresh head (teacher.head_start: fresh, " + fresh + ", as a plain "
+                       "fine-tune)." if head_start == "fresh" else "Fine-tuning starts from this probe as the "
+                       "classifier head (LP-FT).") if lp_ft else
+             f"Fine-tuning starts from a fresh head ({fresh}; the probe did not cover every class).")
     return ["## Baseline", "", "The pretrained backbone frozen, a logistic-regression probe on its pooled features "
             "(saved as `probe/`):", f"- val top-1 {scores['_val'].text()}", f"- test top-1 {scores['_test'].text()}"
-            + (" (random-initialised backbone)" if info["random_init"] else ""), "",
-            "Fine-tuning starts from this probe as the classifier head (LP-FT), and the probe itself is epoch 0: it "
-            "stays the teacher when no fine-tuned epoch beats it on val (a val set smaller than "
-            "train.select_min_val chooses nothing: the fine-tune's last epoch is kept)." if lp_ft else
-            "Fine-tuning starts from a fresh near-zero head (the probe did not cover every class).", ""]
+            + (" (random-initialised backbone)" if info["random_init"] else ""), "", start, ""]
 
 
 def run_teacher(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, *,
@@ -88,8 +91,9 @@ def run_teacher(split_path: Path, cfg: PipelineConfig, out_dir: Path, checkpoint
     baseline = {k: v for k, v in scores.items() if not k.startswith("_")}
     model.train()
     return train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt,
-                            title="Teacher", baseline_lines=_baseline_lines(scores, info, lp_ft), baseline=baseline,
-                            start_is_model=lp_ft, start_name="the linear probe")
+                            title="Teacher", baseline_lines=_baseline_lines(scores, info, lp_ft, recipe.head_start),
+                            baseline=baseline, start_is_model=lp_ft, start_name="the linear probe",
+                            fresh_start=recipe.head_start == "fresh")
 
 
 def regional_spec(cfg: PipelineConfig, name: str) -> RegionSpec:

@@ -118,13 +118,20 @@ def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loade
                      cfg: PipelineConfig, out_dir: Path, checkpoint_dir: Path, rt: PhaseRuntime, *, title: str,
                      loss_fn: LossFn | None = None, use_mixup: bool = True, meta_extra: dict[str, Any] | None = None,
                      baseline_lines: list[str] | None = None, baseline: dict[str, float] | None = None,
-                     start_is_model: bool = False, start_name: str = "the starting model") -> dict[str, Any]:
+                     start_is_model: bool = False, start_name: str = "the starting model",
+                     fresh_start: bool = False) -> dict[str, Any]:
     """Fit within the phase's step budget, test, save the model directory, its predictions and the
     report; return the phase metrics. `start_is_model`: the model as it starts (a linear probe, or a
-    trained model) is scored as epoch 0 and kept when no trained epoch beats it on val."""
+    trained model) is scored as epoch 0 and kept when no trained epoch beats it on val. `fresh_start`:
+    training itself starts from a fresh head (probe.fresh_head), after epoch 0 is scored."""
     from pipeline.training.budget import plan
+    from pipeline.training.probe import fresh_head
 
     t = cfg.train
+    restart = None
+    if fresh_start:
+        def restart(m: Any) -> None:
+            fresh_head(m, t.seed)
     budget = plan(len(loaders.train.dataset), int(loaders.train.batch_size or 1), recipe, t)
     n_val = len(loaders.val.dataset)
     mixup = make_mixup(recipe, len(data.class_names)) if use_mixup else None
@@ -132,7 +139,8 @@ def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loade
                  checkpoint_dir=checkpoint_dir, device=rt.device, amp=t.amp, channels_last=t.channels_last,
                  loss_fn=loss_fn, mixup=mixup, on_epoch=rt.on_epoch, fail_after_steps=rt.fail_after_steps,
                  monitor=MONITOR[t.select_by], eval_initial=start_is_model, warmup_steps=budget.warmup_steps,
-                 progress=f"{rt.name or title}" if rt.progress else None, select=n_val >= t.select_min_val)
+                 progress=f"{rt.name or title}" if rt.progress else None, select=n_val >= t.select_min_val,
+                 restart=restart)
     test, logits, labels = score(model, loaders.test, loaders.frames["test"], data.class_names, rt.device, cfg)
     _, val_logits, val_labels = score(model, loaders.val, loaders.frames["val"], data.class_names, rt.device, cfg,
                                       prefix="val")
