@@ -126,6 +126,14 @@ def test_kd_loss_matches_a_hand_computed_value():
     ce = float(-torch.log_softmax(logits, dim=1)[torch.arange(2), y].mean())
     assert got == pytest.approx(w * kl + (1 - w) * ce, rel=1e-9)
     assert kl > 0  # the direction: the teacher's distribution is the target (KL(p || q), not KL(q || p))
+    # teacher_right: the teacher is right on both rows, so nothing changes; wrong on row 1 (label 0), that
+    # row trains on CE alone at full weight
+    assert float(distill_loss(soft, w, t, only_right=True)(logits, y, torch.tensor([0, 1]))) == pytest.approx(got)
+    y2 = torch.tensor([0, 0])
+    ce_rows = -torch.log_softmax(logits, dim=1)[torch.arange(2), y2]
+    kl0 = float((soft[0] * (soft[0].log() - q[0].log())).sum()) * t ** 2
+    want = ((w * kl0 + (1 - w) * float(ce_rows[0])) + float(ce_rows[1])) / 2
+    assert float(distill_loss(soft, w, t, only_right=True)(logits, y2, torch.tensor([0, 1]))) == pytest.approx(want)
 
 
 def test_bootstrap_is_seeded_covers_the_estimate_and_resamples_photos():

@@ -261,6 +261,10 @@ class StudentConfig(PhaseTrainConfig):
     head_start: Literal["fresh", "probe"] = Field("fresh", description=HEAD_START_HELP)
     distill_weight: float | list[float] = Field(0.7, description="Loss = w * KL(teacher_T || student_T) * T^2 + "
                                                 "(1-w) * CE; a short list: the student tries each on val.")
+    distill_on: Literal["teacher_right", "all"] = Field(
+        "teacher_right", description="Train items whose soft label distils: 'teacher_right', only those the "
+        "combined teachers answer right (the others train on their label, CE alone), so the student never "
+        "learns a teacher's mistake on an item whose answer is known; 'all': every item.")
 
     @model_validator(mode="after")
     def _weights(self) -> "StudentConfig":

@@ -8,8 +8,9 @@ renormalised there), written as probs_*.npy shards + soft_labels.parquet (key, s
 teachers) + soft_labels.json (class names, T, weights). Every row is checked to sum to 1.
 
 `run_student`: loss = w * KL(p_T || softmax(z / T)) * T^2 + (1 - w) * CE(z, y) with
-w = student.distill_weight and T from the soft labels; without soft labels (`student_no_teacher`)
-CE only. `run_finetune`: the distilled student trained on, CE only, the `finetune` recipe.
+w = student.distill_weight and T from the soft labels, on the train items the soft labels answer
+right (`student.distill_on: teacher_right`; the others train on CE alone: a short teacher's mistakes
+are not taught); without soft labels (`student_no_teacher`) CE only. `run_finetune`: the distilled student trained on, CE only, the `finetune` recipe.
 """
 from __future__ import annotations
 
@@ -165,14 +166,22 @@ def load_soft_labels(soft_dir: Path, temperature: float | None = None) -> tuple[
     return {k: probs[i] for i, k in enumerate(keys)}, {**meta, "temperature": float(temperature)}
 
 
-def distill_loss(soft: Any, weight: float, temperature: float, label_smoothing: float = 0.0) -> Any:
-    """loss(logits, y, rows) = w * KL(soft[rows] || softmax(z / T)) * T^2 + (1 - w) * CE(z, y)."""
+def distill_loss(soft: Any, weight: float, temperature: float, label_smoothing: float = 0.0,
+                 only_right: bool = False) -> Any:
+    """loss(logits, y, rows) = w * KL(soft[rows] || softmax(z / T)) * T^2 + (1 - w) * CE(z, y), averaged
+    over the batch. `only_right`: an item whose soft label's argmax is not its label trains on CE alone
+    (its KL term dropped, its CE at full weight)."""
+    import torch
     import torch.nn.functional as F
 
     def loss(logits: Any, target: Any, rows: Any) -> Any:
         p = soft[rows.to(soft.device)].to(logits.device)
-        kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), p, reduction="batchmean") * temperature ** 2
-        return weight * kl + (1 - weight) * F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), p, reduction="none").sum(dim=1) * temperature ** 2
+        ce = F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction="none")
+        mixed = weight * kl + (1 - weight) * ce
+        if only_right:
+            mixed = torch.where(p.argmax(dim=1) == target, mixed, ce)
+        return mixed.mean()
 
     return loss
 
@@ -252,17 +261,24 @@ def _distill_candidate(split_path: Path, soft_dir: Path, data: Any, cfg: Pipelin
     if missing:
         raise DatasetError(f"{len(missing)} train items have no soft label (e.g. {missing[0]}); rerun soft_labels")
     matrix = torch.from_numpy(np.stack([soft[k] for k in keys]))
-    loss_fn = distill_loss(matrix, weight, temperature, recipe.label_smoothing)
+    only_right = recipe.distill_on == "teacher_right"
+    loss_fn = distill_loss(matrix, weight, temperature, recipe.label_smoothing, only_right)
+    wrong = int((matrix.argmax(dim=1) != torch.as_tensor(data.labels(loaders.frames["train"]))).sum())
     excluded = meta.get("excluded") or {}
     lines = [f"Distilled from {', '.join(sorted(meta['weights']))} (weights {meta['weights']}, T = {temperature:g}, "
              f"KL weight {weight:g})." + (f" Left out of the soft labels: {', '.join(sorted(excluded))}." if excluded
-                                          else "") + " " + _start_line(lp_ft, recipe.head_start), ""]
+                                          else "") + " " + _start_line(lp_ft, recipe.head_start), "",
+             f"The soft labels answer {wrong} of the {len(keys)} train items wrong; "
+             + ("those train on their label alone (student.distill_on: teacher_right), the other "
+                f"{len(keys) - wrong} distil." if only_right else "every item distils (student.distill_on: all)."), ""]
     metrics = train_and_report(model, info, data, loaders, recipe, cfg, out_dir, checkpoint_dir, rt, title="Student",
                                loss_fn=loss_fn, use_mixup=False, baseline_lines=lines, start_is_model=lp_ft,
                                start_name="the linear probe", meta_extra={"distill": {"weight": weight,
                                                                                       "temperature": temperature}},
                                fresh_start=recipe.head_start == "fresh")
-    return {**metrics, "distill_weight": weight, "distill_temperature": temperature}
+    return {**metrics, "distill_weight": weight, "distill_temperature": temperature,
+            "soft_labels_wrong_train": float(wrong), "distilled_train_items": float(len(keys) - wrong if only_right
+                                                                                   else len(keys))}
 
 
 def _keep_best(out_dir: Path, candidates: list[tuple[float, float]], results: list[dict[str, Any]],
