@@ -10,8 +10,7 @@ teachers) + soft_labels.json (class names, T, weights). Every row is checked to 
 `run_student`: loss = w * KL(p_T || softmax(z / T)) * T^2 + (1 - w) * CE(z, y) with
 w = student.distill_weight and T from the soft labels, on the train items the soft labels answer
 right (`student.distill_on: teacher_right`; the others train on CE alone: a short teacher's mistakes
-are not taught); without soft labels (`student_no_teacher`) CE only. `run_finetune`: the distilled
-student trained on, CE only, the `finetune` recipe.
+are not taught); without soft labels (`student_no_teacher`) CE only. `run_finetune`: the distilled student trained on, CE only, the `finetune` recipe.
 """
 from __future__ import annotations
 
@@ -278,7 +277,8 @@ def _distill_candidate(split_path: Path, soft_dir: Path, data: Any, cfg: Pipelin
                                                                                       "temperature": temperature}},
                                fresh_start=recipe.head_start == "fresh")
     return {**metrics, "distill_weight": weight, "distill_temperature": temperature,
-            "soft_labels_wrong_train": float(wrong), "distilled_train_items": float(len(keys) - only_right * wrong)}
+            "soft_labels_wrong_train": float(wrong), "distilled_train_items": float(len(keys) - wrong if only_right
+                                                                                   else len(keys))}
 
 
 def _keep_best(out_dir: Path, candidates: list[tuple[float, float]], results: list[dict[str, Any]],
