@@ -212,7 +212,10 @@ def test_app_in_a_browser(app_workdir, demo_dataset, shots, tmp_path):
         shot(driver, shots, "04-runs")
 
         driver.get(f"{base}/compare")
-        wait_for(driver, lambda d: settled(d) and "phase(s) recomputed" in page_text(d), "compare page")
+        # the page's last section, not its first line: Streamlit renders element by element, and its status
+        # widget shows only after a moment, so "settled" alone can read a half-drawn page
+        wait_for(driver, lambda d: settled(d) and "phase(s) recomputed" in page_text(d)
+                 and ("No metric moved." in page_text(d) or "Metrics that moved" in page_text(d)), "compare page")
         text = page_text(driver)
         assert "0 of 9 phase(s) recomputed" in text and "No file added, removed or changed." in text
         shot(driver, shots, "05-compare")

@@ -38,6 +38,33 @@ def test_commit_writes_lineage_last_and_is_complete(tmp_path):
     assert not list((tmp_path / "store" / ".staging").iterdir())  # staging cleaned
 
 
+def test_commit_that_loses_the_race_to_a_concurrent_run_keeps_the_winner(tmp_path, monkeypatch):
+    """Two runs build the same artifact; the other one moves its copy in between this commit's check and
+    its move (the rename then fails: the target is a non-empty directory): the winner's artifact stands,
+    this commit returns its ref instead of failing the run, and its staging copy is cleaned up."""
+    import pipeline.core.store as store_mod
+
+    store = ArtifactStore(tmp_path / "store")
+    real_replace, raced = os.replace, []
+
+    def replace(src, dst):
+        if not raced and str(dst).endswith("a" * 64):  # the concurrent run commits first
+            raced.append(dst)
+            winner = tmp_path / "winner"
+            winner.mkdir()
+            (winner / "out.txt").write_text("x")
+            (winner / LINEAGE).write_text(json.dumps({"phase": "p", "artifact_id": "a" * 64, "by": "winner",
+                                                         "content_hash": "h"}))
+            real_replace(winner, dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store_mod.os, "replace", replace)
+    ref = _commit(store)
+    assert raced and ref.artifact_id == "a" * 64
+    assert store.read_lineage("p", "a" * 64)["by"] == "winner"
+    assert not list((tmp_path / "store" / ".staging").iterdir())
+
+
 def test_incomplete_directory_is_never_reused(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     d = tmp_path / "store" / "p" / ("b" * 64)

@@ -308,7 +308,12 @@ class ArtifactStore:
             tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}")
             self.fs.get(self.dir_path(ref.phase, ref.artifact_id) + "/", str(tmp), recursive=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, local) if not local.exists() else shutil.rmtree(tmp)
+            try:
+                os.replace(tmp, local)
+            except OSError:  # another process cached it first (the target is a non-empty directory)
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not (local / LINEAGE).is_file():
+                    raise
         return local
 
     def dir_for(self, phase: str, artifact_id: str) -> Path:
@@ -370,7 +375,12 @@ class ArtifactStore:
                 trash = final_p.with_name(f".trash-{aid}-{uuid.uuid4().hex[:8]}")
                 os.replace(final_p, trash)
                 shutil.rmtree(trash, ignore_errors=True)
-            os.replace(staged, final_p)
+            try:
+                os.replace(staged, final_p)
+            except OSError:  # ENOTEMPTY/EEXIST: another run moved the same artifact in since the check
+                if replace or not (final_p / LINEAGE).is_file():
+                    raise
+                return self.ref(phase, aid)
             staged.mkdir()  # so that staging()'s cleanup finds a directory
         else:
             if replace and self.fs.exists(final):
