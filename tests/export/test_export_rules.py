@@ -87,6 +87,38 @@ def test_dead_channels_are_zeroed_so_their_bias_survives_int8(tmp_path):
     assert ox.zero_dead_channels(path) == 0  # nothing left to zero (an all-zero channel is not "dead")
 
 
+def test_calibration_runs_in_chunks_that_divide_the_inputs_and_keep_minmax_ranges(tmp_path, monkeypatch):
+    """onnxruntime calibrates chunk by chunk (CalibStridedMinMax): each chunk divides the inputs (it refuses
+    otherwise), and the MinMax ranges are those of one pass over every input, the largest value included
+    wherever it falls."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    assert [ox.calibration_stride(n, 16) for n in (1, 7, 16, 200, 256, 257)] == [1, 7, 16, 10, 16, 1]
+    w = np.random.default_rng(1).normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
+    conv = helper.make_node("Conv", [ox.INPUT_NAME, "w"], ["c"], pads=[1, 1, 1, 1])
+    relu = helper.make_node("Relu", ["c"], ["y"])
+    graph = helper.make_graph([conv, relu], "g", [helper.make_tensor_value_info(ox.INPUT_NAME, onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    x = np.random.default_rng(2).normal(0, 1, (24, 3, 8, 8)).astype(np.float32)
+    x[17] *= 10  # the extreme input sits in a later chunk
+    strides, real = [], ox.calibration_stride
+    monkeypatch.setattr(ox, "calibration_stride", lambda n, most=None: strides.append(real(n, 5)) or strides[-1])
+    ox.export_int8(model, x, tmp_path / "chunks.onnx", method="minmax", ranges_cache=tmp_path / "chunks.json")
+    monkeypatch.setattr(ox, "calibration_stride", lambda n, most=None: None)  # onnxruntime's one pass
+    ox.export_int8(model, x, tmp_path / "one.onnx", method="minmax", ranges_cache=tmp_path / "one.json")
+    assert strides == [4]  # 24 inputs: chunks of 4 (the largest divisor up to 5)
+    chunks, one = load_tensors_data(tmp_path / "chunks.json"), load_tensors_data(tmp_path / "one.json")
+    assert sorted(chunks.keys()) == sorted(one.keys()) and "y" in chunks.keys()
+    for name in one.keys():
+        assert np.allclose(np.ravel(chunks[name].range_value), np.ravel(one[name].range_value)), name
+    assert float(np.ravel(one[ox.INPUT_NAME].range_value)[1]) == pytest.approx(float(x.max()))
+
+
 def test_int8_search_tries_the_ends_first_and_skips_the_middle_when_the_most_float_fails():
     from pipeline.export.int8 import candidates, search_order
 

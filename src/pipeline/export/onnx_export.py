@@ -160,11 +160,18 @@ def resolve_reduce_range(setting: str, cpu: dict[str, object], weight_type: str 
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over preprocessed NCHW inputs, one per batch."""
+    """onnxruntime CalibrationDataReader over preprocessed NCHW inputs, one per batch; `set_range` and
+    `len` let quantize_static calibrate a chunk at a time (`CalibStridedMinMax`, see `calibration_stride`)."""
 
     def __init__(self, batches: np.ndarray):
         self._items = [{INPUT_NAME: b[None].astype(np.float32)} for b in batches]
         self._it = iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._items[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
@@ -237,6 +244,22 @@ def prepare_int8(fp32_path: Path, out_path: Path) -> int:
     return zero_dead_channels(out_path)
 
 
+CALIBRATION_CHUNK = 16
+
+
+def calibration_stride(n: int, most: int | None = None) -> int:
+    """How many calibration inputs onnxruntime runs before it folds their activations into the ranges
+    (MinMax: min and max so far; Percentile and Entropy: the histograms so far): the largest divisor of
+    `n` up to `most` (onnxruntime wants `n` divisible by it). In one go, onnxruntime keeps every
+    activation of every input until the end and histograms them at once: Percentile on 256 inputs to
+    EfficientNet-Lite0 at 224 px took 97-106 s and 16.2 GB peak (the whole flow peaked at 17.7 GB of
+    this machine's 23), in chunks of 16 16.5 s and 1.4 GB (bench/int8_calibration.py). MinMax ranges
+    are the same either way; a histogram merged chunk by chunk keeps the first chunk's bin width,
+    extended to the largest value seen (ranges within 0.06% of one go's)."""
+    most = CALIBRATION_CHUNK if most is None else most
+    return max(d for d in range(1, max(1, min(n, most)) + 1) if n % d == 0)
+
+
 def export_int8(prepared: Path, calib: np.ndarray, out_path: Path, per_channel: bool = True,
                 method: str = "minmax", reduce_range: bool = False, keep_head_float: bool = False,
                 percentile: float = 99.999, float_convs: int = 0, weight_type: str = "int8",
@@ -254,6 +277,7 @@ def export_int8(prepared: Path, calib: np.ndarray, out_path: Path, per_channel: 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     exclude = first_convs(prepared, float_convs) + (head_nodes(prepared) if keep_head_float else [])
     extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
+    extra["CalibStridedMinMax"] = calibration_stride(len(calib))
     quantize_static(str(prepared), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
                     per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8,

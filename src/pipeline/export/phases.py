@@ -65,7 +65,7 @@ def _run_export(run: PhaseRun) -> dict[str, Any]:
 
 register(
     PhaseSpec(
-        name="export", version="3", inputs=("calibration", "split", "crops"), inputs_for=_inputs,
+        name="export", version="4", inputs=("calibration", "split", "crops"), inputs_for=_inputs,
         outputs=("export.json", "report.md"), sections=("export",), runtime_keys=RUNTIME_KEYS, run=_run_export,
         extra_params=_item_params, pool="gpu", reports=("report.md", "export.json"),
         description="ONNX FP32/FP16/INT8 and TF.js FP32/FP16/uint8, each admitted by the torch-equivalence gate "
