@@ -113,6 +113,39 @@ def test_too_small_a_val_set_chooses_nothing_and_the_end_of_the_schedule_is_kept
     assert _bc({}).train.select_min_val == 100
 
 
+def test_a_short_phase_on_a_small_val_keeps_its_start_only_when_it_beats_the_end(tmp_path):
+    """compare_start (set by the trainer when a phase runs short of its step budget): with val too small to
+    rank epochs, the start scored as epoch 0 is compared with the last epoch only: kept when better on val
+    (the weights it ends with are the start's), never in favour of a better middle epoch, ties to the end."""
+    from pipeline.training.loop import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    data = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long(), torch.arange(64))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+
+    def model(sign: float):
+        m = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor([[-4.0 * sign, 0, 0, 0], [4.0 * sign, 0, 0, 0]]))
+            m.bias.zero_()
+        return m
+
+    wreck = PhaseTrainConfig(optimizer="sgd", lr=50.0, weight_decay=0.0, warmup=0.0, clip_grad=None, label_smoothing=0.0)
+    m = model(1.0)  # right on every item; the huge lr wrecks it
+    kept = fit(m, loader, loader, wreck, epochs=3, seed=0, checkpoint_dir=tmp_path / "a", eval_initial=True,
+               select=False, compare_start=True)
+    assert kept.history[0]["val_top1"] == 1.0 and kept.history[-1]["val_top1"] < 1.0
+    assert not kept.selected and kept.best_epoch == -1 and kept.best_row == kept.history[0]
+    assert float(m.weight.detach()[1, 0]) == 4.0  # the start's weights
+
+    gentle = PhaseTrainConfig(optimizer="sgd", lr=0.5, weight_decay=0.0, warmup=0.0, clip_grad=None, label_smoothing=0.0)
+    m = model(-1.0)  # wrong on every item: the end beats it
+    end = fit(m, loader, loader, gentle, epochs=3, seed=0, checkpoint_dir=tmp_path / "b", eval_initial=True,
+              select=False, compare_start=True)
+    assert end.history[0]["val_top1"] == 0.0 and end.best_epoch == 2 and end.best_row == end.history[-1]
+
+
 def test_kd_loss_matches_a_hand_computed_value():
     from pipeline.training.distill import distill_loss
 

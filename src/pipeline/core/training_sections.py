@@ -138,7 +138,8 @@ class TrainConfig(Section):
     select_min_val: int = Field(100, ge=0, description="Choose the best epoch (and a teacher's probe over its "
                                 "fine-tune) on val only when val holds at least this many items; below it the end of "
                                 "the schedule is kept and the report says why (28 items from 7 photos cannot rank 30 "
-                                "epochs: the winner is the noise). 0: always choose.")
+                                "epochs: the winner is the noise), except that a phase short of its step budget keeps "
+                                "its starting model when that beats the end on val. 0: always choose.")
     seeds: int = Field(1, ge=1, le=10, description="Repeat the training phases (teachers to fine-tune) with seeds "
                        "train.seed, +1, ...; the run summary gives each model's mean and spread (the first seed's "
                        "models go on to calibration, export and promotion).")

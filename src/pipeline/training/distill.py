@@ -214,7 +214,8 @@ def _start_line(lp_ft: bool, head_start: str) -> str:
         return ("It starts from a fresh head (no linear probe fitted: "
                 + ("timm's default init)." if head_start == "fresh" else "near-zero init)."))
     probe = ("A linear probe on its frozen backbone is epoch 0 and stays the answer when val can choose and no "
-             "trained epoch beats it; ")
+             "trained epoch beats it (on a smaller val, when training ran short of its step budget and the probe "
+             "beats the last epoch); ")
     return probe + ("training starts from a fresh head (student.head_start: fresh, as a plain fine-tune)."
                     if head_start == "fresh" else "training starts from that probe as the head (LP-FT).")
 

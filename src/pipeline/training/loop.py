@@ -14,7 +14,10 @@ The best epoch (whose weights the model ends with) is picked by `monitor`: `val_
 `evaluate` (higher is better). With `eval_initial=True` the model as it starts (e.g. a pretrained
 backbone with its linear-probe head) is scored first, as epoch 0, and stays the answer when no
 trained epoch beats it. With `select=False` (a val set too small to rank epochs) nothing is chosen:
-every epoch is still scored for the report, and the model ends holding the last epoch's weights.
+every epoch is still scored for the report, and the model ends holding the last epoch's weights;
+with `compare_start=True` as well (the trainer sets it when the phase runs short of its step budget)
+the start scored as epoch 0 is kept instead when it beats the last epoch on val (ties to the last
+epoch): one comparison of two models, without the winner's curse of ranking every epoch.
 
 Checkpoints: `<checkpoint_dir>/last/` after every epoch (model.safetensors + state.pt with the
 optimizer, scheduler, scaler, history and best figures, written with torch.save of tensors and
@@ -310,7 +313,8 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         loss_fn: LossFn | None = None, mixup: Any = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         fail_after_steps: int | None = None, evaluate: Callable[[Any, Any], dict[str, float]] | None = None,
         monitor: str = "val_top1", eval_initial: bool = False, warmup_steps: int | None = None,
-        progress: str | None = None, select: bool = True, restart: Callable[[Any], None] | None = None) -> FitResult:
+        progress: str | None = None, select: bool = True, restart: Callable[[Any], None] | None = None,
+        compare_start: bool = False) -> FitResult:
     """Train `model` in place (see the module docstring); it ends holding the best epoch's weights.
     `restart`: applied to the model after epoch 0 is scored, before the first step of a run that does
     not resume (e.g. a fresh head after the probe was scored as epoch 0)."""
@@ -344,6 +348,11 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     def pick() -> int:  # the row the model ends with: the best on val, or the last without selection
         return _best(history, monitor) if select else len(history) - 1
 
+    def final() -> int:  # pick(), or without selection the start when compare_start and it beats the last epoch
+        if select or not compare_start or history[0].get("epoch") != 0 or len(history) < 2:
+            return pick()
+        return 0 if _best([history[0], history[-1]], monitor) == 0 else len(history) - 1
+
     def score() -> dict[str, float]:
         if evaluate is not None:
             return evaluate(model, val_loader)
@@ -353,6 +362,7 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         if eval_initial and state is None:
             history.append({"epoch": 0, "train_loss": math.nan, **score(), "lr": 0.0})
             _state_save(model, ckpt / "best" / "model.safetensors")
+            _state_save(model, ckpt / "start" / "model.safetensors")
         if restart is not None and state is None:
             restart(model)
         for epoch in range(start, epochs):
@@ -382,9 +392,12 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
     trained = [h for h in history if h.get("epoch", 1) != 0]
     if not trained:
         raise ValueError("fit: no epoch ran (epochs must be >= 1)")
-    best = pick()
+    best = final()
     offset = len(history) - len(trained)
-    model.load_state_dict({k: v.to(device) for k, v in load_file(str(ckpt / "best" / "model.safetensors")).items()})
+    weights = ckpt / ("start" if not select and best == 0 else "best") / "model.safetensors"
+    if not weights.is_file():  # a checkpoint written before the start was saved: the last epoch
+        best, weights = len(history) - 1, ckpt / "best" / "model.safetensors"
+    model.load_state_dict({k: v.to(device) for k, v in load_file(str(weights)).items()})
     row = history[best]
     reason = (f"early stop: {recipe.patience} epochs without a better val figure" if stopped else
               f"the schedule ended ({epochs} epochs, {epochs * per_epoch} optimizer steps)")

@@ -63,7 +63,8 @@ def _save_probe(model: Any, info: dict[str, Any], data: Any, loaders: Any, recip
 def _baseline_lines(scores: dict[str, Any], info: dict[str, Any], lp_ft: bool, head_start: str) -> list[str]:
     fresh = "timm's default init" if head_start == "fresh" else "near-zero init"
     epoch0 = ("The probe itself is epoch 0: it stays the teacher when no fine-tuned epoch beats it on val (a val "
-              "set smaller than train.select_min_val chooses nothing: the fine-tune's last epoch is kept). ")
+              "set smaller than train.select_min_val ranks no epoch: the fine-tune's last epoch is kept, unless the "
+              "fine-tune ran short of its step budget and the probe beats that last epoch on val). ")
     start = (epoch0 + ("Fine-tuning starts from a fresh head (teacher.head_start: fresh, " + fresh + ", as a plain "
                        "fine-tune)." if head_start == "fresh" else "Fine-tuning starts from this probe as the "
                        "classifier head (LP-FT).") if lp_ft else

@@ -140,7 +140,7 @@ def train_and_report(model: Any, info: dict[str, Any], data: TrainingData, loade
                  loss_fn=loss_fn, mixup=mixup, on_epoch=rt.on_epoch, fail_after_steps=rt.fail_after_steps,
                  monitor=MONITOR[t.select_by], eval_initial=start_is_model, warmup_steps=budget.warmup_steps,
                  progress=f"{rt.name or title}" if rt.progress else None, select=n_val >= t.select_min_val,
-                 restart=restart)
+                 restart=restart, compare_start=budget.short_of_budget)
     test, logits, labels = score(model, loaders.test, loaders.frames["test"], data.class_names, rt.device, cfg)
     _, val_logits, val_labels = score(model, loaders.val, loaders.frames["val"], data.class_names, rt.device, cfg,
                                       prefix="val")
@@ -198,7 +198,14 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:
 
 
 def _training_lines(result: FitResult, budget: Any, start_name: str, n_val: int, min_val: int) -> list[str]:
-    if not result.selected:
+    if not result.selected and result.best_epoch < 0:
+        last = result.history[-1]
+        best = (f"Kept: {start_name}, epoch 0 (val top-1 {result.best_val_top1:.3f}), over the end of the schedule, "
+                f"epoch {result.epochs_run} (val top-1 {float(last.get('val_top1', float('nan'))):.3f}). Val holds "
+                f"{n_val} items, fewer than train.select_min_val = {min_val}, too few to rank {result.epochs_run} "
+                f"epochs; the phase ran short of its step budget, so its start was compared with its end (ties go "
+                f"to the end).")
+    elif not result.selected:
         best = (f"Kept: the end of the schedule, epoch {result.best_epoch + 1} (val top-1 {result.best_val_top1:.3f}). "
                 f"No epoch was chosen on val: it holds {n_val} items, fewer than train.select_min_val = {min_val}, too "
                 f"few to rank {result.epochs_run} epochs" + (f" and {start_name}" if result.history and
