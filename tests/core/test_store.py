@@ -196,3 +196,29 @@ def test_dead_runs_staging_is_removed_live_ones_kept(tmp_path):
         live.kill()
         live.wait(timeout=30)
     assert store.clean_staging() == [(dirs["live"], 10)]  # its owner is gone now
+
+
+def test_two_runs_saving_the_hash_cache_at_once_both_succeed(tmp_path, monkeypatch):
+    """Runs sharing a work dir save the stat cache at once: another run saves between this save's write and
+    its rename (with a shared temporary name the other run moved this one's file away: FileNotFoundError in
+    CI); each save has a temporary file of its own, both succeed, the cache holds a whole JSON, no temp left."""
+    import pipeline.data.dataset as dataset_mod
+    from pipeline.data.dataset import HashCache
+
+    (tmp_path / "a.jpg").write_bytes(b"aaa")
+    path = tmp_path / "cache" / "hashes.json"
+    mine, other = HashCache(path), HashCache(path)
+    mine.sha256(tmp_path / "a.jpg")
+    other.entries = {"x": [1, 2, "f" * 64]}
+    real, inside = os.replace, []
+
+    def replace(src, dst):
+        if not inside:
+            inside.append(src)
+            other.save()  # the other run saves in between
+        return real(src, dst)
+
+    monkeypatch.setattr(dataset_mod.os, "replace", replace)
+    mine.save()
+    assert inside and json.loads(path.read_text()) == mine.entries  # the later rename wins, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["hashes.json"]

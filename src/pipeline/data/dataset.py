@@ -45,11 +45,20 @@ class HashCache:
         return digest
 
     def save(self) -> None:
+        """Write the cache atomically through a temporary file of this call's own: runs sharing a work dir
+        save at once (a shared temporary name let one run move another's file away mid-save)."""
         if self.path:
+            import tempfile
+
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.entries))
-            os.replace(tmp, self.path)
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(self.entries))
+                os.replace(name, self.path)
+            except BaseException:
+                Path(name).unlink(missing_ok=True)
+                raise
 
 
 def list_files(root: Path) -> list[Path]:
