@@ -135,9 +135,11 @@ def build_int8(fp32: Path, calib: np.ndarray, select: np.ndarray, select_what: s
 
 
 def layer_table(fp32: Path, int8_path: Path, x: np.ndarray, work: Path) -> list[dict[str, Any]]:
-    """The per-layer error table of a refused INT8 variant (onnx_export.layer_errors), a row saying why when it fails."""
+    """The per-layer error table of a refused INT8 variant (qdq_debug.layer_errors), a row saying why when it fails."""
+    from pipeline.export.qdq_debug import layer_errors
+
     try:
-        return ox.layer_errors(fp32, int8_path, x, work / "qdq_debug")
+        return layer_errors(fp32, int8_path, x, work / "qdq_debug")
     except Exception as exc:  # noqa: BLE001 - the table helps diagnose; its absence must not end the export
         return [{"tensor": f"(qdq_loss_debug failed: {type(exc).__name__}: {exc})"[:300], "xmodel_sqnr": None,
                  "qdq_sqnr": None}]

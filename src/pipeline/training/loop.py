@@ -36,7 +36,6 @@ Fault injection for tests: `fail_after_steps=N` (an argument, never read from th
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +43,9 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.core.config import PhaseTrainConfig
+from pipeline.training.checkpoint import load_checkpoint as _load_checkpoint
+from pipeline.training.checkpoint import save_checkpoint as _save_checkpoint
+from pipeline.training.checkpoint import state_save as _state_save
 
 FAULT_MARKER = "fault_injected"
 LossFn = Callable[[Any, Any, Any], Any]  # (logits, targets, row indices) -> scalar loss
@@ -88,44 +90,6 @@ def _seed_epoch(seed: int, epoch: int, loader: Any) -> None:
     np.random.seed(s)  # timm Mixup draws from numpy
     if getattr(loader, "generator", None) is not None:
         loader.generator.manual_seed(s)
-
-
-def _state_save(model: Any, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(ckpt: Path, model: Any, opt: Any, sched: Any, scaler: Any, extra: dict[str, Any]) -> None:
-    import torch
-
-    last = ckpt / "last"
-    _state_save(model, last / "model.safetensors")
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "scaler": scaler.state_dict() if scaler is not None else {}, **extra}
-    tmp = last / "state.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, last / "state.pt")
-
-
-def _load_checkpoint(ckpt: Path, model: Any, opt: Any, sched: Any, scaler: Any) -> dict[str, Any] | None:
-    import torch
-    from safetensors.torch import load_file
-
-    last = ckpt / "last"
-    if not (last / "state.pt").is_file() or not (last / "model.safetensors").is_file():
-        return None
-    state = torch.load(last / "state.pt", map_location="cpu", weights_only=True)
-    device = next(model.parameters()).device
-    model.load_state_dict({k: v.to(device) for k, v in load_file(str(last / "model.safetensors")).items()})
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    return state
 
 
 def _fault_budget(ckpt: Path, fail_after_steps: int | None) -> int | None:
@@ -362,7 +326,8 @@ def fit(model: Any, train_loader: Any, val_loader: Any, recipe: PhaseTrainConfig
         if eval_initial and state is None:
             history.append({"epoch": 0, "train_loss": math.nan, **score(), "lr": 0.0})
             _state_save(model, ckpt / "best" / "model.safetensors")
-            _state_save(model, ckpt / "start" / "model.safetensors")
+            if compare_start and not select:  # "best" follows the last epoch then: keep the start apart
+                _state_save(model, ckpt / "start" / "model.safetensors")
         if restart is not None and state is None:
             restart(model)
         for epoch in range(start, epochs):
